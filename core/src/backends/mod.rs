@@ -1,0 +1,5 @@
+//! Backends, one module per cargo feature. Each implements [`crate::Broker`]
+//! with primitives only; no policy lives here.
+
+#[cfg(feature = "embedded")]
+pub mod embedded;

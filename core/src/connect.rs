@@ -1,0 +1,61 @@
+//! `connect(url)`: the URL's scheme picks the backend.
+
+use std::sync::Arc;
+
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::url::BrokerUrl;
+
+/// Connects to the broker a URL names:
+///
+/// | URL | backend | cargo feature |
+/// |---|---|---|
+/// | `memory://` or `memory://NAME` | in-process | `embedded` (default) |
+/// | `sqlite://PATH` | a local file, shared by processes | `embedded` (default) |
+/// | `redis://`, `rediss://` | Redis streams | `redis` |
+/// | `amqp://`, `amqps://` | RabbitMQ | `amqp` |
+/// | `kafka://host:port[,host:port]` | Kafka | `kafka` |
+///
+/// An unknown scheme, a backend not compiled in and a malformed URL are
+/// clear errors; none of them shows the URL's credentials.
+pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
+    let parsed = BrokerUrl::parse(url)?;
+    let broker: Arc<dyn Broker> = match parsed.scheme() {
+        #[cfg(feature = "embedded")]
+        "memory" | "sqlite" => Arc::new(crate::backends::embedded::EmbeddedBroker::connect(&parsed).await?),
+        #[cfg(not(feature = "embedded"))]
+        scheme @ ("memory" | "sqlite") => return not_enabled(scheme, "embedded"),
+        scheme @ ("redis" | "rediss") => return not_enabled(scheme, "redis"),
+        scheme @ ("amqp" | "amqps") => return not_enabled(scheme, "amqp"),
+        scheme @ "kafka" => return not_enabled(scheme, "kafka"),
+        other => return Err(Error::UnknownScheme { scheme: other.to_string() }),
+    };
+    tracing::debug!(url = %parsed, backend = broker.backend(), "connected");
+    Ok(broker)
+}
+
+#[allow(dead_code)]
+fn not_enabled<T>(scheme: &str, feature: &'static str) -> Result<T> {
+    Err(Error::BackendNotEnabled { scheme: scheme.to_string(), feature })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn scheme_errors_are_clear_and_redacted() {
+        let e = connect("nats://u:secretpw@host").await.unwrap_err();
+        assert_eq!(e.code(), "UNKNOWN_SCHEME");
+        assert!(!e.to_string().contains("secretpw"));
+        let e = connect("kafka://127.0.0.1:9092").await.unwrap_err();
+        assert_eq!(e.code(), "BACKEND_NOT_ENABLED");
+        assert!(e.to_string().contains("feature `kafka`"), "{e}");
+        let e = connect("sqlite://").await.unwrap_err();
+        assert_eq!(e.code(), "INVALID_URL");
+        let e = connect("memory://?poll_ms=0").await.unwrap_err();
+        assert_eq!(e.code(), "INVALID_OPTION");
+        let e = connect("sqlite:///nonexistent-dir-pillarbox/x/y.db").await.unwrap_err();
+        assert_eq!(e.code(), "CONNECT");
+    }
+}

@@ -1,0 +1,151 @@
+//! Dead letters: why a message was given up on, and the operations on a
+//! group's dead letters (list, redrive at a rate, purge) built once over the
+//! backend primitives.
+
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::broker::Broker;
+use crate::error::{Error, Result};
+use crate::message::Message;
+
+/// Why a message was dead-lettered. Travels in the `pb-dl-*` headers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeadLetterReason {
+    /// Topic the message came from.
+    pub topic: String,
+    /// Group that gave up on it.
+    pub group: String,
+    /// Attempts made, counting the last one.
+    pub attempts: u32,
+    /// `not_retryable`, `retries_exhausted`, `malformed`, `timeout`, `panic`,
+    /// or the handler's own error kind.
+    pub error_kind: String,
+    /// The last error's message.
+    pub error_message: String,
+    /// When the first attempt failed.
+    pub first_failed_at: SystemTime,
+    /// When the last attempt failed.
+    pub last_failed_at: SystemTime,
+}
+
+/// A message in a group's dead letters.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// Backend id of the dead letter (not the message id), for redrive and purge.
+    pub id: String,
+    /// The message as it was on its last attempt.
+    pub message: Message,
+    /// Why it is here.
+    pub reason: DeadLetterReason,
+}
+
+impl DeadLetter {
+    /// Builds a dead letter (for backends).
+    pub fn new(id: String, message: Message, reason: DeadLetterReason) -> Self {
+        DeadLetter { id, message, reason }
+    }
+}
+
+/// Which dead letters an operation applies to. Empty filter: all of them.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterFilter {
+    /// Only those whose error kind equals this.
+    pub error_kind: Option<String>,
+    /// Only those whose error message contains this.
+    pub error_contains: Option<String>,
+    /// Only those dead-lettered at or before this time.
+    pub failed_before: Option<SystemTime>,
+    /// Only these message ids.
+    pub message_ids: Option<Vec<String>>,
+}
+
+impl DeadLetterFilter {
+    /// Whether `d` passes the filter.
+    pub fn matches(&self, d: &DeadLetter) -> bool {
+        self.error_kind.as_ref().is_none_or(|k| &d.reason.error_kind == k)
+            && self.error_contains.as_ref().is_none_or(|s| d.reason.error_message.contains(s.as_str()))
+            && self.failed_before.is_none_or(|t| d.reason.last_failed_at <= t)
+            && self.message_ids.as_ref().is_none_or(|ids| ids.contains(&d.message.id))
+    }
+}
+
+/// Options of a redrive.
+#[derive(Clone, Debug, Default)]
+pub struct RedriveOptions {
+    /// Which dead letters.
+    pub filter: DeadLetterFilter,
+    /// At most this many messages per second (none: as fast as the broker takes them).
+    pub per_second: Option<f64>,
+    /// Stop after this many.
+    pub limit: Option<usize>,
+}
+
+const PAGE: usize = 100;
+
+/// Sends matching dead letters back to their group, at most
+/// `options.per_second` a second. Returns how many were redriven.
+pub async fn redrive(broker: &dyn Broker, topic: &str, group: &str, options: &RedriveOptions) -> Result<usize> {
+    if let Some(rate) = options.per_second {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(Error::invalid_option("per_second", "must be a positive number"));
+        }
+    }
+    let started = Instant::now();
+    let limit = options.limit.unwrap_or(usize::MAX);
+    let mut done = 0usize;
+    let mut after: Option<String> = None;
+    while done < limit {
+        let page = broker.list_dead_letters(topic, group, after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let mut ids: Vec<String> = page.iter().filter(|d| options.filter.matches(d)).map(|d| d.id.clone()).collect();
+        ids.truncate(limit - done);
+        // Send in slices small enough to honour the rate smoothly.
+        let slice = match options.per_second {
+            Some(rate) => (rate.ceil() as usize).clamp(1, PAGE),
+            None => PAGE,
+        };
+        for chunk in ids.chunks(slice) {
+            if let Some(rate) = options.per_second {
+                // The chunk may start once the ones before it have had their time.
+                let due = started + Duration::from_secs_f64(done as f64 / rate);
+                tokio::time::sleep_until(due).await;
+            }
+            done += broker.redrive_dead_letters(topic, group, chunk).await?;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(done)
+}
+
+/// Deletes matching dead letters. Returns how many were deleted.
+pub async fn purge(broker: &dyn Broker, topic: &str, group: &str, filter: &DeadLetterFilter) -> Result<usize> {
+    let everything = filter.error_kind.is_none()
+        && filter.error_contains.is_none()
+        && filter.failed_before.is_none()
+        && filter.message_ids.is_none();
+    if everything {
+        return broker.purge_dead_letters(topic, group, None).await;
+    }
+    let mut done = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let page = broker.list_dead_letters(topic, group, after.as_deref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        let ids: Vec<String> = page.iter().filter(|d| filter.matches(d)).map(|d| d.id.clone()).collect();
+        if !ids.is_empty() {
+            done += broker.purge_dead_letters(topic, group, Some(&ids)).await?;
+        }
+        if page.len() < PAGE {
+            break;
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,171 @@
+//! The one error type of the core. The bindings map it to a Python exception
+//! hierarchy and to JavaScript errors, using [`Error::code`] as the stable key.
+//!
+//! No variant ever carries a URL with its password: URLs are redacted before
+//! they are put into an error (see [`crate::url::redact`]).
+
+use std::time::Duration;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in Pillarbox.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The URL could not be parsed, or names something it cannot.
+    #[error("invalid broker URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL with its credentials redacted.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// No backend answers to this URL scheme.
+    #[error("unknown URL scheme `{scheme}` (known: memory, sqlite, redis, rediss, amqp, amqps, kafka)")]
+    UnknownScheme {
+        /// The scheme as given.
+        scheme: String,
+    },
+
+    /// The backend exists but this build of Pillarbox was compiled without it.
+    #[error("the `{scheme}://` backend is not compiled in: enable the cargo feature `{feature}`")]
+    BackendNotEnabled {
+        /// The scheme as given.
+        scheme: String,
+        /// The cargo feature that provides it.
+        feature: &'static str,
+    },
+
+    /// An option (from the URL query or from code) has a bad value.
+    #[error("invalid option `{name}`: {reason}")]
+    InvalidOption {
+        /// The option's name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The backend cannot do what was asked (see [`crate::Capabilities`]).
+    #[error("the {backend} backend does not support {capability}")]
+    Unsupported {
+        /// Backend name (`sqlite`, `redis`...).
+        backend: &'static str,
+        /// What was asked for.
+        capability: &'static str,
+    },
+
+    /// A message is larger than the backend accepts. Nothing was published.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes; nothing was published")]
+    MessageTooLarge {
+        /// Encoded size of the message (payload plus metadata).
+        size: usize,
+        /// The backend's limit.
+        limit: usize,
+    },
+
+    /// A message or a name is not acceptable (empty topic, reserved header...).
+    #[error("invalid message: {0}")]
+    InvalidMessage(String),
+
+    /// The broker could not be reached, or the connection was lost.
+    #[error("cannot reach the {backend} broker at {url}: {reason}")]
+    Connect {
+        /// Backend name.
+        backend: &'static str,
+        /// The URL with its credentials redacted.
+        url: String,
+        /// The underlying cause (never contains credentials).
+        reason: String,
+    },
+
+    /// The broker answered with an error.
+    #[error("{backend} backend error: {reason}")]
+    Backend {
+        /// Backend name.
+        backend: &'static str,
+        /// The underlying cause (never contains credentials).
+        reason: String,
+    },
+
+    /// An operation did not finish in time.
+    #[error("{operation} timed out after {after:?}")]
+    Timeout {
+        /// What timed out.
+        operation: &'static str,
+        /// How long we waited.
+        after: Duration,
+    },
+
+    /// The delivery's lease was lost (it expired and the message went to
+    /// another consumer); the ack, retry or dead-letter was not applied.
+    #[error("the lease on message {message_id} was lost; it will be delivered again")]
+    LeaseLost {
+        /// Id of the message whose lease was lost.
+        message_id: String,
+    },
+
+    /// The broker handle or worker was closed.
+    #[error("closed")]
+    Closed,
+}
+
+impl Error {
+    /// A stable, machine-readable code: the key the Python exception classes
+    /// and the JavaScript `error.code` are derived from. Never changes for a
+    /// given variant.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidUrl { .. } => "INVALID_URL",
+            Error::UnknownScheme { .. } => "UNKNOWN_SCHEME",
+            Error::BackendNotEnabled { .. } => "BACKEND_NOT_ENABLED",
+            Error::InvalidOption { .. } => "INVALID_OPTION",
+            Error::Unsupported { .. } => "UNSUPPORTED",
+            Error::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            Error::InvalidMessage(_) => "INVALID_MESSAGE",
+            Error::Connect { .. } => "CONNECT",
+            Error::Backend { .. } => "BACKEND",
+            Error::Timeout { .. } => "TIMEOUT",
+            Error::LeaseLost { .. } => "LEASE_LOST",
+            Error::Closed => "CLOSED",
+        }
+    }
+
+    /// Whether trying the same operation again later may succeed
+    /// (a lost connection, a timeout) as opposed to a caller error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Backend { .. } | Error::Timeout { .. })
+    }
+
+    pub(crate) fn invalid_option(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidOption { name: name.into(), reason: reason.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_distinct() {
+        let all = [
+            Error::InvalidUrl { url: String::new(), reason: String::new() },
+            Error::UnknownScheme { scheme: String::new() },
+            Error::BackendNotEnabled { scheme: String::new(), feature: "x" },
+            Error::invalid_option("a", "b"),
+            Error::Unsupported { backend: "x", capability: "y" },
+            Error::MessageTooLarge { size: 2, limit: 1 },
+            Error::InvalidMessage(String::new()),
+            Error::Connect { backend: "x", url: String::new(), reason: String::new() },
+            Error::Backend { backend: "x", reason: String::new() },
+            Error::Timeout { operation: "x", after: Duration::ZERO },
+            Error::LeaseLost { message_id: String::new() },
+            Error::Closed,
+        ];
+        let mut codes: Vec<_> = all.iter().map(Error::code).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), all.len());
+    }
+}

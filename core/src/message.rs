@@ -1,0 +1,238 @@
+//! The message model: payload bytes plus metadata.
+//!
+//! How the metadata is named on the wire lives in [`crate::wire`].
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::wire;
+
+/// A message: raw payload bytes and metadata.
+///
+/// The payload is a [`Bytes`], so cloning a message or handing it through
+/// the runtime never copies the payload.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct Message {
+    /// Unique, time-ordered id (UUIDv7), set at creation.
+    pub id: String,
+    /// Partition / routing key; per-key ordering where the backend offers it.
+    pub key: Option<String>,
+    /// Handler effects run once per idempotency key (per group).
+    pub idempotency_key: Option<String>,
+    /// MIME type of the payload, e.g. `application/json`.
+    pub content_type: Option<String>,
+    /// Application headers (string to string). Names starting with `pb-` are reserved.
+    pub headers: BTreeMap<String, String>,
+    /// 1 on first delivery, +1 on each retry or redelivery.
+    pub attempt: u32,
+    /// When the producer published it.
+    pub published_at: SystemTime,
+    /// Not delivered before this time (delayed publish or waiting retry).
+    pub deliver_at: Option<SystemTime>,
+    /// W3C trace context (`traceparent`), passed through untouched.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate`, passed through untouched.
+    pub tracestate: Option<String>,
+    /// What went wrong on earlier attempts, if any.
+    pub failures: Option<FailureHistory>,
+    /// The payload.
+    pub payload: Bytes,
+}
+
+/// What went wrong on the earlier attempts of a message, carried with it
+/// through retries so that a dead letter can tell the whole story.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureHistory {
+    /// When the first attempt failed.
+    pub first_failed_at: SystemTime,
+    /// When the latest attempt failed.
+    pub last_failed_at: SystemTime,
+    /// Kind (class / type name) of the latest error.
+    pub last_error_kind: String,
+    /// Message of the latest error.
+    pub last_error: String,
+}
+
+impl Message {
+    /// A new message with a fresh id, attempt 1 and `published_at` now.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            id: new_message_id(),
+            key: None,
+            idempotency_key: None,
+            content_type: None,
+            headers: BTreeMap::new(),
+            attempt: 1,
+            published_at: now_millis(),
+            deliver_at: None,
+            traceparent: None,
+            tracestate: None,
+            failures: None,
+            payload: payload.into(),
+        }
+    }
+
+    /// A message whose payload is `value` as JSON, with content type `application/json`.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::InvalidMessage(format!("cannot encode JSON: {e}")))?;
+        Ok(Message::new(payload).with_content_type("application/json"))
+    }
+
+    /// Parses the payload as JSON.
+    pub fn payload_json<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
+        serde_json::from_slice(&self.payload).map_err(|e| Error::InvalidMessage(format!("payload is not the expected JSON: {e}")))
+    }
+
+    /// Sets the partition / routing key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    /// Adds an application header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Delays delivery by `delay` from now.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.deliver_at = Some(truncate_to_millis(SystemTime::now() + delay));
+        self
+    }
+
+    /// Delays delivery until `at`.
+    pub fn with_deliver_at(mut self, at: SystemTime) -> Self {
+        self.deliver_at = Some(truncate_to_millis(at));
+        self
+    }
+
+    /// Sets the W3C `traceparent`.
+    pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// Size on the wire: payload plus every metadata name and value.
+    pub fn encoded_size(&self) -> usize {
+        self.payload.len() + wire::encode_headers(self).iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    }
+
+    /// Checks what a producer must not get wrong. Called by every publish.
+    pub fn validate(&self) -> Result<()> {
+        if self.id.is_empty() {
+            return Err(Error::InvalidMessage("empty message id".into()));
+        }
+        if self.attempt == 0 {
+            return Err(Error::InvalidMessage("attempt numbers start at 1".into()));
+        }
+        for name in self.headers.keys() {
+            if name.is_empty() {
+                return Err(Error::InvalidMessage("empty header name".into()));
+            }
+            if wire::is_reserved(name) {
+                return Err(Error::InvalidMessage(format!(
+                    "header `{name}` is reserved for Pillarbox metadata; use the message's fields instead"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// When the message becomes deliverable.
+    pub fn due_at(&self) -> SystemTime {
+        self.deliver_at.unwrap_or(self.published_at)
+    }
+}
+
+/// A new unique, time-ordered message id.
+pub fn new_message_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+/// Now, at millisecond precision: the precision every wire format carries.
+pub fn now_millis() -> SystemTime {
+    truncate_to_millis(SystemTime::now())
+}
+
+pub(crate) fn truncate_to_millis(t: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(to_millis(t))
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn to_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// The time `ms` milliseconds after the Unix epoch.
+pub fn from_millis(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Checks a topic or group name: non-empty, at most 200 bytes, and only
+/// characters that every backend accepts in its own names.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidMessage(format!(
+            "invalid {kind} name `{name}`: use 1 to 200 characters among A-Z a-z 0-9 - _ ."
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_time_ordered() {
+        let a = Message::new("x");
+        let b = Message::new("x");
+        assert_ne!(a.id, b.id);
+        assert!(a.id < b.id);
+    }
+
+    #[test]
+    fn reserved_headers_are_refused() {
+        let m = Message::new("x").with_header("pb-attempt", "3");
+        assert_eq!(m.validate().unwrap_err().code(), "INVALID_MESSAGE");
+        assert!(Message::new("x").with_header("tenant", "a").validate().is_ok());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("topic", "orders.v1_eu-west").is_ok());
+        assert!(validate_name("topic", "").is_err());
+        assert!(validate_name("topic", "a b").is_err());
+        assert!(validate_name("group", &"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let m = Message::json(&serde_json::json!({"n": 1})).unwrap();
+        assert_eq!(m.content_type.as_deref(), Some("application/json"));
+        let v: serde_json::Value = m.payload_json().unwrap();
+        assert_eq!(v["n"], 1);
+    }
+}

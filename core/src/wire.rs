@@ -1,0 +1,265 @@
+//! The one documented set of metadata names on the wire.
+//!
+//! Every backend carries metadata in its native headers (AMQP headers, Kafka
+//! record headers, Redis stream fields, embedded columns) under exactly these
+//! names, with string values; the payload travels as raw bytes. Times are
+//! whole milliseconds since the Unix epoch, in decimal. A message from a
+//! plain client with none of these headers is still consumed: missing fields
+//! get defaults (a fresh id, attempt from the delivery count). Application
+//! headers may use any name that does not start with `pb-`.
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::dead_letter::DeadLetterReason;
+use crate::message::{from_millis, new_message_id, to_millis, FailureHistory, Message};
+
+/// Prefix reserved for Pillarbox metadata.
+pub const RESERVED_PREFIX: &str = "pb-";
+
+/// Unique, time-ordered message id.
+pub const ID: &str = "pb-id";
+/// Partition / routing key.
+pub const KEY: &str = "pb-key";
+/// Idempotency key.
+pub const IDEMPOTENCY_KEY: &str = "pb-idempotency-key";
+/// Content type of the payload.
+pub const CONTENT_TYPE: &str = "pb-content-type";
+/// Attempt number, 1 on first delivery.
+pub const ATTEMPT: &str = "pb-attempt";
+/// Publish time (ms since epoch).
+pub const PUBLISHED_AT: &str = "pb-published-at";
+/// Not delivered before (ms since epoch).
+pub const DELIVER_AT: &str = "pb-deliver-at";
+/// W3C trace context (standard name, so tracing tools see it as is).
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C trace state (standard name).
+pub const TRACESTATE: &str = "tracestate";
+/// When the first attempt failed (ms since epoch).
+pub const FIRST_FAILED_AT: &str = "pb-first-failed-at";
+/// When the latest attempt failed (ms since epoch).
+pub const LAST_FAILED_AT: &str = "pb-last-failed-at";
+/// Kind of the latest error.
+pub const LAST_ERROR_KIND: &str = "pb-last-error-kind";
+/// Message of the latest error.
+pub const LAST_ERROR: &str = "pb-last-error";
+
+/// Dead letters: the topic the message came from.
+pub const DL_TOPIC: &str = "pb-dl-topic";
+/// Dead letters: the group that gave up on it.
+pub const DL_GROUP: &str = "pb-dl-group";
+/// Dead letters: attempts made.
+pub const DL_ATTEMPTS: &str = "pb-dl-attempts";
+/// Dead letters: kind of the final error (`handler_error`, `not_retryable`, `malformed`...).
+pub const DL_ERROR_KIND: &str = "pb-dl-error-kind";
+/// Dead letters: message of the final error.
+pub const DL_ERROR_MESSAGE: &str = "pb-dl-error-message";
+/// Dead letters: first failure (ms since epoch).
+pub const DL_FIRST_FAILED_AT: &str = "pb-dl-first-failed-at";
+/// Dead letters: last failure (ms since epoch).
+pub const DL_LAST_FAILED_AT: &str = "pb-dl-last-failed-at";
+
+/// Whether `name` is a reserved metadata name.
+pub fn is_reserved(name: &str) -> bool {
+    name.starts_with(RESERVED_PREFIX) || name == TRACEPARENT || name == TRACESTATE
+}
+
+/// Metadata and application headers of `m`, as wire name/value pairs.
+pub fn encode_headers(m: &Message) -> Vec<(String, String)> {
+    let mut out = Vec::with_capacity(6 + m.headers.len());
+    out.push((ID.to_string(), m.id.clone()));
+    if let Some(k) = &m.key {
+        out.push((KEY.to_string(), k.clone()));
+    }
+    if let Some(k) = &m.idempotency_key {
+        out.push((IDEMPOTENCY_KEY.to_string(), k.clone()));
+    }
+    if let Some(c) = &m.content_type {
+        out.push((CONTENT_TYPE.to_string(), c.clone()));
+    }
+    out.push((ATTEMPT.to_string(), m.attempt.to_string()));
+    out.push((PUBLISHED_AT.to_string(), to_millis(m.published_at).to_string()));
+    if let Some(t) = m.deliver_at {
+        out.push((DELIVER_AT.to_string(), to_millis(t).to_string()));
+    }
+    if let Some(t) = &m.traceparent {
+        out.push((TRACEPARENT.to_string(), t.clone()));
+    }
+    if let Some(t) = &m.tracestate {
+        out.push((TRACESTATE.to_string(), t.clone()));
+    }
+    if let Some(f) = &m.failures {
+        out.push((FIRST_FAILED_AT.to_string(), to_millis(f.first_failed_at).to_string()));
+        out.push((LAST_FAILED_AT.to_string(), to_millis(f.last_failed_at).to_string()));
+        out.push((LAST_ERROR_KIND.to_string(), f.last_error_kind.clone()));
+        out.push((LAST_ERROR.to_string(), f.last_error.clone()));
+    }
+    for (k, v) in &m.headers {
+        out.push((k.clone(), v.clone()));
+    }
+    out
+}
+
+/// The dead-letter reason as wire name/value pairs.
+pub fn encode_reason(r: &DeadLetterReason) -> Vec<(String, String)> {
+    vec![
+        (DL_TOPIC.to_string(), r.topic.clone()),
+        (DL_GROUP.to_string(), r.group.clone()),
+        (DL_ATTEMPTS.to_string(), r.attempts.to_string()),
+        (DL_ERROR_KIND.to_string(), r.error_kind.clone()),
+        (DL_ERROR_MESSAGE.to_string(), r.error_message.clone()),
+        (DL_FIRST_FAILED_AT.to_string(), to_millis(r.first_failed_at).to_string()),
+        (DL_LAST_FAILED_AT.to_string(), to_millis(r.last_failed_at).to_string()),
+    ]
+}
+
+/// Reads a dead-letter reason back; `None` when the fields are missing.
+pub fn decode_reason(headers: &BTreeMap<String, String>) -> Option<DeadLetterReason> {
+    let ms = |name: &str| headers.get(name).and_then(|v| v.parse::<u64>().ok()).map(from_millis);
+    Some(DeadLetterReason {
+        topic: headers.get(DL_TOPIC)?.clone(),
+        group: headers.get(DL_GROUP)?.clone(),
+        attempts: headers.get(DL_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        error_kind: headers.get(DL_ERROR_KIND).cloned().unwrap_or_default(),
+        error_message: headers.get(DL_ERROR_MESSAGE).cloned().unwrap_or_default(),
+        first_failed_at: ms(DL_FIRST_FAILED_AT).unwrap_or(SystemTime::UNIX_EPOCH),
+        last_failed_at: ms(DL_LAST_FAILED_AT).unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
+/// A message read off the wire.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The message, with defaults wherever metadata was missing or bad.
+    pub message: Message,
+    /// Set when some metadata was present but malformed: the runtime
+    /// dead-letters such a message with this reason instead of running it.
+    pub malformed: Option<String>,
+}
+
+/// Builds a message from wire headers and payload.
+///
+/// `delivery_count` is how many times the backend has handed this stored
+/// copy out (1 the first time); a message without our attempt header gets it
+/// as its attempt, and one with the header gets `attempt + delivery_count - 1`,
+/// so a redelivery after a crash counts as an attempt on every backend.
+/// Dead-letter reason fields (`pb-dl-*`) are left in `headers` for
+/// [`decode_reason`]; other reserved names are consumed.
+pub fn decode(fields: impl IntoIterator<Item = (String, String)>, payload: Bytes, delivery_count: u32) -> Decoded {
+    let mut problems: Vec<String> = Vec::new();
+    let mut headers = BTreeMap::new();
+    let mut m = Message::new(payload);
+    m.published_at = SystemTime::UNIX_EPOCH;
+    let mut id = None;
+    let mut attempt: Option<u32> = None;
+    let mut published_at = None;
+    let (mut first_failed, mut last_failed, mut last_kind, mut last_error) = (None, None, None, None);
+
+    let millis = |name: &str, v: &str, problems: &mut Vec<String>| match v.trim().parse::<u64>() {
+        Ok(ms) => Some(from_millis(ms)),
+        Err(_) => {
+            problems.push(format!("`{name}` is not a time in milliseconds: `{}`", truncate(v)));
+            None
+        }
+    };
+
+    for (name, value) in fields {
+        match name.as_str() {
+            ID => id = Some(value),
+            KEY => m.key = Some(value),
+            IDEMPOTENCY_KEY => m.idempotency_key = Some(value),
+            CONTENT_TYPE => m.content_type = Some(value),
+            ATTEMPT => match value.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => attempt = Some(n),
+                _ => problems.push(format!("`{ATTEMPT}` is not a positive whole number: `{}`", truncate(&value))),
+            },
+            PUBLISHED_AT => published_at = millis(PUBLISHED_AT, &value, &mut problems),
+            DELIVER_AT => m.deliver_at = millis(DELIVER_AT, &value, &mut problems),
+            TRACEPARENT => m.traceparent = Some(value),
+            TRACESTATE => m.tracestate = Some(value),
+            FIRST_FAILED_AT => first_failed = millis(FIRST_FAILED_AT, &value, &mut problems),
+            LAST_FAILED_AT => last_failed = millis(LAST_FAILED_AT, &value, &mut problems),
+            LAST_ERROR_KIND => last_kind = Some(value),
+            LAST_ERROR => last_error = Some(value),
+            _ => {
+                headers.insert(name, value);
+            }
+        }
+    }
+    if let Some(id) = id.filter(|s| !s.is_empty()) {
+        m.id = id;
+    } else {
+        m.id = new_message_id();
+    }
+    let redeliveries = delivery_count.saturating_sub(1);
+    m.attempt = attempt.unwrap_or(1).saturating_add(redeliveries);
+    if let Some(p) = published_at {
+        m.published_at = p;
+    }
+    if let (Some(first), Some(last)) = (first_failed, last_failed) {
+        m.failures = Some(FailureHistory {
+            first_failed_at: first,
+            last_failed_at: last,
+            last_error_kind: last_kind.unwrap_or_default(),
+            last_error: last_error.unwrap_or_default(),
+        });
+    }
+    m.headers = headers;
+    Decoded { message: m, malformed: if problems.is_empty() { None } else { Some(problems.join("; ")) } }
+}
+
+fn truncate(v: &str) -> String {
+    v.chars().take(64).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let mut m = Message::new("hello")
+            .with_key("k")
+            .with_idempotency_key("idem")
+            .with_content_type("text/plain")
+            .with_header("tenant", "acme")
+            .with_delay(Duration::from_secs(5))
+            .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        m.attempt = 3;
+        m.failures = Some(FailureHistory {
+            first_failed_at: from_millis(1000),
+            last_failed_at: from_millis(2000),
+            last_error_kind: "ValueError".into(),
+            last_error: "boom".into(),
+        });
+        let d = decode(encode_headers(&m), m.payload.clone(), 1);
+        assert!(d.malformed.is_none());
+        assert_eq!(d.message, m);
+    }
+
+    #[test]
+    fn foreign_message_gets_defaults() {
+        let d = decode(vec![("x-custom".into(), "1".into())], Bytes::from_static(b"raw"), 1);
+        assert!(d.malformed.is_none());
+        assert_eq!(d.message.attempt, 1);
+        assert!(!d.message.id.is_empty());
+        assert_eq!(d.message.headers.get("x-custom").map(String::as_str), Some("1"));
+    }
+
+    #[test]
+    fn redelivery_counts_as_attempt() {
+        let d = decode(vec![(ATTEMPT.into(), "2".into())], Bytes::new(), 3);
+        assert_eq!(d.message.attempt, 4);
+    }
+
+    #[test]
+    fn malformed_metadata_is_reported_not_fatal() {
+        let d = decode(vec![(ATTEMPT.into(), "zero".into()), (PUBLISHED_AT.into(), "yesterday".into())], Bytes::new(), 1);
+        let why = d.malformed.unwrap();
+        assert!(why.contains("pb-attempt") && why.contains("pb-published-at"), "{why}");
+        assert_eq!(d.message.attempt, 1);
+    }
+}
