@@ -20,8 +20,10 @@ pub struct DeadLetterReason {
     pub group: String,
     /// Attempts made, counting the last one.
     pub attempts: u32,
-    /// `not_retryable`, `retries_exhausted`, `malformed`, `timeout`, `panic`,
-    /// or the handler's own error kind.
+    /// Why the runtime gave up: see [`cause`] for the values.
+    pub cause: String,
+    /// Kind of the last error: the handler's error type (`ValueError`,
+    /// `TypeError`, a Rust type name...), or `timeout`, `panic`, `malformed`.
     pub error_kind: String,
     /// The last error's message.
     pub error_message: String,
@@ -29,6 +31,19 @@ pub struct DeadLetterReason {
     pub first_failed_at: SystemTime,
     /// When the last attempt failed.
     pub last_failed_at: SystemTime,
+}
+
+/// Values of [`DeadLetterReason::cause`].
+pub mod cause {
+    /// The handler failed on every attempt of the retry budget.
+    pub const RETRIES_EXHAUSTED: &str = "retries_exhausted";
+    /// The handler raised an error marked not retryable.
+    pub const NOT_RETRYABLE: &str = "not_retryable";
+    /// The message's metadata could not be read.
+    pub const MALFORMED: &str = "malformed";
+    /// Delivered more times than the budget allows without being settled
+    /// (its consumers kept dying or losing their lease).
+    pub const REDELIVERY_LIMIT: &str = "redelivery_limit";
 }
 
 /// A message in a group's dead letters.
@@ -55,6 +70,8 @@ impl DeadLetter {
 pub struct DeadLetterFilter {
     /// Only those whose error kind equals this.
     pub error_kind: Option<String>,
+    /// Only those with this cause (see [`cause`]).
+    pub cause: Option<String>,
     /// Only those whose error message contains this.
     pub error_contains: Option<String>,
     /// Only those dead-lettered at or before this time.
@@ -67,6 +84,7 @@ impl DeadLetterFilter {
     /// Whether `d` passes the filter.
     pub fn matches(&self, d: &DeadLetter) -> bool {
         self.error_kind.as_ref().is_none_or(|k| &d.reason.error_kind == k)
+            && self.cause.as_ref().is_none_or(|c| &d.reason.cause == c)
             && self.error_contains.as_ref().is_none_or(|s| d.reason.error_message.contains(s.as_str()))
             && self.failed_before.is_none_or(|t| d.reason.last_failed_at <= t)
             && self.message_ids.as_ref().is_none_or(|ids| ids.contains(&d.message.id))
@@ -127,6 +145,7 @@ pub async fn redrive(broker: &dyn Broker, topic: &str, group: &str, options: &Re
 /// Deletes matching dead letters. Returns how many were deleted.
 pub async fn purge(broker: &dyn Broker, topic: &str, group: &str, filter: &DeadLetterFilter) -> Result<usize> {
     let everything = filter.error_kind.is_none()
+        && filter.cause.is_none()
         && filter.error_contains.is_none()
         && filter.failed_before.is_none()
         && filter.message_ids.is_none();

@@ -48,4 +48,5 @@ pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOpt
 pub use error::{Error, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
+pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
 

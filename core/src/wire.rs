@@ -52,7 +52,9 @@ pub const DL_TOPIC: &str = "pb-dl-topic";
 pub const DL_GROUP: &str = "pb-dl-group";
 /// Dead letters: attempts made.
 pub const DL_ATTEMPTS: &str = "pb-dl-attempts";
-/// Dead letters: kind of the final error (`handler_error`, `not_retryable`, `malformed`...).
+/// Dead letters: why the runtime gave up (`retries_exhausted`, `not_retryable`, `malformed`, `redelivery_limit`).
+pub const DL_CAUSE: &str = "pb-dl-cause";
+/// Dead letters: kind of the final error (the handler's error type, `timeout`, `panic`, `malformed`).
 pub const DL_ERROR_KIND: &str = "pb-dl-error-kind";
 /// Dead letters: message of the final error.
 pub const DL_ERROR_MESSAGE: &str = "pb-dl-error-message";
@@ -108,6 +110,7 @@ pub fn encode_reason(r: &DeadLetterReason) -> Vec<(String, String)> {
         (DL_TOPIC.to_string(), r.topic.clone()),
         (DL_GROUP.to_string(), r.group.clone()),
         (DL_ATTEMPTS.to_string(), r.attempts.to_string()),
+        (DL_CAUSE.to_string(), r.cause.clone()),
         (DL_ERROR_KIND.to_string(), r.error_kind.clone()),
         (DL_ERROR_MESSAGE.to_string(), r.error_message.clone()),
         (DL_FIRST_FAILED_AT.to_string(), to_millis(r.first_failed_at).to_string()),
@@ -122,6 +125,7 @@ pub fn decode_reason(headers: &BTreeMap<String, String>) -> Option<DeadLetterRea
         topic: headers.get(DL_TOPIC)?.clone(),
         group: headers.get(DL_GROUP)?.clone(),
         attempts: headers.get(DL_ATTEMPTS).and_then(|v| v.parse().ok()).unwrap_or(0),
+        cause: headers.get(DL_CAUSE).cloned().unwrap_or_default(),
         error_kind: headers.get(DL_ERROR_KIND).cloned().unwrap_or_default(),
         error_message: headers.get(DL_ERROR_MESSAGE).cloned().unwrap_or_default(),
         first_failed_at: ms(DL_FIRST_FAILED_AT).unwrap_or(SystemTime::UNIX_EPOCH),

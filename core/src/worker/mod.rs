@@ -1,1 +1,770 @@
-pub struct Worker;
+//! The worker runtime: where all policy lives, once, for every backend.
+//!
+//! A [`Worker`] receives messages for one group of one topic and runs a
+//! [`Handler`] on each, then settles the message:
+//! - success: the idempotency key (if any) is marked done, then the
+//!   message is acked (acks are batched);
+//! - a retryable failure within the budget: the message goes back to the
+//!   broker with the next attempt number and a due time from the
+//!   [`RetryPolicy`]; it waits there, never in this process;
+//! - a failure that is not retryable, or the last attempt's failure: the
+//!   message goes to the group's dead letters with the reason.
+//!
+//! Tasks inside one worker:
+//! - the *fetcher* receives only when a slot is free (`concurrency +
+//!   prefetch` slots), and never abandons a receive half-way;
+//! - the *dispatcher* starts handlers, at most `concurrency` at once and one
+//!   at a time per message key, so a key's messages run in the order they
+//!   were received;
+//! - the *lease keeper* renews the leases of every held message (and its
+//!   idempotency claim) every third of the lease, from Rust, whatever the
+//!   handler's language runtime is doing;
+//! - the *acker* acks finished messages in batches.
+
+mod handler;
+mod retry;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use handler::{Handler, HandlerError, Job};
+pub use retry::RetryPolicy;
+
+use crate::broker::{Broker, Delivery, ReceiveRequest};
+use crate::dead_letter::{cause, DeadLetterReason};
+use crate::error::{Error, Result};
+use crate::idempotency::{Claim, IdempotencyStore, MemoryStore};
+use crate::message::{now_millis, validate_name, FailureHistory, Message};
+
+/// How a worker runs. Every field has a default; see [`WorkerOptions::default`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WorkerOptions {
+    /// Handlers running at once. Default 1.
+    pub concurrency: usize,
+    /// Messages received and held beyond the running ones, waiting for a
+    /// handler slot. 0 (the default) receives only when a handler slot is
+    /// free, so a long job never holds back messages another worker could
+    /// take.
+    pub prefetch: usize,
+    /// The retry budget and backoff.
+    pub retry: RetryPolicy,
+    /// A handler running longer fails with kind `timeout` (retryable).
+    /// Default: none.
+    pub handler_timeout: Option<Duration>,
+    /// Lease on each held message, renewed every third of it while the
+    /// message is held. A consumer that dies loses its messages to others
+    /// after at most this long. Default 30 s.
+    pub lease: Duration,
+    /// How long one receive waits for messages. Bounds how long shutdown
+    /// waits for the receive in progress. Default 1 s.
+    pub poll_wait: Duration,
+    /// On shutdown, how long running handlers may take to finish before they
+    /// are stopped and their messages handed back. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Where idempotency keys are recorded. Default: the backend's own store
+    /// when it has one (shared by all its consumers), else this process's memory.
+    pub idempotency_store: Option<Arc<dyn IdempotencyStore>>,
+    /// How long a done key is remembered; raised to at least twice the
+    /// retry horizon so a duplicate is recognised for as long as a retry
+    /// of the original may still arrive. Default 24 h.
+    pub idempotency_retention: Duration,
+    /// When another consumer holds a message's idempotency key, the message
+    /// comes back after this long (without counting an attempt). Default 1 s.
+    pub busy_key_delay: Duration,
+    /// This consumer's name. Default: `pid-random`.
+    pub consumer_name: Option<String>,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        WorkerOptions {
+            concurrency: 1,
+            prefetch: 0,
+            retry: RetryPolicy::default(),
+            handler_timeout: None,
+            lease: Duration::from_secs(30),
+            poll_wait: Duration::from_secs(1),
+            shutdown_grace: Duration::from_secs(30),
+            idempotency_store: None,
+            idempotency_retention: Duration::from_secs(24 * 3600),
+            busy_key_delay: Duration::from_secs(1),
+            consumer_name: None,
+        }
+    }
+}
+
+impl WorkerOptions {
+    /// Sets `concurrency`.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// Sets `prefetch`.
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n;
+        self
+    }
+    /// Sets the retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+    /// Sets the handler timeout.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = Some(timeout);
+        self
+    }
+    /// Sets the lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+    /// Sets the receive wait.
+    pub fn poll_wait(mut self, wait: Duration) -> Self {
+        self.poll_wait = wait;
+        self
+    }
+    /// Sets the shutdown grace period.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+    /// Sets the idempotency store.
+    pub fn idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
+        self.idempotency_store = Some(store);
+        self
+    }
+    /// Sets the busy-key delay.
+    pub fn busy_key_delay(mut self, delay: Duration) -> Self {
+        self.busy_key_delay = delay;
+        self
+    }
+    /// Sets the consumer name.
+    pub fn consumer_name(mut self, name: impl Into<String>) -> Self {
+        self.consumer_name = Some(name.into());
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.retry.validate()?;
+        if self.concurrency == 0 {
+            return Err(Error::invalid_option("concurrency", "must be at least 1"));
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::invalid_option("lease", "must be at least 100 ms"));
+        }
+        if self.poll_wait.is_zero() {
+            return Err(Error::invalid_option("poll_wait", "must be more than 0"));
+        }
+        if self.handler_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid_option("handler_timeout", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Counters of what a worker has done since it was created.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct WorkerStats {
+    /// Deliveries received.
+    pub received: u64,
+    /// Handler successes (acked).
+    pub succeeded: u64,
+    /// Failures sent back to wait for a retry.
+    pub retried: u64,
+    /// Messages moved to the dead letters.
+    pub dead_lettered: u64,
+    /// Duplicates acked without running the handler (idempotency key done).
+    pub duplicates: u64,
+    /// Deliveries put back for later because another consumer held their key.
+    pub deferred: u64,
+    /// Deliveries handed back unstarted or unfinished at shutdown.
+    pub released: u64,
+    /// Settlements the broker refused (the message will come back).
+    pub settle_errors: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    succeeded: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    duplicates: AtomicU64,
+    deferred: AtomicU64,
+    released: AtomicU64,
+    settle_errors: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A message the worker holds: its lease (and claim) are kept fresh.
+struct Held {
+    delivery: Delivery,
+    claim: Option<String>,
+}
+
+/// A received delivery and the slot it occupies.
+struct Slot {
+    id: u64,
+    delivery: Delivery,
+    _permit: OwnedSemaphorePermit,
+}
+
+struct Inner {
+    broker: Arc<dyn Broker>,
+    topic: String,
+    group: String,
+    scope: String,
+    consumer: String,
+    handler: Arc<dyn Handler>,
+    options: WorkerOptions,
+    store: Arc<dyn IdempotencyStore>,
+    retention: Duration,
+    cancel: CancellationToken,
+    counters: Counters,
+    held: Mutex<HashMap<u64, Held>>,
+    next_id: AtomicU64,
+    running: AtomicBool,
+}
+
+/// Runs a handler over one group of one topic. Cheap to clone; clones
+/// share the same worker.
+#[derive(Clone)]
+pub struct Worker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("topic", &self.inner.topic)
+            .field("group", &self.inner.group)
+            .field("consumer", &self.inner.consumer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// A worker for `group` on `topic`. Checks the options; nothing runs
+    /// until [`Worker::run`].
+    pub fn new<H: Handler>(broker: Arc<dyn Broker>, topic: &str, group: &str, handler: H, options: WorkerOptions) -> Result<Self> {
+        Self::with_handler(broker, topic, group, Arc::new(handler), options)
+    }
+
+    /// Like [`Worker::new`], with a shared handler (for the bindings).
+    pub fn with_handler(
+        broker: Arc<dyn Broker>,
+        topic: &str,
+        group: &str,
+        handler: Arc<dyn Handler>,
+        options: WorkerOptions,
+    ) -> Result<Self> {
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        options.validate()?;
+        let store = options
+            .idempotency_store
+            .clone()
+            .or_else(|| broker.idempotency_store())
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let retention = options.idempotency_retention.max(options.retry.horizon() * 2);
+        let consumer = options
+            .consumer_name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000)));
+        Ok(Worker {
+            inner: Arc::new(Inner {
+                broker,
+                topic: topic.to_string(),
+                group: group.to_string(),
+                scope: format!("{topic}/{group}"),
+                consumer,
+                handler,
+                options,
+                store,
+                retention,
+                cancel: CancellationToken::new(),
+                counters: Counters::default(),
+                held: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                running: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Cancelling this token shuts the worker down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.cancel.clone()
+    }
+
+    /// Starts a graceful shutdown; [`Worker::run`] returns when it is done.
+    pub fn shutdown(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// What the worker has done so far.
+    pub fn stats(&self) -> WorkerStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        WorkerStats {
+            received: get(&c.received),
+            succeeded: get(&c.succeeded),
+            retried: get(&c.retried),
+            dead_lettered: get(&c.dead_lettered),
+            duplicates: get(&c.duplicates),
+            deferred: get(&c.deferred),
+            released: get(&c.released),
+            settle_errors: get(&c.settle_errors),
+        }
+    }
+
+    /// This worker's consumer name.
+    pub fn consumer_name(&self) -> &str {
+        &self.inner.consumer
+    }
+
+    /// Runs until [`Worker::shutdown`] (or the token) is triggered, then
+    /// stops receiving, lets running handlers finish within the grace
+    /// period, hands back everything unfinished, and returns.
+    pub async fn run(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.running.swap(true, Ordering::AcqRel) {
+            return Err(Error::invalid_option("run", "this worker is already running"));
+        }
+        let result = self.run_inner().await;
+        inner.running.store(false, Ordering::Release);
+        result
+    }
+
+    async fn run_inner(&self) -> Result<()> {
+        let inner = Arc::clone(&self.inner);
+        inner.broker.ensure_group(&inner.topic, &inner.group).await?;
+        let opts = &inner.options;
+        let slots = Arc::new(Semaphore::new(opts.concurrency + opts.prefetch));
+        let handler_slots = Arc::new(Semaphore::new(opts.concurrency));
+        let (slot_tx, mut slot_rx) = mpsc::channel::<Slot>(opts.concurrency + opts.prefetch);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Slot>();
+        let background_stop = CancellationToken::new();
+
+        let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), slot_tx));
+        let keeper = tokio::spawn(lease_loop(Arc::clone(&inner), background_stop.clone()));
+        let acker = tokio::spawn(ack_loop(Arc::clone(&inner), ack_rx));
+
+        let mut tasks: JoinSet<Option<String>> = JoinSet::new();
+        let mut active_keys: HashSet<String> = HashSet::new();
+        let mut waiting_by_key: HashMap<String, VecDeque<Slot>> = HashMap::new();
+        let spawn = |tasks: &mut JoinSet<Option<String>>, slot: Slot| {
+            tasks.spawn(execute(Arc::clone(&inner), slot, Arc::clone(&handler_slots), ack_tx.clone()));
+        };
+
+        // Dispatch until the fetcher stops (shutdown or a fatal error).
+        loop {
+            tokio::select! {
+                received = slot_rx.recv() => {
+                    let Some(slot) = received else { break };
+                    match slot.delivery.message.key.clone() {
+                        Some(key) if active_keys.contains(&key) => waiting_by_key.entry(key).or_default().push_back(slot),
+                        Some(key) => {
+                            active_keys.insert(key);
+                            spawn(&mut tasks, slot);
+                        }
+                        None => spawn(&mut tasks, slot),
+                    }
+                }
+                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(Some(key)) = finished {
+                        match waiting_by_key.get_mut(&key).and_then(VecDeque::pop_front) {
+                            Some(next) => spawn(&mut tasks, next),
+                            None => {
+                                waiting_by_key.remove(&key);
+                                active_keys.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let fetch_result = fetcher.await.unwrap_or(Ok(()));
+
+        // Shutdown: what never started goes back at once.
+        let unstarted: Vec<Slot> = waiting_by_key.into_values().flatten().collect();
+        release_slots(&inner, unstarted).await;
+        let graceful = tokio::time::timeout(opts.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if graceful.is_err() {
+            tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
+            tasks.shutdown().await;
+        }
+        drop(ack_tx);
+        let _ = acker.await;
+        // Anything still held (handlers stopped mid-way) goes back now.
+        let leftovers: Vec<(u64, Held)> = inner.held.lock().unwrap().drain().collect();
+        if !leftovers.is_empty() {
+            let deliveries: Vec<Delivery> = leftovers.iter().map(|(_, h)| h.delivery.clone()).collect();
+            for (_, h) in &leftovers {
+                if let Some(key) = &h.claim {
+                    let owner = claim_owner(&inner, &h.delivery);
+                    let _ = inner.store.release(&inner.scope, key, &owner).await;
+                }
+            }
+            match inner.broker.release(&deliveries).await {
+                Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
+                Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
+            }
+        }
+        background_stop.cancel();
+        let _ = keeper.await;
+        fetch_result
+    }
+}
+
+/// Receives while there is room, until shutdown. A broker error is logged
+/// and retried with backoff; a closed broker ends the worker.
+async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<Slot>) -> Result<()> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let first = tokio::select! {
+            permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
+            _ = inner.cancel.cancelled() => return Ok(()),
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+            permits.push(p);
+        }
+        let request = ReceiveRequest {
+            topic: &inner.topic,
+            group: &inner.group,
+            consumer: &inner.consumer,
+            max: permits.len(),
+            wait: inner.options.poll_wait,
+            lease: inner.options.lease,
+        };
+        // Never dropped half-way: a receive that took messages must hand them on.
+        match inner.broker.receive(request).await {
+            Ok(deliveries) => {
+                backoff = Duration::from_millis(100);
+                bump(&inner.counters.received, deliveries.len() as u64);
+                for delivery in deliveries {
+                    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+                    inner.held.lock().unwrap().insert(id, Held { delivery: delivery.clone(), claim: None });
+                    let permit = permits.pop().expect("never more deliveries than asked for");
+                    if out.send(Slot { id, delivery, _permit: permit }).await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            Err(Error::Closed) => return Err(Error::Closed),
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %inner.topic, group = %inner.group, "receive failed; trying again in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = inner.cancel.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if inner.cancel.is_cancelled() {
+            return Ok(());
+        }
+    }
+}
+
+/// Renews every held lease and claim each third of the lease.
+async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let lease = inner.options.lease;
+    let every = lease / 3;
+    let renew_leases = inner.broker.capabilities().leases;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let (deliveries, claims): (Vec<Delivery>, Vec<(String, String)>) = {
+            let held = inner.held.lock().unwrap();
+            let deliveries = held.values().map(|h| h.delivery.clone()).collect();
+            let claims = held
+                .values()
+                .filter_map(|h| h.claim.clone().map(|k| (k, claim_owner(&inner, &h.delivery))))
+                .collect();
+            (deliveries, claims)
+        };
+        if renew_leases && !deliveries.is_empty() {
+            if let Err(e) = inner.broker.extend_leases(&deliveries, lease).await {
+                tracing::warn!(error = %e, "could not renew leases");
+            }
+        }
+        for (key, owner) in claims {
+            if let Err(e) = inner.store.renew(&inner.scope, &key, &owner, lease).await {
+                tracing::warn!(error = %e, "could not renew an idempotency claim");
+            }
+        }
+    }
+}
+
+/// Acks finished messages in batches.
+async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Slot>) {
+    const BATCH: usize = 256;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(slot) => batch.push(slot),
+                Err(_) => break,
+            }
+        }
+        let deliveries: Vec<Delivery> = batch.iter().map(|s| s.delivery.clone()).collect();
+        match inner.broker.ack(&deliveries).await {
+            Ok(()) => {}
+            Err(e) => {
+                bump(&inner.counters.settle_errors, 1);
+                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+            }
+        }
+        let mut held = inner.held.lock().unwrap();
+        for slot in &batch {
+            held.remove(&slot.id);
+        }
+    }
+}
+
+async fn release_slots(inner: &Inner, slots: Vec<Slot>) {
+    if slots.is_empty() {
+        return;
+    }
+    let deliveries: Vec<Delivery> = slots.iter().map(|s| s.delivery.clone()).collect();
+    match inner.broker.release(&deliveries).await {
+        Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
+        Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
+    }
+    let mut held = inner.held.lock().unwrap();
+    for s in &slots {
+        held.remove(&s.id);
+    }
+}
+
+fn claim_owner(inner: &Inner, d: &Delivery) -> String {
+    format!("{}/{}", inner.consumer, d.message.id)
+}
+
+/// Waits for a handler slot (or hands the message back on shutdown), then
+/// processes it. Returns the message key, for the dispatcher.
+async fn execute(
+    inner: Arc<Inner>,
+    slot: Slot,
+    handler_slots: Arc<Semaphore>,
+    acks: mpsc::UnboundedSender<Slot>,
+) -> Option<String> {
+    let key = slot.delivery.message.key.clone();
+    let _running = tokio::select! {
+        biased;
+        _ = inner.cancel.cancelled() => {
+            release_slots(&inner, vec![slot]).await;
+            return key;
+        }
+        permit = handler_slots.acquire_owned() => permit.expect("semaphore never closed"),
+    };
+    process(&inner, slot, &acks).await;
+    key
+}
+
+/// The policy for one delivery.
+async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::UnboundedSender<Slot>) {
+    let delivery = &slot.delivery;
+    let message = &delivery.message;
+    let max_attempts = inner.options.retry.max_attempts();
+
+    if let Some(why) = &delivery.malformed {
+        let reason = reason(inner, message, cause::MALFORMED, "malformed", why);
+        return settle_dead(inner, slot, reason).await;
+    }
+    if message.attempt > max_attempts {
+        let (kind, last) = match &message.failures {
+            Some(f) => (f.last_error_kind.clone(), f.last_error.clone()),
+            None => ("redelivered".to_string(), String::new()),
+        };
+        let why = format!(
+            "delivered {} times, more than the {} attempts allowed, without being settled (its consumers died or lost the lease){}{}",
+            message.attempt,
+            max_attempts,
+            if last.is_empty() { "" } else { "; last error: " },
+            last
+        );
+        let reason = reason(inner, message, cause::REDELIVERY_LIMIT, &kind, &why);
+        return settle_dead(inner, slot, reason).await;
+    }
+
+    // The idempotency check.
+    let mut claimed: Option<String> = None;
+    if let Some(key) = &message.idempotency_key {
+        let owner = claim_owner(inner, delivery);
+        match inner.store.claim(&inner.scope, key, &owner, inner.options.lease).await {
+            Ok(Claim::AlreadyDone) => {
+                bump(&inner.counters.duplicates, 1);
+                tracing::debug!(id = %message.id, key = %key, "duplicate of a done idempotency key; acked without running");
+                let _ = acks.send(slot);
+                return;
+            }
+            Ok(Claim::Busy) => {
+                bump(&inner.counters.deferred, 1);
+                return settle_later(inner, slot, inner.options.busy_key_delay).await;
+            }
+            Ok(Claim::Acquired) => {
+                if let Some(h) = inner.held.lock().unwrap().get_mut(&slot.id) {
+                    h.claim = Some(key.clone());
+                }
+                claimed = Some(key.clone());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "idempotency store unavailable; the message will be tried again later");
+                return settle_later(inner, slot, inner.options.busy_key_delay).await;
+            }
+        }
+    }
+
+    let job = Job {
+        message: message.clone(),
+        topic: inner.topic.clone(),
+        group: inner.group.clone(),
+        max_attempts,
+    };
+    let outcome = run_handler(inner, job).await;
+
+    match outcome {
+        Ok(()) => {
+            if let Some(key) = &claimed {
+                let owner = claim_owner(inner, delivery);
+                if let Err(e) = inner.store.complete(&inner.scope, key, &owner, inner.retention).await {
+                    tracing::warn!(error = %e, "could not mark the idempotency key done; a duplicate may run again");
+                }
+            }
+            bump(&inner.counters.succeeded, 1);
+            let _ = acks.send(slot);
+        }
+        Err(error) => {
+            if let Some(key) = &claimed {
+                let owner = claim_owner(inner, delivery);
+                if let Err(e) = inner.store.release(&inner.scope, key, &owner).await {
+                    tracing::warn!(error = %e, "could not release the idempotency claim; it expires with its lease");
+                }
+            }
+            tracing::info!(id = %message.id, attempt = message.attempt, error = %error, "handler failed");
+            if error.retryable && message.attempt < max_attempts {
+                let delay = error.retry_after.unwrap_or_else(|| inner.options.retry.delay(message.attempt));
+                let mut next = message.clone();
+                next.attempt = message.attempt + 1;
+                next.failures = Some(record_failure(message.failures.as_ref(), &error));
+                next.deliver_at = Some(now_millis() + delay);
+                match inner.broker.retry(delivery, next).await {
+                    Ok(()) => bump(&inner.counters.retried, 1),
+                    Err(e) => settle_error(inner, &e),
+                }
+                forget(inner, &slot);
+            } else {
+                let why = if error.retryable { cause::RETRIES_EXHAUSTED } else { cause::NOT_RETRYABLE };
+                let reason = reason(inner, message, why, &error.kind, &error.message);
+                settle_dead(inner, slot, reason).await;
+            }
+        }
+    }
+}
+
+/// Runs the handler in its own task so a panic or a timeout is a failure of
+/// this message, never of the worker.
+async fn run_handler(inner: &Arc<Inner>, job: Job) -> std::result::Result<(), HandlerError> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let handler = Arc::clone(&inner.handler);
+    let mut task = tokio::spawn(async move { handler.handle(job).await });
+    let _guard = AbortOnDrop(task.abort_handle());
+    let joined = match inner.options.handler_timeout {
+        None => (&mut task).await,
+        Some(limit) => match tokio::time::timeout(limit, &mut task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                return Err(HandlerError::retryable(format!("handler did not finish within {limit:?}")).with_kind("timeout"))
+            }
+        },
+    };
+    match joined {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".to_string());
+            Err(HandlerError::retryable(text).with_kind("panic"))
+        }
+        Err(_) => Err(HandlerError::retryable("handler task was cancelled").with_kind("cancelled")),
+    }
+}
+
+fn record_failure(previous: Option<&FailureHistory>, error: &HandlerError) -> FailureHistory {
+    let now = now_millis();
+    FailureHistory {
+        first_failed_at: previous.map(|p| p.first_failed_at).unwrap_or(now),
+        last_failed_at: now,
+        last_error_kind: error.kind.clone(),
+        last_error: error.message.clone(),
+    }
+}
+
+fn reason(inner: &Inner, message: &Message, why: &str, kind: &str, error_message: &str) -> DeadLetterReason {
+    let now = SystemTime::now();
+    DeadLetterReason {
+        topic: inner.topic.clone(),
+        group: inner.group.clone(),
+        attempts: message.attempt,
+        cause: why.to_string(),
+        error_kind: kind.to_string(),
+        error_message: error_message.to_string(),
+        first_failed_at: message.failures.as_ref().map(|f| f.first_failed_at).unwrap_or(now),
+        last_failed_at: now,
+    }
+}
+
+async fn settle_dead(inner: &Arc<Inner>, slot: Slot, reason: DeadLetterReason) {
+    tracing::warn!(id = %slot.delivery.message.id, cause = %reason.cause, error = %reason.error_message, "dead-lettered");
+    match inner.broker.dead_letter(&slot.delivery, &reason).await {
+        Ok(()) => bump(&inner.counters.dead_lettered, 1),
+        Err(e) => settle_error(inner, &e),
+    }
+    forget(inner, &slot);
+}
+
+/// Puts the message back for later without counting an attempt.
+async fn settle_later(inner: &Arc<Inner>, slot: Slot, delay: Duration) {
+    let mut again = slot.delivery.message.clone();
+    again.deliver_at = Some(now_millis() + delay);
+    if let Err(e) = inner.broker.retry(&slot.delivery, again).await {
+        settle_error(inner, &e);
+    }
+    forget(inner, &slot);
+}
+
+fn settle_error(inner: &Inner, e: &Error) {
+    bump(&inner.counters.settle_errors, 1);
+    tracing::warn!(error = %e, "could not settle a message; it will be delivered again");
+}
+
+fn forget(inner: &Inner, slot: &Slot) {
+    inner.held.lock().unwrap().remove(&slot.id);
+}

@@ -521,6 +521,7 @@ impl Broker for EmbeddedBroker {
                     topic: topic.to_string(),
                     group: group.to_string(),
                     attempts: message.attempt,
+                    cause: "unknown".into(),
                     error_kind: "unknown".into(),
                     error_message: String::new(),
                     first_failed_at: SystemTime::UNIX_EPOCH,

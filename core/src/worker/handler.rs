@@ -1,0 +1,117 @@
+//! What a handler is given and what it returns.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::message::Message;
+
+/// The job a handler runs: the message and where it stands in its budget.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Job {
+    /// The message.
+    pub message: Message,
+    /// Topic it came from.
+    pub topic: String,
+    /// Group it is handled for.
+    pub group: String,
+    /// Attempts the retry budget allows in all.
+    pub max_attempts: u32,
+}
+
+impl Job {
+    /// This attempt's number, 1 on first delivery.
+    pub fn attempt(&self) -> u32 {
+        self.message.attempt
+    }
+
+    /// Whether a failure now goes to the dead letters rather than a retry.
+    pub fn is_last_attempt(&self) -> bool {
+        self.message.attempt >= self.max_attempts
+    }
+}
+
+/// A handler's failure. Retryable unless made with [`HandlerError::fatal`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandlerError {
+    /// Error type (`ValueError`, a Rust type name...); `error` when unknown.
+    pub kind: String,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+    /// Wait this long before the retry instead of the policy's backoff.
+    pub retry_after: Option<Duration>,
+}
+
+impl HandlerError {
+    /// A failure that is worth retrying.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError { kind: "error".into(), message: message.into(), retryable: true, retry_after: None }
+    }
+
+    /// A failure no retry can fix: the message goes to the dead letters at once.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        HandlerError { retryable: false, ..Self::retryable(message) }
+    }
+
+    /// Sets the error kind.
+    pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+
+    /// Asks for the retry after `delay` instead of the policy's backoff
+    /// (still within the retry budget).
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// From any error value: retryable, kind = its type name.
+    pub fn from_error<E: std::error::Error>(error: &E) -> Self {
+        let kind = std::any::type_name::<E>().rsplit("::").next().unwrap_or("error").to_string();
+        HandlerError::retryable(error.to_string()).with_kind(kind)
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl From<String> for HandlerError {
+    fn from(message: String) -> Self {
+        HandlerError::retryable(message)
+    }
+}
+
+impl From<&str> for HandlerError {
+    fn from(message: &str) -> Self {
+        HandlerError::retryable(message)
+    }
+}
+
+/// Runs jobs. Implemented for every `Fn(Job) -> impl Future<Output =
+/// Result<(), HandlerError>>`; the Python and Node packages implement it
+/// over their own callables.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one job. `Err` retries or dead-letters it; a panic counts as
+    /// a retryable failure of kind `panic`.
+    async fn handle(&self, job: Job) -> Result<(), HandlerError>;
+}
+
+#[async_trait]
+impl<F, Fut> Handler for F
+where
+    F: Fn(Job) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    async fn handle(&self, job: Job) -> Result<(), HandlerError> {
+        (self)(job).await
+    }
+}
