@@ -171,6 +171,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// each one. Messages with `deliver_at` in the future are held until then.
     async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()>;
 
+    /// Publishes one message exactly as a plain client of the broker would
+    /// (redis-cli, another AMQP or Kafka library): these native headers and
+    /// this payload, with no Pillarbox metadata added. For bridges and for
+    /// testing how foreign messages are consumed.
+    async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: bytes::Bytes) -> Result<()>;
+
     /// Receives up to `max` messages for the group, waiting up to `wait` for
     /// the first one. Returns an empty vector when none came.
     async fn receive(&self, request: ReceiveRequest<'_>) -> Result<Vec<Delivery>>;

@@ -32,6 +32,10 @@ pub struct EmbeddedBroker {
     closed: AtomicBool,
 }
 
+/// An entry as read for delivery: id, lease token, headers, payload,
+/// deliveries so far (this one included), publish time.
+type Row = (i64, i64, String, Vec<u8>, u32, i64);
+
 /// Which row a delivery holds, and with which lease.
 #[derive(Debug)]
 struct EmbeddedReceipt {
@@ -73,7 +77,7 @@ impl EmbeddedBroker {
         group: &str,
         max: usize,
         lease: Duration,
-    ) -> rusqlite::Result<(Vec<(i64, i64, String, Vec<u8>, u32)>, Option<i64>)> {
+    ) -> rusqlite::Result<(Vec<Row>, Option<i64>)> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = to_millis(SystemTime::now()) as i64;
         ensure_group(&tx, topic, group, now)?;
@@ -83,17 +87,17 @@ impl EmbeddedBroker {
         let mut rows = Vec::with_capacity(max);
         {
             let mut select = tx.prepare_cached(
-                "SELECT id, headers, payload, deliveries FROM pb_entries
+                "SELECT id, headers, payload, deliveries, published_at FROM pb_entries
                  WHERE topic = ?1 AND grp = ?2 AND due_at <= ?3 ORDER BY due_at, id LIMIT ?4",
             )?;
             let mut update =
                 tx.prepare_cached("UPDATE pb_entries SET lease = ?1, due_at = ?2, deliveries = deliveries + 1 WHERE id = ?3")?;
             let found = select.query_map(params![topic, group, now, max as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?))
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?, r.get::<_, i64>(4)?))
             })?;
             for row in found {
-                let (id, headers, payload, deliveries) = row?;
-                rows.push((id, token, headers, payload, deliveries + 1));
+                let (id, headers, payload, deliveries, published_at) = row?;
+                rows.push((id, token, headers, payload, deliveries + 1, published_at));
             }
             for (id, ..) in &rows {
                 update.execute(params![token, lease_until, id])?;
@@ -158,9 +162,14 @@ fn parse_headers(json: &str) -> (Vec<(String, String)>, Option<String>) {
     }
 }
 
-fn decode_row(headers: &str, payload: Vec<u8>, deliveries: u32) -> wire::Decoded {
+/// Decodes a stored row. `published_at` (the row's own time) stands in when
+/// a foreign producer sent no publish time.
+fn decode_row(headers: &str, payload: Vec<u8>, deliveries: u32, published_at: i64) -> wire::Decoded {
     let (pairs, bad_json) = parse_headers(headers);
     let mut decoded = wire::decode(pairs, Bytes::from(payload), deliveries);
+    if decoded.message.published_at == SystemTime::UNIX_EPOCH {
+        decoded.message.published_at = crate::message::from_millis(published_at.max(0) as u64);
+    }
     if bad_json.is_some() {
         decoded.malformed = bad_json;
     }
@@ -231,6 +240,30 @@ impl Broker for EmbeddedBroker {
         Ok(())
     }
 
+    async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        let size = payload.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if size > self.db.options.max_message_bytes {
+            return Err(Error::MessageTooLarge { size, limit: self.db.options.max_message_bytes });
+        }
+        let topic = topic.to_string();
+        let headers = headers_json(headers);
+        let err = self.db.err();
+        self.db
+            .call(move |c| {
+                let now = to_millis(SystemTime::now()) as i64;
+                c.prepare_cached("INSERT INTO pb_log (topic, headers, payload, published_at, due_at) VALUES (?1, ?2, ?3, ?4, ?4)")
+                    .map_err(err)?
+                    .execute(params![topic, headers, &payload[..], now])
+                    .map_err(err)?;
+                Ok(())
+            })
+            .await?;
+        self.db.activity.notify_waiters();
+        Ok(())
+    }
+
     async fn receive(&self, request: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
         self.check_open()?;
         validate_name("topic", request.topic)?;
@@ -253,8 +286,8 @@ impl Broker for EmbeddedBroker {
             if !rows.is_empty() {
                 return Ok(rows
                     .into_iter()
-                    .map(|(entry, lease, headers, payload, deliveries)| {
-                        let decoded = decode_row(&headers, payload, deliveries);
+                    .map(|(entry, lease, headers, payload, deliveries, published_at)| {
+                        let decoded = decode_row(&headers, payload, deliveries, published_at);
                         Delivery::new(
                             request.topic,
                             request.group,
@@ -501,12 +534,13 @@ impl Broker for EmbeddedBroker {
             .call(move |c| {
                 let mut stmt = c
                     .prepare_cached(
-                        "SELECT id, headers, payload FROM pb_dead WHERE topic = ?1 AND grp = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
+                        "SELECT id, headers, payload, published_at FROM pb_dead
+                         WHERE topic = ?1 AND grp = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
                     )
                     .map_err(err)?;
                 let rows = stmt
                     .query_map(params![t, g, after, limit as i64], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?))
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?))
                     })
                     .map_err(err)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
@@ -514,8 +548,8 @@ impl Broker for EmbeddedBroker {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, headers, payload)| {
-                let decoded = decode_row(&headers, payload, 1);
+            .map(|(id, headers, payload, published_at)| {
+                let decoded = decode_row(&headers, payload, 1, published_at);
                 let mut message = decoded.message;
                 let reason = wire::decode_reason(&message.headers).unwrap_or_else(|| DeadLetterReason {
                     topic: topic.to_string(),
@@ -559,7 +593,7 @@ impl Broker for EmbeddedBroker {
                         .map_err(err)?;
                     let mut delete = tx.prepare_cached("DELETE FROM pb_dead WHERE id = ?1").map_err(err)?;
                     for id in ids {
-                        let Some((headers, _published)) = select
+                        let Some((headers, published_at)) = select
                             .query_row(params![id, t, g], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
                             .optional()
                             .map_err(err)?
@@ -567,7 +601,7 @@ impl Broker for EmbeddedBroker {
                             continue;
                         };
                         // A fresh start: attempt 1, no failure history, no reason.
-                        let mut message = decode_row(&headers, Vec::new(), 1).message;
+                        let mut message = decode_row(&headers, Vec::new(), 1, published_at).message;
                         message.attempt = 1;
                         message.failures = None;
                         message.deliver_at = None;

@@ -1,0 +1,105 @@
+//! Runs the conformance suite against the embedded backends (always) and
+//! against `PILLARBOX_CONFORMANCE_URL` when it is set.
+//!
+//! Each scenario is its own test, per backend, so a failure names both.
+
+use pillarbox::conformance::{run_scenario, scenarios, Outcome};
+
+async fn check(url: &str, scenario: &str) {
+    match run_scenario(url, scenario).await {
+        Ok(Outcome::Passed) => {}
+        Ok(Outcome::Skipped(why)) => eprintln!("{scenario} skipped on {url}: {why}"),
+        Err(failure) => panic!("{scenario} failed on {url}: {failure}"),
+    }
+}
+
+fn memory_url() -> String {
+    // A named memory database, so a scenario's second connection shares it.
+    format!("memory://conformance-{}", uuid_like())
+}
+
+fn sqlite_url() -> String {
+    let dir = std::env::temp_dir().join("pillarbox-conformance");
+    std::fs::create_dir_all(&dir).unwrap();
+    format!("sqlite://{}/{}.db?synchronous=normal", dir.display(), uuid_like())
+}
+
+fn uuid_like() -> String {
+    format!("{:016x}{:08x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64, std::process::id())
+        + &format!("{:04x}", rand_u16())
+}
+
+fn rand_u16() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static N: AtomicU16 = AtomicU16::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+macro_rules! backend {
+    ($module:ident, $url:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $scenario() {
+                    super::check(&$url, stringify!($scenario)).await;
+                }
+            )*
+
+            #[test]
+            fn every_scenario_has_a_test() {
+                let listed = [$(stringify!($scenario)),*];
+                let all: Vec<_> = pillarbox::conformance::scenarios().into_iter().map(|s| s.name).collect();
+                assert_eq!(listed.to_vec(), all, "the test list and the suite differ");
+            }
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($scenario:ident),* $(,)?) => {
+        backend!(memory, super::memory_url(), [$($scenario),*]);
+        backend!(sqlite, super::sqlite_url(), [$($scenario),*]);
+    };
+}
+
+every_backend!(
+    round_trip_with_all_metadata,
+    fan_out_to_two_groups,
+    competing_consumers_handle_each_once,
+    retry_then_success,
+    retries_exhausted_dead_letter,
+    not_retryable_dead_letters_at_once,
+    panic_and_timeout_are_failures,
+    redrive_and_purge,
+    idempotency_same_key_published_twice,
+    idempotency_redelivery_after_done,
+    idempotency_race_runs_once,
+    consumer_dropped_mid_message,
+    slow_handler_lease_renewed,
+    delayed_publish_not_early,
+    per_key_ordering,
+    inspection_figures,
+    foreign_message_consumed,
+    malformed_metadata_dead_lettered,
+    oversized_message_rejected,
+    graceful_shutdown_loses_nothing,
+);
+
+/// The whole suite against a URL of your own, e.g.
+/// `PILLARBOX_CONFORMANCE_URL=sqlite:///tmp/x.db cargo test -p pillarbox --features conformance --test conformance user_url`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn user_url() {
+    let Ok(url) = std::env::var("PILLARBOX_CONFORMANCE_URL") else { return };
+    let mut failures = Vec::new();
+    for s in scenarios() {
+        match run_scenario(&url, s.name).await {
+            Ok(Outcome::Passed) => eprintln!("passed  {}", s.name),
+            Ok(Outcome::Skipped(why)) => eprintln!("skipped {}: {why}", s.name),
+            Err(f) => {
+                eprintln!("FAILED  {}: {f}", s.name);
+                failures.push(s.name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed on {url}: {failures:?}");
+}
