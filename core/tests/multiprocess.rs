@@ -1,0 +1,114 @@
+//! sqlite:// shared by several processes: two publisher processes and two
+//! worker processes on one file, at once. Every message is handled exactly
+//! once. (What a Django web process and a worker process do.)
+//!
+//! The test re-runs its own binary as the child processes, selected by the
+//! `PB_MP_ROLE` environment variable.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+
+const TOPIC: &str = "orders";
+const GROUP: &str = "fulfil";
+const PER_PUBLISHER: usize = 150;
+
+fn child(role: &str, db: &PathBuf, extra: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_process", "--nocapture", "--test-threads=1"])
+        .env("PB_MP_ROLE", role)
+        .env("PB_MP_DB", db)
+        .env("PB_MP_ARG", extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn publishers_and_workers_in_separate_processes() {
+    if std::env::var("PB_MP_ROLE").is_ok() {
+        return; // a child runs only `child_process`
+    }
+    let dir = std::env::temp_dir().join(format!("pillarbox-mp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("queue.db");
+    let _ = std::fs::remove_file(&db);
+    let done_marker = dir.join("publishers-done");
+    let _ = std::fs::remove_file(&done_marker);
+
+    let workers: Vec<_> = (0..2).map(|i| child("consume", &db, &format!("w{i}"))).collect();
+    let publishers: Vec<_> = (0..2).map(|i| child("publish", &db, &format!("p{i}"))).collect();
+    for p in publishers {
+        let out = p.wait_with_output().unwrap();
+        assert!(out.status.success(), "publisher failed");
+    }
+    std::fs::write(&done_marker, b"").unwrap();
+    let mut handled = Vec::new();
+    let mut per_worker = Vec::new();
+    for w in workers {
+        let out = w.wait_with_output().unwrap();
+        assert!(out.status.success(), "worker failed");
+        let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            // libtest may print its own "test ... " on the same line first.
+            .filter_map(|l| l.find("handled ").map(|at| l[at + "handled ".len()..].to_string()))
+            .collect();
+        per_worker.push(lines.len());
+        handled.extend(lines);
+    }
+    let total = handled.len();
+    handled.sort();
+    handled.dedup();
+    assert_eq!(total, 2 * PER_PUBLISHER, "handled {total} (per worker {per_worker:?})");
+    assert_eq!(handled.len(), 2 * PER_PUBLISHER, "duplicates among {total}");
+    eprintln!("per worker: {per_worker:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process() {
+    let Ok(role) = std::env::var("PB_MP_ROLE") else { return };
+    let db = PathBuf::from(std::env::var("PB_MP_DB").unwrap());
+    let name = std::env::var("PB_MP_ARG").unwrap();
+    let url = format!("sqlite://{}", db.display());
+    let broker = connect(&url).await.unwrap();
+    broker.ensure_group(TOPIC, GROUP).await.unwrap();
+    match role.as_str() {
+        "publish" => {
+            // Singles and batches, interleaved with the other publisher.
+            for chunk in (0..PER_PUBLISHER).collect::<Vec<_>>().chunks(10) {
+                for i in &chunk[..5] {
+                    broker.publish(TOPIC, vec![Message::new(format!("{name}-{i}"))]).await.unwrap();
+                }
+                broker.publish(TOPIC, chunk[5..].iter().map(|i| Message::new(format!("{name}-{i}"))).collect()).await.unwrap();
+            }
+        }
+        "consume" => {
+            let handler = |job: Job| async move {
+                println!("handled {}", String::from_utf8_lossy(&job.message.payload));
+                Ok::<(), HandlerError>(())
+            };
+            let options = WorkerOptions::default().concurrency(2).poll_wait(Duration::from_millis(100));
+            let worker = Worker::new(Arc::clone(&broker), TOPIC, GROUP, handler, options).unwrap();
+            let runner = worker.clone();
+            let task = tokio::spawn(async move { runner.run().await });
+            let marker = db.parent().unwrap().join("publishers-done");
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let s = broker.inspect(TOPIC, GROUP).await.unwrap();
+                if marker.exists() && s.ready == 0 && s.in_flight == 0 && s.waiting == 0 {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "gave up waiting: {s:?}");
+            }
+            worker.shutdown();
+            task.await.unwrap().unwrap();
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
