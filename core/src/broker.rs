@@ -207,7 +207,13 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     async fn groups(&self, topic: &str) -> Result<Vec<String>>;
 
     /// Dead letters of a group, oldest first, after the id `after` (exclusive).
-    async fn list_dead_letters(&self, topic: &str, group: &str, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>>;
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>>;
 
     /// Sends dead letters back to their group (only that group) as fresh
     /// messages (attempt 1, reason removed). Returns how many were moved.

@@ -24,8 +24,8 @@ use crate::broker::{Broker, ReceiveRequest};
 use crate::dead_letter::{self, cause, DeadLetterFilter, RedriveOptions};
 use crate::idempotency::{IdempotencyStore, MemoryStore};
 use crate::message::{to_millis, Message};
-use crate::worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
 use crate::wire;
+use crate::worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
 
 /// What a scenario concluded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,10 +82,8 @@ scenarios!(
 
 /// Runs one scenario by name against `url`.
 pub async fn run_scenario(url: &str, name: &str) -> Result<Outcome, Failure> {
-    let scenario = scenarios()
-        .into_iter()
-        .find(|s| s.name == name)
-        .ok_or_else(|| format!("no scenario named `{name}`"))?;
+    let scenario =
+        scenarios().into_iter().find(|s| s.name == name).ok_or_else(|| format!("no scenario named `{name}`"))?;
     let ctx = Ctx::new(url, name).await?;
     let broker = Arc::clone(&ctx.broker);
     let result = tokio::time::timeout(Duration::from_secs(120), (scenario.run)(ctx))
@@ -151,7 +149,11 @@ fn quick() -> WorkerOptions {
         .lease(Duration::from_secs(2))
         .shutdown_grace(Duration::from_secs(10))
         .busy_key_delay(Duration::from_millis(200))
-        .retry(RetryPolicy::retries(3).with_backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1)).with_jitter(0.0))
+        .retry(
+            RetryPolicy::retries(3)
+                .with_backoff(Duration::from_millis(100), 2.0, Duration::from_secs(1))
+                .with_jitter(0.0),
+        )
 }
 
 /// A running worker and the task driving it.
@@ -172,7 +174,13 @@ impl Running {
     }
 }
 
-fn start<H: Handler>(broker: &Arc<dyn Broker>, topic: &str, group: &str, handler: H, options: WorkerOptions) -> Result<Running, Failure> {
+fn start<H: Handler>(
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    group: &str,
+    handler: H,
+    options: WorkerOptions,
+) -> Result<Running, Failure> {
     let worker = Worker::new(Arc::clone(broker), topic, group, handler, options).map_err(fail("worker options"))?;
     let runner = worker.clone();
     let task = tokio::spawn(async move { runner.run().await });
@@ -257,7 +265,14 @@ async fn round_trip_with_all_metadata(ctx: Ctx) -> Result<Outcome, Failure> {
     publish(&ctx, vec![sent.clone()]).await?;
     let got = ctx
         .broker
-        .receive(ReceiveRequest { topic: &ctx.topic, group: "g", consumer: "c1", max: 10, wait: Duration::from_secs(10), lease: Duration::from_secs(10) })
+        .receive(ReceiveRequest {
+            topic: &ctx.topic,
+            group: "g",
+            consumer: "c1",
+            max: 10,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_secs(10),
+        })
         .await
         .map_err(fail("receive"))?;
     check!(got.len() == 1, "expected 1 delivery, got {}", got.len());
@@ -332,7 +347,8 @@ async fn competing_consumers_handle_each_once(ctx: Ctx) -> Result<Outcome, Failu
 async fn retry_then_success(ctx: Ctx) -> Result<Outcome, Failure> {
     publish_to_group(&ctx, "g", vec![Message::new("flaky")]).await?;
     let r = Recorder::default();
-    let policy = RetryPolicy::retries(3).with_backoff(Duration::from_millis(300), 2.0, Duration::from_secs(5)).with_jitter(0.0);
+    let policy =
+        RetryPolicy::retries(3).with_backoff(Duration::from_millis(300), 2.0, Duration::from_secs(5)).with_jitter(0.0);
     let w = start(
         &ctx.broker,
         &ctx.topic,
@@ -376,7 +392,11 @@ async fn retries_exhausted_dead_letter(ctx: Ctx) -> Result<Outcome, Failure> {
         &ctx.topic,
         "g",
         r.handler(|_| Err(HandlerError::retryable("boom").with_kind("ValueError"))),
-        quick().retry(RetryPolicy::retries(2).with_backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1)).with_jitter(0.0)),
+        quick().retry(
+            RetryPolicy::retries(2)
+                .with_backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1))
+                .with_jitter(0.0),
+        ),
     )?;
     let ok = wait_for(Duration::from_secs(20), || w.worker.stats().dead_lettered == 1).await;
     let st = w.stop().await?;
@@ -386,12 +406,21 @@ async fn retries_exhausted_dead_letter(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(dead.len() == 1, "{} dead letters", dead.len());
     let d = &dead[0];
     check!(d.message.id == sent.id && d.message.payload == sent.payload, "dead letter is not the message sent");
-    check!(d.message.headers.get("tenant").map(String::as_str) == Some("acme"), "headers lost: {:?}", d.message.headers);
+    check!(
+        d.message.headers.get("tenant").map(String::as_str) == Some("acme"),
+        "headers lost: {:?}",
+        d.message.headers
+    );
     let why = &d.reason;
     check!(why.topic == ctx.topic && why.group == "g", "origin {} {}", why.topic, why.group);
     check!(why.attempts == 3, "attempts {}", why.attempts);
     check!(why.cause == cause::RETRIES_EXHAUSTED, "cause {}", why.cause);
-    check!(why.error_kind == "ValueError" && why.error_message == "boom", "error {} {}", why.error_kind, why.error_message);
+    check!(
+        why.error_kind == "ValueError" && why.error_message == "boom",
+        "error {} {}",
+        why.error_kind,
+        why.error_message
+    );
     check!(why.first_failed_at <= why.last_failed_at, "first failure after last");
     check!(
         to_millis(why.first_failed_at) + 1 >= to_millis(before) && why.last_failed_at <= SystemTime::now(),
@@ -407,7 +436,13 @@ async fn retries_exhausted_dead_letter(ctx: Ctx) -> Result<Outcome, Failure> {
 async fn not_retryable_dead_letters_at_once(ctx: Ctx) -> Result<Outcome, Failure> {
     publish_to_group(&ctx, "g", vec![Message::new("bad input")]).await?;
     let r = Recorder::default();
-    let w = start(&ctx.broker, &ctx.topic, "g", r.handler(|_| Err(HandlerError::fatal("cannot parse").with_kind("ParseError"))), quick())?;
+    let w = start(
+        &ctx.broker,
+        &ctx.topic,
+        "g",
+        r.handler(|_| Err(HandlerError::fatal("cannot parse").with_kind("ParseError"))),
+        quick(),
+    )?;
     let ok = wait_for(Duration::from_secs(20), || w.worker.stats().dead_lettered == 1).await;
     let st = w.stop().await?;
     check!(ok, "not dead-lettered; stats {st:?}");
@@ -440,10 +475,9 @@ async fn panic_and_timeout_are_failures(ctx: Ctx) -> Result<Outcome, Failure> {
             Ok(())
         }
     };
-    let opts = quick()
-        .concurrency(2)
-        .handler_timeout(Duration::from_millis(300))
-        .retry(RetryPolicy::retries(1).with_backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1)).with_jitter(0.0));
+    let opts = quick().concurrency(2).handler_timeout(Duration::from_millis(300)).retry(
+        RetryPolicy::retries(1).with_backoff(Duration::from_millis(50), 2.0, Duration::from_secs(1)).with_jitter(0.0),
+    );
     let w = start(&ctx.broker, &ctx.topic, "g", handler, opts)?;
     let ok = wait_for(Duration::from_secs(20), || {
         let st = w.worker.stats();
@@ -478,7 +512,11 @@ async fn redrive_and_purge(ctx: Ctx) -> Result<Outcome, Failure> {
             Ok(())
         }
     });
-    publish(&ctx, vec![Message::new("a"), Message::new("b"), Message::new("c"), Message::new("purge-1"), Message::new("purge-2")]).await?;
+    publish(
+        &ctx,
+        vec![Message::new("a"), Message::new("b"), Message::new("c"), Message::new("purge-1"), Message::new("purge-2")],
+    )
+    .await?;
     let w = start(&ctx.broker, &ctx.topic, "g", handler, quick())?;
     let ok = wait_for(Duration::from_secs(20), || w.worker.stats().dead_lettered == 5).await;
     check!(ok, "dead-lettered {}", w.worker.stats().dead_lettered);
@@ -501,7 +539,10 @@ async fn redrive_and_purge(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(ok, "after redrive handled {:?}; stats {st:?}", r.payloads());
     let fresh: Vec<u32> = r.jobs().iter().skip(5).map(|(j, _)| j.attempt()).collect();
     check!(fresh.iter().all(|a| *a == 1), "redriven messages should start at attempt 1: {fresh:?}");
-    check!(r.jobs().iter().skip(5).all(|(j, _)| j.message.failures.is_none()), "redriven messages keep a failure history");
+    check!(
+        r.jobs().iter().skip(5).all(|(j, _)| j.message.failures.is_none()),
+        "redriven messages keep a failure history"
+    );
     let s = stats(&ctx, "g").await?;
     check!(s.dead_letters == 0 && s.ready == 0 && s.in_flight == 0, "stats after redrive {s:?}");
     // Redrive went to `g` only: `other` still has exactly the 5 originals.
@@ -512,16 +553,24 @@ async fn redrive_and_purge(ctx: Ctx) -> Result<Outcome, Failure> {
     publish(&ctx, vec![Message::new("x")]).await?;
     let store_flag = Arc::new(AtomicU32::new(0));
     let f = Arc::clone(&store_flag);
-    let w = start(&ctx.broker, &ctx.topic, "g", move |_j: Job| {
-        let f = Arc::clone(&f);
-        async move {
-            f.fetch_add(1, Ordering::SeqCst);
-            Err::<(), _>(HandlerError::fatal("no"))
-        }
-    }, quick())?;
+    let w = start(
+        &ctx.broker,
+        &ctx.topic,
+        "g",
+        move |_j: Job| {
+            let f = Arc::clone(&f);
+            async move {
+                f.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(HandlerError::fatal("no"))
+            }
+        },
+        quick(),
+    )?;
     wait_for(Duration::from_secs(20), || w.worker.stats().dead_lettered == 1).await;
     w.stop().await?;
-    let all = dead_letter::purge(ctx.broker.as_ref(), &ctx.topic, "g", &DeadLetterFilter::default()).await.map_err(fail("purge"))?;
+    let all = dead_letter::purge(ctx.broker.as_ref(), &ctx.topic, "g", &DeadLetterFilter::default())
+        .await
+        .map_err(fail("purge"))?;
     check!(all == 1, "purged {all}");
     check!(stats(&ctx, "g").await?.dead_letters == 0, "dead letters left after purge");
     Ok(Outcome::Passed)
@@ -533,7 +582,14 @@ async fn idempotency_same_key_published_twice(ctx: Ctx) -> Result<Outcome, Failu
     let r = Recorder::default();
     let w = start(&ctx.broker, &ctx.topic, "g", r.handler(|_| Ok(())), quick())?;
     wait_for(Duration::from_secs(20), || r.count() == 1).await;
-    publish(&ctx, vec![Message::new("charge again").with_idempotency_key("charge-42"), Message::new("other").with_idempotency_key("charge-43")]).await?;
+    publish(
+        &ctx,
+        vec![
+            Message::new("charge again").with_idempotency_key("charge-42"),
+            Message::new("other").with_idempotency_key("charge-43"),
+        ],
+    )
+    .await?;
     let ok = wait_for(Duration::from_secs(20), || w.worker.stats().duplicates == 1 && r.count() == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let st = w.stop().await?;
@@ -549,7 +605,14 @@ async fn idempotency_redelivery_after_done(ctx: Ctx) -> Result<Outcome, Failure>
     publish_to_group(&ctx, "g", vec![Message::new("once").with_idempotency_key("k-1")]).await?;
     let first = ctx.another_connection().await?;
     let got = first
-        .receive(ReceiveRequest { topic: &ctx.topic, group: "g", consumer: "doomed", max: 1, wait: Duration::from_secs(10), lease: Duration::from_millis(500) })
+        .receive(ReceiveRequest {
+            topic: &ctx.topic,
+            group: "g",
+            consumer: "doomed",
+            max: 1,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_millis(500),
+        })
         .await
         .map_err(fail("receive"))?;
     check!(got.len() == 1, "received {}", got.len());
@@ -589,7 +652,11 @@ async fn idempotency_race_runs_once(ctx: Ctx) -> Result<Outcome, Failure> {
     let opts = quick().idempotency_store(Arc::clone(&store));
     let wa = start(&ctx.broker, &ctx.topic, "g", make(Arc::clone(&effects)), opts.clone())?;
     let wb = start(&other, &ctx.topic, "g", make(Arc::clone(&effects)), opts)?;
-    publish(&ctx, vec![Message::new("pay").with_idempotency_key("pay-1"), Message::new("pay").with_idempotency_key("pay-1")]).await?;
+    publish(
+        &ctx,
+        vec![Message::new("pay").with_idempotency_key("pay-1"), Message::new("pay").with_idempotency_key("pay-1")],
+    )
+    .await?;
     let ok = wait_for(Duration::from_secs(20), || {
         let (a, b) = (wa.worker.stats(), wb.worker.stats());
         a.succeeded + b.succeeded + a.duplicates + b.duplicates == 2
@@ -609,7 +676,14 @@ async fn consumer_dropped_mid_message(ctx: Ctx) -> Result<Outcome, Failure> {
     publish_to_group(&ctx, "g", vec![Message::new("survivor")]).await?;
     let doomed = ctx.another_connection().await?;
     let got = doomed
-        .receive(ReceiveRequest { topic: &ctx.topic, group: "g", consumer: "doomed", max: 1, wait: Duration::from_secs(10), lease: Duration::from_millis(800) })
+        .receive(ReceiveRequest {
+            topic: &ctx.topic,
+            group: "g",
+            consumer: "doomed",
+            max: 1,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_millis(800),
+        })
         .await
         .map_err(fail("receive"))?;
     check!(got.len() == 1, "received {}", got.len());
@@ -738,7 +812,14 @@ async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(s.oldest_age.is_some(), "no oldest age with messages present");
     let got = ctx
         .broker
-        .receive(ReceiveRequest { topic: &ctx.topic, group: "g", consumer: "c", max: 2, wait: Duration::from_secs(10), lease: Duration::from_secs(30) })
+        .receive(ReceiveRequest {
+            topic: &ctx.topic,
+            group: "g",
+            consumer: "c",
+            max: 2,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+        })
         .await
         .map_err(fail("receive"))?;
     check!(got.len() == 2, "received {}", got.len());
@@ -753,7 +834,14 @@ async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(s.ready == 1 && s.in_flight == 0 && s.waiting == waiting0 + 1, "after ack + retry: {s:?}");
     let last = ctx
         .broker
-        .receive(ReceiveRequest { topic: &ctx.topic, group: "g", consumer: "c", max: 5, wait: Duration::from_secs(10), lease: Duration::from_secs(30) })
+        .receive(ReceiveRequest {
+            topic: &ctx.topic,
+            group: "g",
+            consumer: "c",
+            max: 5,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+        })
         .await
         .map_err(fail("receive"))?;
     check!(last.len() == 1, "received {}", last.len());
@@ -769,7 +857,10 @@ async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
     };
     ctx.broker.dead_letter(&last[0], &reason).await.map_err(fail("dead_letter"))?;
     let s = stats(&ctx, "g").await?;
-    check!(s.ready == 0 && s.in_flight == 0 && s.waiting == waiting0 + 1 && s.dead_letters == 1, "after dead-letter: {s:?}");
+    check!(
+        s.ready == 0 && s.in_flight == 0 && s.waiting == waiting0 + 1 && s.dead_letters == 1,
+        "after dead-letter: {s:?}"
+    );
     // A settled delivery cannot be settled twice.
     let again = ctx.broker.ack(&got[..1]).await;
     check!(matches!(again, Err(crate::Error::LeaseLost { .. })), "second ack of a settled delivery gave {again:?}");
@@ -806,7 +897,11 @@ async fn foreign_message_consumed(ctx: Ctx) -> Result<Outcome, Failure> {
 async fn malformed_metadata_dead_lettered(ctx: Ctx) -> Result<Outcome, Failure> {
     ctx.broker.ensure_group(&ctx.topic, "g").await.map_err(fail("ensure_group"))?;
     ctx.broker
-        .publish_raw(&ctx.topic, vec![(wire::ATTEMPT.into(), "many".into()), (wire::ID.into(), "bad-1".into())], Bytes::from_static(b"?"))
+        .publish_raw(
+            &ctx.topic,
+            vec![(wire::ATTEMPT.into(), "many".into()), (wire::ID.into(), "bad-1".into())],
+            Bytes::from_static(b"?"),
+        )
         .await
         .map_err(fail("publish_raw"))?;
     publish(&ctx, vec![Message::new("good")]).await?;

@@ -42,11 +42,10 @@ pub mod worker;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use broker::{Broker, Capabilities, Delivery, GroupStats, PartitionLag, ReceiveRequest, Receipt};
+pub use broker::{Broker, Capabilities, Delivery, GroupStats, PartitionLag, Receipt, ReceiveRequest};
 pub use connect::connect;
 pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOptions};
 pub use error::{Error, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
 pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
-

@@ -79,13 +79,15 @@ impl Message {
 
     /// A message whose payload is `value` as JSON, with content type `application/json`.
     pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
-        let payload = serde_json::to_vec(value).map_err(|e| Error::InvalidMessage(format!("cannot encode JSON: {e}")))?;
+        let payload =
+            serde_json::to_vec(value).map_err(|e| Error::InvalidMessage(format!("cannot encode JSON: {e}")))?;
         Ok(Message::new(payload).with_content_type("application/json"))
     }
 
     /// Parses the payload as JSON.
     pub fn payload_json<T: for<'de> Deserialize<'de>>(&self) -> Result<T> {
-        serde_json::from_slice(&self.payload).map_err(|e| Error::InvalidMessage(format!("payload is not the expected JSON: {e}")))
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| Error::InvalidMessage(format!("payload is not the expected JSON: {e}")))
     }
 
     /// Sets the partition / routing key.

@@ -97,7 +97,9 @@ impl BrokerUrl {
     /// A query parameter parsed as a number, with a clear error when it is not one.
     pub fn param_u64(&self, name: &str) -> Result<Option<u64>> {
         self.param(name)
-            .map(|v| v.parse::<u64>().map_err(|_| Error::invalid_option(name, format!("expected a whole number, got `{v}`"))))
+            .map(|v| {
+                v.parse::<u64>().map_err(|_| Error::invalid_option(name, format!("expected a whole number, got `{v}`")))
+            })
             .transpose()
     }
 

@@ -261,7 +261,8 @@ mod tests {
 
     #[test]
     fn malformed_metadata_is_reported_not_fatal() {
-        let d = decode(vec![(ATTEMPT.into(), "zero".into()), (PUBLISHED_AT.into(), "yesterday".into())], Bytes::new(), 1);
+        let d =
+            decode(vec![(ATTEMPT.into(), "zero".into()), (PUBLISHED_AT.into(), "yesterday".into())], Bytes::new(), 1);
         let why = d.malformed.unwrap();
         assert!(why.contains("pb-attempt") && why.contains("pb-published-at"), "{why}");
         assert_eq!(d.message.attempt, 1);

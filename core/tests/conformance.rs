@@ -25,8 +25,11 @@ fn sqlite_url() -> String {
 }
 
 fn uuid_like() -> String {
-    format!("{:016x}{:08x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64, std::process::id())
-        + &format!("{:04x}", rand_u16())
+    format!(
+        "{:016x}{:08x}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+        std::process::id()
+    ) + &format!("{:04x}", rand_u16())
 }
 
 fn rand_u16() -> u16 {

@@ -84,7 +84,10 @@ async fn child_process() {
                 for i in &chunk[..5] {
                     broker.publish(TOPIC, vec![Message::new(format!("{name}-{i}"))]).await.unwrap();
                 }
-                broker.publish(TOPIC, chunk[5..].iter().map(|i| Message::new(format!("{name}-{i}"))).collect()).await.unwrap();
+                broker
+                    .publish(TOPIC, chunk[5..].iter().map(|i| Message::new(format!("{name}-{i}"))).collect())
+                    .await
+                    .unwrap();
             }
         }
         "consume" => {

@@ -36,7 +36,13 @@ async fn main() -> pillarbox::Result<()> {
 
     // --- the producer -------------------------------------------------------
     let mut tasks = Vec::new();
-    for (user, email) in [(1, "ada@example.com"), (2, "grace@example.com"), (3, "flaky@example.com"), (4, "not-an-address"), (5, "linus@example.com")] {
+    for (user, email) in [
+        (1, "ada@example.com"),
+        (2, "grace@example.com"),
+        (3, "flaky@example.com"),
+        (4, "not-an-address"),
+        (5, "linus@example.com"),
+    ] {
         tasks.push(
             Message::json(&json!({ "user": user, "email": email }))?
                 .with_key(format!("user-{user}"))
@@ -66,7 +72,9 @@ async fn main() -> pillarbox::Result<()> {
             let t = started.elapsed().as_secs_f64();
             if !email.contains('@') {
                 println!("[{t:5.2}s] attempt {} for {email:<18} -> invalid address: not retryable", job.attempt());
-                return Err(HandlerError::fatal(format!("`{email}` is not an email address")).with_kind("InvalidAddress"));
+                return Err(
+                    HandlerError::fatal(format!("`{email}` is not an email address")).with_kind("InvalidAddress")
+                );
             }
             if email.starts_with("flaky") && failures.fetch_add(1, Ordering::SeqCst) < 2 {
                 println!("[{t:5.2}s] attempt {} for {email:<18} -> SMTP timeout, will retry", job.attempt());

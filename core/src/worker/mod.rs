@@ -258,7 +258,13 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker for `group` on `topic`. Checks the options; nothing runs
     /// until [`Worker::run`].
-    pub fn new<H: Handler>(broker: Arc<dyn Broker>, topic: &str, group: &str, handler: H, options: WorkerOptions) -> Result<Self> {
+    pub fn new<H: Handler>(
+        broker: Arc<dyn Broker>,
+        topic: &str,
+        group: &str,
+        handler: H,
+        options: WorkerOptions,
+    ) -> Result<Self> {
         Self::with_handler(broker, topic, group, Arc::new(handler), options)
     }
 
@@ -400,10 +406,8 @@ impl Worker {
         // Shutdown: what never started goes back at once.
         let unstarted: Vec<Slot> = waiting_by_key.into_values().flatten().collect();
         release_slots(&inner, unstarted).await;
-        let graceful = tokio::time::timeout(opts.shutdown_grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
+        let graceful =
+            tokio::time::timeout(opts.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
         if graceful.is_err() {
             tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
             tasks.shutdown().await;
@@ -422,7 +426,9 @@ impl Worker {
             }
             match inner.broker.release(&deliveries).await {
                 Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
-                Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires")
+                }
             }
         }
         background_stop.cancel();
@@ -495,10 +501,8 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
         let (deliveries, claims): (Vec<Delivery>, Vec<(String, String)>) = {
             let held = inner.held.lock().unwrap();
             let deliveries = held.values().map(|h| h.delivery.clone()).collect();
-            let claims = held
-                .values()
-                .filter_map(|h| h.claim.clone().map(|k| (k, claim_owner(&inner, &h.delivery))))
-                .collect();
+            let claims =
+                held.values().filter_map(|h| h.claim.clone().map(|k| (k, claim_owner(&inner, &h.delivery)))).collect();
             (deliveries, claims)
         };
         if renew_leases && !deliveries.is_empty() {
@@ -634,12 +638,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::UnboundedSender<Sl
         }
     }
 
-    let job = Job {
-        message: message.clone(),
-        topic: inner.topic.clone(),
-        group: inner.group.clone(),
-        max_attempts,
-    };
+    let job = Job { message: message.clone(), topic: inner.topic.clone(), group: inner.group.clone(), max_attempts };
     let outcome = run_handler(inner, job).await;
 
     match outcome {
@@ -698,7 +697,9 @@ async fn run_handler(inner: &Arc<Inner>, job: Job) -> std::result::Result<(), Ha
         Some(limit) => match tokio::time::timeout(limit, &mut task).await {
             Ok(joined) => joined,
             Err(_) => {
-                return Err(HandlerError::retryable(format!("handler did not finish within {limit:?}")).with_kind("timeout"))
+                return Err(
+                    HandlerError::retryable(format!("handler did not finish within {limit:?}")).with_kind("timeout")
+                )
             }
         },
     };

@@ -117,8 +117,14 @@ mod tests {
     #[test]
     fn bad_values_are_refused() {
         assert!(RetryPolicy::default().with_jitter(1.5).validate().is_err());
-        assert!(RetryPolicy::default().with_backoff(Duration::from_secs(2), 0.5, Duration::from_secs(9)).validate().is_err());
-        assert!(RetryPolicy::default().with_backoff(Duration::from_secs(2), 2.0, Duration::from_secs(1)).validate().is_err());
+        assert!(RetryPolicy::default()
+            .with_backoff(Duration::from_secs(2), 0.5, Duration::from_secs(9))
+            .validate()
+            .is_err());
+        assert!(RetryPolicy::default()
+            .with_backoff(Duration::from_secs(2), 2.0, Duration::from_secs(1))
+            .validate()
+            .is_err());
         assert!(RetryPolicy::default().validate().is_ok());
     }
 }

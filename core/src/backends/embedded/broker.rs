@@ -14,7 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::db::Db;
 use super::idempotency::SqliteIdempotencyStore;
-use crate::broker::{validate_batch, Broker, Capabilities, Delivery, GroupStats, ReceiveRequest, Receipt};
+use crate::broker::{validate_batch, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
@@ -90,10 +90,17 @@ impl EmbeddedBroker {
                 "SELECT id, headers, payload, deliveries, published_at FROM pb_entries
                  WHERE topic = ?1 AND grp = ?2 AND due_at <= ?3 ORDER BY due_at, id LIMIT ?4",
             )?;
-            let mut update =
-                tx.prepare_cached("UPDATE pb_entries SET lease = ?1, due_at = ?2, deliveries = deliveries + 1 WHERE id = ?3")?;
+            let mut update = tx.prepare_cached(
+                "UPDATE pb_entries SET lease = ?1, due_at = ?2, deliveries = deliveries + 1 WHERE id = ?3",
+            )?;
             let found = select.query_map(params![topic, group, now, max as i64], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?, r.get::<_, i64>(4)?))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
             })?;
             for row in found {
                 let (id, headers, payload, deliveries, published_at) = row?;
@@ -130,7 +137,9 @@ fn materialize(conn: &Connection, topic: &str, group: &str) -> rusqlite::Result<
         .prepare_cached("SELECT cursor FROM pb_groups WHERE topic = ?1 AND grp = ?2")?
         .query_row(params![topic, group], |r| r.get(0))?;
     let upto: Option<i64> = conn
-        .prepare_cached("SELECT MAX(seq) FROM (SELECT seq FROM pb_log WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)")?
+        .prepare_cached(
+            "SELECT MAX(seq) FROM (SELECT seq FROM pb_log WHERE topic = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3)",
+        )?
         .query_row(params![topic, cursor, MATERIALIZE_CHUNK], |r| r.get(0))?;
     let Some(upto) = upto else { return Ok(()) };
     conn.prepare_cached(
@@ -198,9 +207,7 @@ impl Broker for EmbeddedBroker {
         validate_name("group", group)?;
         let (t, g) = (topic.to_string(), group.to_string());
         let err = self.db.err();
-        self.db
-            .call(move |c| ensure_group(c, &t, &g, to_millis(SystemTime::now()) as i64).map_err(err))
-            .await
+        self.db.call(move |c| ensure_group(c, &t, &g, to_millis(SystemTime::now()) as i64).map_err(err)).await
     }
 
     async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
@@ -253,10 +260,12 @@ impl Broker for EmbeddedBroker {
         self.db
             .call(move |c| {
                 let now = to_millis(SystemTime::now()) as i64;
-                c.prepare_cached("INSERT INTO pb_log (topic, headers, payload, published_at, due_at) VALUES (?1, ?2, ?3, ?4, ?4)")
-                    .map_err(err)?
-                    .execute(params![topic, headers, &payload[..], now])
-                    .map_err(err)?;
+                c.prepare_cached(
+                    "INSERT INTO pb_log (topic, headers, payload, published_at, due_at) VALUES (?1, ?2, ?3, ?4, ?4)",
+                )
+                .map_err(err)?
+                .execute(params![topic, headers, &payload[..], now])
+                .map_err(err)?;
                 Ok(())
             })
             .await?;
@@ -328,7 +337,8 @@ impl Broker for EmbeddedBroker {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
                 let mut lost = None;
                 {
-                    let mut delete = tx.prepare_cached("DELETE FROM pb_entries WHERE id = ?1 AND lease = ?2").map_err(err)?;
+                    let mut delete =
+                        tx.prepare_cached("DELETE FROM pb_entries WHERE id = ?1 AND lease = ?2").map_err(err)?;
                     for (entry, lease, id) in &receipts {
                         if delete.execute(params![entry, lease]).map_err(err)? == 0 && lost.is_none() {
                             lost = Some(id.clone());
@@ -356,8 +366,9 @@ impl Broker for EmbeddedBroker {
                 let until = to_millis(SystemTime::now()) as i64 + lease.as_millis() as i64;
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
                 {
-                    let mut update =
-                        tx.prepare_cached("UPDATE pb_entries SET due_at = ?1 WHERE id = ?2 AND lease = ?3").map_err(err)?;
+                    let mut update = tx
+                        .prepare_cached("UPDATE pb_entries SET due_at = ?1 WHERE id = ?2 AND lease = ?3")
+                        .map_err(err)?;
                     for (entry, token) in &receipts {
                         update.execute(params![until, entry, token]).map_err(err)?;
                     }
@@ -448,7 +459,10 @@ impl Broker for EmbeddedBroker {
                 if moved == 0 {
                     return Err(Error::LeaseLost { message_id: id });
                 }
-                tx.prepare_cached("DELETE FROM pb_entries WHERE id = ?1").map_err(err)?.execute(params![entry]).map_err(err)?;
+                tx.prepare_cached("DELETE FROM pb_entries WHERE id = ?1")
+                    .map_err(err)?
+                    .execute(params![entry])
+                    .map_err(err)?;
                 tx.commit().map_err(err)
             })
             .await
@@ -465,7 +479,9 @@ impl Broker for EmbeddedBroker {
                 let now = to_millis(SystemTime::now()) as i64;
                 let tx = c.transaction().map_err(err)?;
                 let cursor: i64 = tx
-                    .query_row("SELECT cursor FROM pb_groups WHERE topic = ?1 AND grp = ?2", params![t, g], |r| r.get(0))
+                    .query_row("SELECT cursor FROM pb_groups WHERE topic = ?1 AND grp = ?2", params![t, g], |r| {
+                        r.get(0)
+                    })
                     .optional()
                     .map_err(err)?
                     .unwrap_or(0);
@@ -491,7 +507,9 @@ impl Broker for EmbeddedBroker {
                     )
                     .map_err(err)?;
                 let dead: i64 = tx
-                    .query_row("SELECT COUNT(*) FROM pb_dead WHERE topic = ?1 AND grp = ?2", params![t, g], |r| r.get(0))
+                    .query_row("SELECT COUNT(*) FROM pb_dead WHERE topic = ?1 AND grp = ?2", params![t, g], |r| {
+                        r.get(0)
+                    })
                     .map_err(err)?;
                 let oldest = [oldest_entry, oldest_log].into_iter().flatten().min();
                 Ok(GroupStats {
@@ -514,14 +532,21 @@ impl Broker for EmbeddedBroker {
         let err = self.db.err();
         self.db
             .call(move |c| {
-                let mut stmt = c.prepare_cached("SELECT grp FROM pb_groups WHERE topic = ?1 ORDER BY grp").map_err(err)?;
+                let mut stmt =
+                    c.prepare_cached("SELECT grp FROM pb_groups WHERE topic = ?1 ORDER BY grp").map_err(err)?;
                 let rows = stmt.query_map(params![t], |r| r.get::<_, String>(0)).map_err(err)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
             })
             .await
     }
 
-    async fn list_dead_letters(&self, topic: &str, group: &str, after: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
         self.check_open()?;
         let after: i64 = match after {
             None => 0,
@@ -583,7 +608,9 @@ impl Broker for EmbeddedBroker {
                 let mut moved = 0;
                 {
                     let mut select = tx
-                        .prepare_cached("SELECT headers, published_at FROM pb_dead WHERE id = ?1 AND topic = ?2 AND grp = ?3")
+                        .prepare_cached(
+                            "SELECT headers, published_at FROM pb_dead WHERE id = ?1 AND topic = ?2 AND grp = ?3",
+                        )
                         .map_err(err)?;
                     let mut insert = tx
                         .prepare_cached(
@@ -624,7 +651,9 @@ impl Broker for EmbeddedBroker {
         let ids: Option<Vec<i64>> = ids
             .map(|ids| {
                 ids.iter()
-                    .map(|s| s.parse().map_err(|_| Error::invalid_option("ids", format!("not a dead-letter id: `{s}`"))))
+                    .map(|s| {
+                        s.parse().map_err(|_| Error::invalid_option("ids", format!("not a dead-letter id: `{s}`")))
+                    })
                     .collect::<Result<Vec<i64>>>()
             })
             .transpose()?;
@@ -634,7 +663,9 @@ impl Broker for EmbeddedBroker {
             .call(move |c| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
                 let n = match ids {
-                    None => tx.execute("DELETE FROM pb_dead WHERE topic = ?1 AND grp = ?2", params![t, g]).map_err(err)?,
+                    None => {
+                        tx.execute("DELETE FROM pb_dead WHERE topic = ?1 AND grp = ?2", params![t, g]).map_err(err)?
+                    }
                     Some(ids) => {
                         let mut delete = tx
                             .prepare_cached("DELETE FROM pb_dead WHERE id = ?1 AND topic = ?2 AND grp = ?3")

@@ -154,7 +154,9 @@ impl Db {
                 if raw.is_empty() {
                     return Err(Error::InvalidUrl {
                         url: url.redacted(),
-                        reason: "sqlite:// needs a file path, e.g. sqlite://pillarbox.db or sqlite:///var/lib/app/queue.db".into(),
+                        reason:
+                            "sqlite:// needs a file path, e.g. sqlite://pillarbox.db or sqlite:///var/lib/app/queue.db"
+                                .into(),
                     });
                 }
                 let path = PathBuf::from(raw);
@@ -182,7 +184,11 @@ impl Db {
             ),
         }
         .map_err(|e| Error::Connect { backend, url: url.redacted(), reason: e.to_string() })?;
-        init(&conn, backend, &options).map_err(|e| Error::Connect { backend, url: url.redacted(), reason: e.to_string() })?;
+        init(&conn, backend, &options).map_err(|e| Error::Connect {
+            backend,
+            url: url.redacted(),
+            reason: e.to_string(),
+        })?;
         let db = Arc::new(Db { conn: Mutex::new(conn), backend, options, activity: Notify::new() });
         if let Some(key) = registry_key {
             reg.retain(|_, w| w.strong_count() > 0);

@@ -108,10 +108,12 @@ impl IdempotencyStore for SqliteIdempotencyStore {
         let err = self.db.err();
         self.db
             .call(move |c| {
-                c.prepare_cached("DELETE FROM pb_idempotency WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND done = 0")
-                    .map_err(err)?
-                    .execute(params![scope, key, owner])
-                    .map_err(err)?;
+                c.prepare_cached(
+                    "DELETE FROM pb_idempotency WHERE scope = ?1 AND key = ?2 AND owner = ?3 AND done = 0",
+                )
+                .map_err(err)?
+                .execute(params![scope, key, owner])
+                .map_err(err)?;
                 Ok(())
             })
             .await

@@ -1,0 +1,87 @@
+//! Publish and consume throughput on the embedded backends.
+//!
+//! ```sh
+//! cargo bench -p pillarbox --bench throughput            # default sizes
+//! PB_BENCH_N=50000 cargo bench -p pillarbox --bench throughput
+//! ```
+//!
+//! Prints one line per measurement: messages of 100 bytes, published one
+//! at a time, in batches of 100, and consumed by a worker (no-op handler)
+//! at concurrency 1 and 16.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pillarbox::{connect, Broker, HandlerError, Job, Message, Worker, WorkerOptions};
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+
+fn rate(n: usize, took: Duration) -> String {
+    format!("{:>9.0} msg/s  ({n} in {:.2} s)", n as f64 / took.as_secs_f64(), took.as_secs_f64())
+}
+
+async fn publish_singles(broker: &Arc<dyn Broker>, topic: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        broker.publish(topic, vec![Message::new(&PAYLOAD[..])]).await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn publish_batches(broker: &Arc<dyn Broker>, topic: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n / 100 {
+        broker.publish(topic, (0..100).map(|_| Message::new(&PAYLOAD[..])).collect()).await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn consume(broker: &Arc<dyn Broker>, topic: &str, n: usize, concurrency: usize) -> Duration {
+    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+    let options = WorkerOptions::default()
+        .concurrency(concurrency)
+        .prefetch(concurrency * 4)
+        .poll_wait(Duration::from_millis(50));
+    let worker = Worker::new(Arc::clone(broker), topic, "bench", handler, options).unwrap();
+    let started = Instant::now();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await });
+    while worker.stats().succeeded < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    took
+}
+
+async fn bench(label: &str, url: &str, n: usize) {
+    let broker = connect(url).await.unwrap();
+    let singles = (n / 10).max(100);
+    let t = format!("bench-{}", std::process::id());
+    broker.ensure_group(&format!("{t}-s"), "bench").await.unwrap();
+    broker.ensure_group(&format!("{t}-b"), "bench").await.unwrap();
+    broker.ensure_group(&format!("{t}-c"), "bench").await.unwrap();
+    println!(
+        "{label:<8} publish, one per call     {}",
+        rate(singles, publish_singles(&broker, &format!("{t}-s"), singles).await)
+    );
+    println!("{label:<8} publish, batches of 100   {}", rate(n, publish_batches(&broker, &format!("{t}-b"), n).await));
+    println!("{label:<8} consume, concurrency 1    {}", rate(n, consume(&broker, &format!("{t}-b"), n, 1).await));
+    publish_batches(&broker, &format!("{t}-c"), n).await;
+    println!("{label:<8} consume, concurrency 16   {}", rate(n, consume(&broker, &format!("{t}-c"), n, 16).await));
+    broker.close().await.unwrap();
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // `cargo bench` passes `--bench`; anything else is not for us.
+    let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    bench("memory", "memory://bench", n).await;
+    let dir = std::env::temp_dir().join(format!("pillarbox-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    bench("sqlite", &format!("sqlite://{}/bench.db", dir.display()), n).await;
+    bench("sqlite*", &format!("sqlite://{}/bench-normal.db?synchronous=normal", dir.display()), n).await;
+    println!("(sqlite: synchronous=full, the default; sqlite*: synchronous=normal)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
