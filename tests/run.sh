@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The one test command (README, "Test everything"; .ci/run calls it):
+# installs what is missing, starts the brokers the tests need, builds
+# everything and runs every test: Rust, then (as they land) Python, Node and
+# cross-language. Stops at the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- 1. what the build needs ----------------------------------------------------
+step "checking the toolchain"
+if ! have cargo; then
+  if [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "cargo not found: install Rust (https://rustup.rs), then run this again" >&2
+    exit 1
+  fi
+fi
+# C compiler for the bundled SQLite.
+source tests/lib/apt.sh
+have cc || apt_install build-essential
+if have rustup; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt || true
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy || true
+fi
+cargo --version
+
+# --- 2. brokers -----------------------------------------------------------------
+# Each backend adds its install-and-start script to tests/brokers/ and is
+# started here; none is needed by the embedded backends.
+for script in tests/brokers/start-*.sh; do
+  [ -e "$script" ] || continue
+  step "starting $(basename "$script" .sh | sed 's/^start-//')"
+  bash "$script"
+done
+
+# --- 3. Rust --------------------------------------------------------------------
+if cargo fmt --version >/dev/null 2>&1; then
+  step "cargo fmt --check"
+  cargo fmt --all --check
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  step "cargo clippy"
+  cargo clippy --workspace --all-targets --all-features -- -D warnings
+fi
+step "cargo test (unit, conformance on every backend, multi-process)"
+cargo test --workspace --all-features
+
+step "the README's demo"
+cargo run -q -p pillarbox --example quickstart
+
+step "conformance runner on a user URL"
+# One scenario panics on purpose; its backtrace is noise here.
+RUST_BACKTRACE=0 cargo run -q -p pillarbox --features conformance --example conformance -- "memory://runner-check" >/dev/null 2>&1 || {
+  RUST_BACKTRACE=0 cargo run -q -p pillarbox --features conformance --example conformance -- "memory://runner-check"
+  exit 1
+}
+
+# --- 4. language packages and cross-language tests -------------------------------
+for suite in tests/suites/*.sh; do
+  [ -e "$suite" ] || continue
+  step "$(basename "$suite" .sh)"
+  bash "$suite"
+done
+
+step "all tests passed"
