@@ -70,6 +70,7 @@ scenarios!(
     idempotency_redelivery_after_done,
     idempotency_race_runs_once,
     consumer_dropped_mid_message,
+    crash_loop_dead_lettered,
     slow_handler_lease_renewed,
     delayed_publish_not_early,
     per_key_ordering,
@@ -698,6 +699,46 @@ async fn consumer_dropped_mid_message(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(jobs.len() == 1, "handled {} times", jobs.len());
     check!(jobs[0].0.attempt() == 2, "redelivery should be attempt 2, was {}", jobs[0].0.attempt());
     check!(settled(&ctx, "g").await?, "not settled: {:?}", stats(&ctx, "g").await?);
+    Ok(Outcome::Passed)
+}
+
+/// A message whose consumers keep dying before settling it is dead-lettered
+/// once its deliveries exceed the budget, without running the handler again:
+/// no crash loop.
+async fn crash_loop_dead_lettered(ctx: Ctx) -> Result<Outcome, Failure> {
+    publish_to_group(&ctx, "g", vec![Message::new("kills its consumer")]).await?;
+    // Budget: 2 attempts. Two consumers take it and die.
+    for attempt in 1..=2u32 {
+        let doomed = ctx.another_connection().await?;
+        let got = doomed
+            .receive(ReceiveRequest {
+                topic: &ctx.topic,
+                group: "g",
+                consumer: &format!("doomed-{attempt}"),
+                max: 1,
+                wait: Duration::from_secs(15),
+                lease: Duration::from_millis(300),
+            })
+            .await
+            .map_err(fail("receive"))?;
+        check!(got.len() == 1, "delivery {attempt}: received {}", got.len());
+        check!(got[0].message.attempt == attempt, "delivery {attempt} came as attempt {}", got[0].message.attempt);
+        let _ = doomed.close().await;
+    }
+    let r = Recorder::default();
+    let opts = quick().lease(Duration::from_millis(300)).retry(RetryPolicy::retries(1).with_backoff(
+        Duration::from_millis(50),
+        2.0,
+        Duration::from_secs(1),
+    ));
+    let w = start(&ctx.broker, &ctx.topic, "g", r.handler(|_| Ok(())), opts)?;
+    let ok = wait_for(Duration::from_secs(30), || w.worker.stats().dead_lettered == 1).await;
+    let st = w.stop().await?;
+    check!(ok, "not dead-lettered; stats {st:?}");
+    check!(r.count() == 0, "handler ran {} times on a message over its budget", r.count());
+    let dead = ctx.broker.list_dead_letters(&ctx.topic, "g", None, 10).await.map_err(fail("list"))?;
+    check!(dead.len() == 1 && dead[0].reason.cause == cause::REDELIVERY_LIMIT, "dead letters {dead:?}");
+    check!(dead[0].reason.attempts == 3, "attempts {}", dead[0].reason.attempts);
     Ok(Outcome::Passed)
 }
 

@@ -78,6 +78,7 @@ every_backend!(
     idempotency_redelivery_after_done,
     idempotency_race_runs_once,
     consumer_dropped_mid_message,
+    crash_loop_dead_lettered,
     slow_handler_lease_renewed,
     delayed_publish_not_early,
     per_key_ordering,
