@@ -25,6 +25,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
         "memory" | "sqlite" => Arc::new(crate::backends::embedded::EmbeddedBroker::connect(&parsed).await?),
         #[cfg(not(feature = "embedded"))]
         scheme @ ("memory" | "sqlite") => return not_enabled(scheme, "embedded"),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Arc::new(crate::backends::redis::RedisBroker::connect(&parsed).await?),
+        #[cfg(not(feature = "redis"))]
         scheme @ ("redis" | "rediss") => return not_enabled(scheme, "redis"),
         scheme @ ("amqp" | "amqps") => return not_enabled(scheme, "amqp"),
         scheme @ "kafka" => return not_enabled(scheme, "kafka"),

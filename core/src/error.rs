@@ -65,6 +65,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The topic holds as many unconsumed messages as its configured bound
+    /// allows; nothing was published. Publish again once consumers catch up.
+    #[error("topic `{topic}` is full ({limit} messages not yet consumed); nothing was published")]
+    QueueFull {
+        /// The topic.
+        topic: String,
+        /// The configured bound.
+        limit: u64,
+    },
+
     /// A message or a name is not acceptable (empty topic, reserved header...).
     #[error("invalid message: {0}")]
     InvalidMessage(String),
@@ -123,6 +133,7 @@ impl Error {
             Error::InvalidOption { .. } => "INVALID_OPTION",
             Error::Unsupported { .. } => "UNSUPPORTED",
             Error::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            Error::QueueFull { .. } => "QUEUE_FULL",
             Error::InvalidMessage(_) => "INVALID_MESSAGE",
             Error::Connect { .. } => "CONNECT",
             Error::Backend { .. } => "BACKEND",
@@ -135,7 +146,7 @@ impl Error {
     /// Whether trying the same operation again later may succeed
     /// (a lost connection, a timeout) as opposed to a caller error.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Connect { .. } | Error::Backend { .. } | Error::Timeout { .. })
+        matches!(self, Error::Connect { .. } | Error::Backend { .. } | Error::Timeout { .. } | Error::QueueFull { .. })
     }
 
     pub(crate) fn invalid_option(name: impl Into<String>, reason: impl Into<String>) -> Self {
@@ -156,6 +167,7 @@ mod tests {
             Error::invalid_option("a", "b"),
             Error::Unsupported { backend: "x", capability: "y" },
             Error::MessageTooLarge { size: 2, limit: 1 },
+            Error::QueueFull { topic: String::new(), limit: 1 },
             Error::InvalidMessage(String::new()),
             Error::Connect { backend: "x", url: String::new(), reason: String::new() },
             Error::Backend { backend: "x", reason: String::new() },

@@ -38,6 +38,12 @@ fn rand_u16() -> u16 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+#[allow(dead_code)]
+fn redis_url() -> String {
+    // Started by tests/brokers/start-redis.sh.
+    std::env::var("PILLARBOX_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
+}
+
 macro_rules! backend {
     ($module:ident, $url:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -62,6 +68,8 @@ macro_rules! every_backend {
     ($($scenario:ident),* $(,)?) => {
         backend!(memory, super::memory_url(), [$($scenario),*]);
         backend!(sqlite, super::sqlite_url(), [$($scenario),*]);
+        #[cfg(feature = "redis")]
+        backend!(redis, super::redis_url(), [$($scenario),*]);
     };
 }
 

@@ -3,3 +3,6 @@
 
 #[cfg(feature = "embedded")]
 pub mod embedded;
+
+#[cfg(feature = "redis")]
+pub mod redis;

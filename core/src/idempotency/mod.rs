@@ -54,7 +54,7 @@ pub trait IdempotencyStore: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Opens an idempotency store by URL: `memory://`, `sqlite://PATH`
-/// (and `redis://` once the Redis backend lands).
+/// or `redis://` (with the `redis` feature).
 pub async fn open(url: &str) -> Result<Arc<dyn IdempotencyStore>> {
     let parsed = crate::url::BrokerUrl::parse(url)?;
     match parsed.scheme() {
@@ -63,6 +63,13 @@ pub async fn open(url: &str) -> Result<Arc<dyn IdempotencyStore>> {
         "sqlite" => Ok(Arc::new(crate::backends::embedded::SqliteIdempotencyStore::open(&parsed).await?)),
         #[cfg(not(feature = "embedded"))]
         "sqlite" => Err(Error::BackendNotEnabled { scheme: "sqlite".into(), feature: "embedded" }),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => {
+            let broker = crate::backends::redis::RedisBroker::connect(&parsed).await?;
+            Ok(crate::broker::Broker::idempotency_store(&broker).expect("the Redis backend has a store"))
+        }
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(Error::BackendNotEnabled { scheme: parsed.scheme().to_string(), feature: "redis" }),
         other => Err(Error::UnknownScheme { scheme: other.to_string() }),
     }
 }

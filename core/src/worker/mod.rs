@@ -462,11 +462,22 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
         match inner.broker.receive(request).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
+                let mut deliveries = deliveries;
+                if deliveries.len() > permits.len() {
+                    // A backend bug, not the caller's: hand the surplus back rather than hold it unleased.
+                    let surplus = deliveries.split_off(permits.len());
+                    tracing::warn!(
+                        count = surplus.len(),
+                        "the broker returned more messages than asked for; handing them back"
+                    );
+                    if let Err(e) = inner.broker.release(&surplus).await {
+                        tracing::warn!(error = %e, "could not hand back the surplus; it returns after its lease");
+                    }
+                }
                 bump(&inner.counters.received, deliveries.len() as u64);
-                for delivery in deliveries {
+                for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
                     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
                     inner.held.lock().unwrap().insert(id, Held { delivery: delivery.clone(), claim: None });
-                    let permit = permits.pop().expect("never more deliveries than asked for");
                     if out.send(Slot { id, delivery, _permit: permit }).await.is_err() {
                         return Ok(());
                     }

@@ -1,0 +1,952 @@
+//! The Redis `Broker`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+
+use super::idempotency::RedisIdempotencyStore;
+use super::{err, scripts, TopicKeys, BACKEND};
+use crate::broker::{validate_batch, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest};
+use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::error::{Error, Result};
+use crate::idempotency::IdempotencyStore;
+use crate::message::{from_millis, to_millis, validate_name, Message};
+use crate::url::BrokerUrl;
+use crate::wire;
+
+/// Field holding the payload in a stream entry.
+const PAYLOAD: &str = "payload";
+/// Longest a single blocking read waits; the receive loop goes round again.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
+/// Entries moved per mover run.
+const MOVE_LIMIT: u32 = 1000;
+
+const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "max_len", "response_timeout_ms", "connect_timeout_ms"];
+
+#[derive(Clone, Debug)]
+struct Options {
+    max_message_bytes: usize,
+    max_len: Option<u64>,
+    response_timeout: Duration,
+    connect_timeout: Duration,
+}
+
+impl Options {
+    fn from_url(url: &BrokerUrl) -> Result<Self> {
+        url.reject_unknown_params(KNOWN_PARAMS)?;
+        let max_message_bytes = url.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024) as usize;
+        if max_message_bytes == 0 || max_message_bytes > 512 * 1024 * 1024 {
+            return Err(Error::invalid_option("max_message_bytes", "must be between 1 and 536870912"));
+        }
+        let max_len = url.param_u64("max_len")?;
+        if max_len == Some(0) {
+            return Err(Error::invalid_option("max_len", "must be at least 1"));
+        }
+        Ok(Options {
+            max_message_bytes,
+            max_len,
+            response_timeout: url.param_millis("response_timeout_ms")?.unwrap_or(Duration::from_secs(10)),
+            connect_timeout: url.param_millis("connect_timeout_ms")?.unwrap_or(Duration::from_secs(5)),
+        })
+    }
+}
+
+/// Which entry a delivery holds.
+#[derive(Debug)]
+struct RedisReceipt {
+    /// From the group's due stream (else the topic stream).
+    due: bool,
+    id: String,
+    consumer: String,
+}
+
+/// A Redis connection for one URL.
+pub struct RedisBroker {
+    client: redis::Client,
+    conn: ConnectionManager,
+    /// Connections for blocking reads, which must not hold up other commands.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    options: Options,
+    url: String,
+    groups_ready: Mutex<HashSet<(String, String)>>,
+    last_claim: Mutex<HashMap<(String, String), Instant>>,
+    last_trim: Mutex<HashMap<String, Instant>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `redis://` or `rediss://`.
+    pub async fn connect(url: &BrokerUrl) -> Result<Self> {
+        let options = Options::from_url(url)?;
+        let mut parsed = url.as_url()?;
+        parsed.set_query(None); // our options are not the client's
+        let client = redis::Client::open(parsed.as_str())
+            .map_err(|e| Error::InvalidUrl { url: url.redacted(), reason: e.to_string() })?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.response_timeout))
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(|e| Error::Connect {
+            backend: BACKEND,
+            url: url.redacted(),
+            reason: e.to_string(),
+        })?;
+        Ok(RedisBroker {
+            client,
+            conn,
+            blocking: Mutex::new(Vec::new()),
+            options,
+            url: url.redacted(),
+            groups_ready: Mutex::new(HashSet::new()),
+            last_claim: Mutex::new(HashMap::new()),
+            last_trim: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+        if let Some(c) = self.blocking.lock().unwrap().pop() {
+            return Ok(c);
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.options.connect_timeout))
+            .set_response_timeout(Some(MAX_BLOCK + self.options.response_timeout));
+        self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| Error::Connect {
+            backend: BACKEND,
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn create_group(&self, keys: &TopicKeys, topic: &str, group: &str) -> Result<()> {
+        let mut conn = self.conn();
+        for stream in [keys.stream.clone(), keys.due(group)] {
+            let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg(group)
+                .arg("0")
+                .arg("MKSTREAM")
+                .query_async(&mut conn)
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        self.groups_ready.lock().unwrap().insert((topic.to_string(), group.to_string()));
+        Ok(())
+    }
+
+    async fn group_ready(&self, keys: &TopicKeys, topic: &str, group: &str) -> Result<()> {
+        if self.groups_ready.lock().unwrap().contains(&(topic.to_string(), group.to_string())) {
+            return Ok(());
+        }
+        self.create_group(keys, topic, group).await
+    }
+
+    /// Claims entries of this group whose lease (idle time) expired.
+    async fn claim_expired(&self, keys: &TopicKeys, req: &ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        let key = (req.topic.to_string(), req.group.to_string());
+        {
+            let mut last = self.last_claim.lock().unwrap();
+            let now = Instant::now();
+            // Scanning the pending list is not free: a few times per lease is enough.
+            let every = (req.lease / 4).max(Duration::from_millis(25));
+            if last.get(&key).is_some_and(|t| now.duration_since(*t) < every) {
+                return Ok(Vec::new());
+            }
+            last.insert(key, now);
+        }
+        let mut conn = self.conn();
+        let mut out = Vec::new();
+        for (stream, due) in [(keys.stream.clone(), false), (keys.due(req.group), true)] {
+            let reply: Value = redis::cmd("XAUTOCLAIM")
+                .arg(&stream)
+                .arg(req.group)
+                .arg(req.consumer)
+                .arg(req.lease.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(req.max - out.len())
+                .query_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let entries = match &reply {
+                Value::Array(parts) if parts.len() >= 2 => parse_entries(&parts[1]),
+                _ => Vec::new(),
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            // The claim raised each delivery count; read them back.
+            let mut pipe = redis::pipe();
+            for (id, _) in &entries {
+                pipe.cmd("XPENDING").arg(&stream).arg(req.group).arg(id).arg(id).arg(1);
+            }
+            let pending: Vec<Value> = pipe.query_async(&mut conn).await.map_err(err)?;
+            for ((id, fields), p) in entries.into_iter().zip(pending) {
+                let Some(fields) = fields else { continue };
+                let count = pending_count(&p).unwrap_or(2);
+                out.push(self.delivery(req, due, id, fields, count));
+            }
+            if out.len() >= req.max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn delivery(
+        &self,
+        req: &ReceiveRequest<'_>,
+        due: bool,
+        id: String,
+        fields: Vec<(String, Vec<u8>)>,
+        count: u32,
+    ) -> Delivery {
+        let (headers, payload) = split_fields(fields);
+        let mut decoded = wire::decode(headers, payload, count);
+        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
+            decoded.message.published_at = id_time(&id);
+        }
+        Delivery::new(
+            req.topic,
+            req.group,
+            decoded.message,
+            decoded.malformed,
+            Receipt::new(RedisReceipt { due, id, consumer: req.consumer.to_string() }),
+        )
+    }
+
+    /// Reads entries never delivered to the group: first the group's due
+    /// stream (retries and redriven messages), then the topic stream,
+    /// blocking on the latter only. Never more than `max`.
+    async fn read_new(
+        &self,
+        keys: &TopicKeys,
+        req: &ReceiveRequest<'_>,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>> {
+        let due_key = keys.due(req.group);
+        let mut out = self.read_stream(req, &due_key, true, max, None).await?;
+        if out.len() < max {
+            let block = if out.is_empty() { block } else { None };
+            out.extend(self.read_stream(req, &keys.stream, false, max - out.len(), block).await?);
+        }
+        Ok(out)
+    }
+
+    async fn read_stream(
+        &self,
+        req: &ReceiveRequest<'_>,
+        stream: &str,
+        due: bool,
+        max: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Delivery>> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(req.group).arg(req.consumer).arg("COUNT").arg(max);
+        if let Some(b) = block {
+            cmd.arg("BLOCK").arg(b.as_millis().max(1) as u64);
+        }
+        cmd.arg("STREAMS").arg(stream).arg(">");
+        let reply: Value = if block.is_some() {
+            let mut conn = self.blocking_conn().await?;
+            let reply = cmd.query_async(&mut conn).await;
+            if reply.is_ok() {
+                self.blocking.lock().unwrap().push(conn);
+            }
+            reply
+        } else {
+            cmd.query_async(&mut self.conn()).await
+        }
+        .map_err(|e| {
+            if e.code() == Some("NOGROUP") {
+                self.groups_ready.lock().unwrap().remove(&(req.topic.to_string(), req.group.to_string()));
+            }
+            err(e)
+        })?;
+        let mut out = Vec::new();
+        for (_, entries) in parse_read_reply(&reply) {
+            for (id, fields) in entries {
+                if let Some(fields) = fields {
+                    out.push(self.delivery(req, due, id, fields, 1));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Trims entries of the topic stream that every group has acked, at most once a second.
+    async fn trim_consumed(&self, topic: &str, force: bool) -> Result<()> {
+        {
+            let mut last = self.last_trim.lock().unwrap();
+            let now = Instant::now();
+            if !force && last.get(topic).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1)) {
+                return Ok(());
+            }
+            last.insert(topic.to_string(), now);
+        }
+        let keys = TopicKeys::new(topic);
+        let mut conn = self.conn();
+        let groups = xinfo_groups(&mut conn, &keys.stream).await?;
+        if groups.is_empty() {
+            return Ok(()); // kept for the first group to come
+        }
+        let mut safe: Option<(u64, u64)> = None;
+        for g in &groups {
+            let bound = if g.pending > 0 {
+                let summary: Value =
+                    redis::cmd("XPENDING").arg(&keys.stream).arg(&g.name).query_async(&mut conn).await.map_err(err)?;
+                match &summary {
+                    Value::Array(parts) if parts.len() >= 2 => string(&parts[1]).and_then(|s| parse_id(&s)),
+                    _ => None,
+                }
+            } else {
+                parse_id(&g.last_delivered).map(|(ms, seq)| (ms, seq + 1))
+            };
+            let Some(bound) = bound else { return Ok(()) };
+            safe = Some(safe.map_or(bound, |s| s.min(bound)));
+        }
+        if let Some((ms, seq)) = safe {
+            if (ms, seq) > (0, 1) {
+                redis::cmd("XTRIM")
+                    .arg(&keys.stream)
+                    .arg("MINID")
+                    .arg(format!("{ms}-{seq}"))
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn receipts<'a>(&self, deliveries: &'a [Delivery]) -> Result<Vec<&'a RedisReceipt>> {
+        deliveries.iter().map(|d| d.receipt_as::<RedisReceipt>(BACKEND)).collect()
+    }
+}
+
+/// The fields of a message as stream fields.
+fn message_fields(m: &Message) -> Vec<(String, Vec<u8>)> {
+    let mut fields: Vec<(String, Vec<u8>)> =
+        wire::encode_headers(m).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    fields.push((PAYLOAD.to_string(), m.payload.to_vec()));
+    fields
+}
+
+fn split_fields(fields: Vec<(String, Vec<u8>)>) -> (Vec<(String, String)>, Bytes) {
+    let mut payload = Bytes::new();
+    let mut headers = Vec::with_capacity(fields.len());
+    for (k, v) in fields {
+        if k == PAYLOAD {
+            payload = Bytes::from(v);
+        } else {
+            headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    (headers, payload)
+}
+
+fn push_fields(inv: &mut redis::ScriptInvocation<'_>, fields: &[(String, Vec<u8>)]) {
+    for (k, v) in fields {
+        inv.arg(k).arg(v.as_slice());
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        other => string(other).and_then(|s| s.parse().ok()),
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn id_time(id: &str) -> SystemTime {
+    parse_id(id).map(|(ms, _)| from_millis(ms)).unwrap_or_else(SystemTime::now)
+}
+
+/// `[[id, [f, v, f, v...]], ...]`; fields are `None` for deleted entries.
+type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
+
+fn parse_entries(v: &Value) -> Vec<Entry> {
+    let Value::Array(items) = v else { return Vec::new() };
+    items
+        .iter()
+        .filter_map(|item| {
+            let Value::Array(pair) = item else { return None };
+            let id = string(pair.first()?)?;
+            let fields = match pair.get(1) {
+                Some(Value::Array(flat)) => Some(
+                    flat.chunks(2)
+                        .filter_map(|kv| {
+                            let k = string(kv.first()?)?;
+                            let v = match kv.get(1)? {
+                                Value::BulkString(b) => b.clone(),
+                                other => string(other)?.into_bytes(),
+                            };
+                            Some((k, v))
+                        })
+                        .collect(),
+                ),
+                _ => None,
+            };
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// XREADGROUP's reply: per stream key, its entries.
+fn parse_read_reply(v: &Value) -> Vec<(String, Vec<Entry>)> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| match s {
+                Value::Array(pair) if pair.len() == 2 => Some((string(&pair[0])?, parse_entries(&pair[1]))),
+                _ => None,
+            })
+            .collect(),
+        Value::Map(pairs) => pairs.iter().filter_map(|(k, e)| Some((string(k)?, parse_entries(e)))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Delivery count from `XPENDING key group id id 1`.
+fn pending_count(v: &Value) -> Option<u32> {
+    let Value::Array(rows) = v else { return None };
+    let Value::Array(row) = rows.first()? else { return None };
+    int(row.get(3)?).map(|n| n as u32)
+}
+
+struct GroupInfo {
+    name: String,
+    pending: u64,
+    last_delivered: String,
+    lag: Option<u64>,
+}
+
+async fn xinfo_groups(conn: &mut ConnectionManager, stream: &str) -> Result<Vec<GroupInfo>> {
+    let reply: redis::RedisResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
+    let reply = match reply {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let Value::Array(groups) = reply else { return Ok(Vec::new()) };
+    Ok(groups
+        .iter()
+        .filter_map(|g| {
+            let pairs: Vec<(String, &Value)> = match g {
+                Value::Array(flat) => {
+                    flat.chunks(2).filter_map(|kv| Some((string(kv.first()?)?, kv.get(1)?))).collect()
+                }
+                Value::Map(m) => m.iter().filter_map(|(k, v)| Some((string(k)?, v))).collect(),
+                _ => return None,
+            };
+            let get = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            Some(GroupInfo {
+                name: get("name").and_then(string)?,
+                pending: get("pending").and_then(int).unwrap_or(0) as u64,
+                last_delivered: get("last-delivered-id").and_then(string).unwrap_or_else(|| "0-0".into()),
+                lag: get("lag").and_then(int).map(|n| n as u64),
+            })
+        })
+        .collect())
+}
+
+fn now_ms() -> u64 {
+    to_millis(SystemTime::now())
+}
+
+#[async_trait]
+impl Broker for RedisBroker {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_bytes: self.options.max_message_bytes,
+            delayed_delivery: true,
+            ordered_delivery: true,
+            replay_for_new_groups: true,
+            leases: true,
+        }
+    }
+
+    async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        self.create_group(&TopicKeys::new(topic), topic, group).await
+    }
+
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        validate_batch(topic, &messages, &self.capabilities())?;
+        if messages.iter().any(|m| m.headers.contains_key(PAYLOAD)) {
+            return Err(Error::InvalidMessage(format!("header `{PAYLOAD}` is reserved on Redis for the payload")));
+        }
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let keys = TopicKeys::new(topic);
+        let mut conn = self.conn();
+        if let Some(limit) = self.options.max_len {
+            let len: u64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.map_err(err)?;
+            if len + messages.len() as u64 > limit {
+                self.trim_consumed(topic, true).await?;
+                let len: u64 = redis::cmd("XLEN").arg(&keys.stream).query_async(&mut conn).await.map_err(err)?;
+                if len + messages.len() as u64 > limit {
+                    return Err(Error::QueueFull { topic: topic.to_string(), limit });
+                }
+            }
+        }
+        let now = now_ms();
+        let delayed = messages.iter().any(|m| m.deliver_at.is_some_and(|t| to_millis(t) > now));
+        if delayed {
+            // The pipeline below calls the script by hash: make sure the server has it.
+            scripts::publish_delayed().load_async(&mut conn).await.map_err(err)?;
+        }
+        let mut pipe = redis::pipe();
+        for m in &messages {
+            let fields = message_fields(m);
+            let due = to_millis(m.due_at());
+            if due > now {
+                let c = pipe
+                    .cmd("EVALSHA")
+                    .arg(scripts::publish_delayed().get_hash())
+                    .arg(2)
+                    .arg(&keys.delay_data)
+                    .arg(&keys.delay)
+                    .arg(due);
+                for (k, v) in &fields {
+                    c.arg(k).arg(v.as_slice());
+                }
+            } else {
+                let c = pipe.cmd("XADD").arg(&keys.stream).arg("*");
+                for (k, v) in &fields {
+                    c.arg(k).arg(v.as_slice());
+                }
+            }
+        }
+        pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        let size = payload.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+        if size > self.options.max_message_bytes {
+            return Err(Error::MessageTooLarge { size, limit: self.options.max_message_bytes });
+        }
+        let keys = TopicKeys::new(topic);
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&keys.stream).arg("*");
+        for (k, v) in &headers {
+            cmd.arg(k).arg(v);
+        }
+        cmd.arg(PAYLOAD).arg(&payload[..]);
+        cmd.query_async::<String>(&mut self.conn()).await.map_err(err)?;
+        Ok(())
+    }
+
+    async fn receive(&self, req: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        validate_name("topic", req.topic)?;
+        validate_name("group", req.group)?;
+        if req.max == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = TopicKeys::new(req.topic);
+        let deadline = Instant::now() + req.wait;
+        loop {
+            self.group_ready(&keys, req.topic, req.group).await?;
+            let next_due: i64 = scripts::mover()
+                .key(&keys.delay)
+                .key(&keys.delay_data)
+                .key(&keys.stream)
+                .key(keys.retry(req.group))
+                .key(keys.park(req.group))
+                .key(keys.due(req.group))
+                .arg(now_ms())
+                .arg(MOVE_LIMIT)
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(err)?;
+            let mut out = self.claim_expired(&keys, &req).await?;
+            if out.len() < req.max {
+                let now = Instant::now();
+                let mut block = None;
+                if out.is_empty() && now < deadline {
+                    let mut b = (deadline - now).min(MAX_BLOCK);
+                    if next_due >= 0 {
+                        b = b.min(Duration::from_millis((next_due as u64).saturating_sub(now_ms()).max(1)));
+                    }
+                    // Wake up to claim expired leases of dead consumers, too.
+                    b = b.min((req.lease / 2).max(Duration::from_millis(50)));
+                    block = Some(b);
+                }
+                let max = req.max - out.len();
+                out.extend(self.read_new(&keys, &req, max, block).await?);
+            }
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            self.check_open()?;
+        }
+    }
+
+    async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+        self.check_open()?;
+        // One script call per topic and group (a worker's batch has one of each).
+        let mut batches: HashMap<(&str, &str, &str), Vec<&RedisReceipt>> = HashMap::new();
+        for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
+            batches.entry((d.topic.as_str(), d.group.as_str(), r.consumer.as_str())).or_default().push(r);
+        }
+        let mut lost: Vec<String> = Vec::new();
+        let mut topics = HashSet::new();
+        for ((topic, group, consumer), receipts) in batches {
+            let keys = TopicKeys::new(topic);
+            let mut inv = scripts::ack().key(&keys.stream);
+            inv.key(keys.due(group)).arg(group).arg(consumer);
+            for r in &receipts {
+                inv.arg(if r.due { "d" } else { "s" }).arg(&r.id);
+            }
+            let not_owned: Vec<String> = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
+            lost.extend(not_owned);
+            topics.insert(topic);
+        }
+        for topic in topics {
+            if let Err(e) = self.trim_consumed(topic, false).await {
+                tracing::debug!(error = %e, "trimming consumed entries failed; will try again");
+            }
+        }
+        match lost.first() {
+            None => Ok(()),
+            Some(id) => {
+                let message_id = deliveries
+                    .iter()
+                    .find(|d| d.receipt.get::<RedisReceipt>().is_some_and(|r| &r.id == id))
+                    .map(|d| d.message.id.clone())
+                    .unwrap_or_else(|| id.clone());
+                Err(Error::LeaseLost { message_id })
+            }
+        }
+    }
+
+    async fn extend_leases(&self, deliveries: &[Delivery], _lease: Duration) -> Result<()> {
+        self.check_open()?;
+        let mut batches: HashMap<(&str, &str, &str), Vec<&RedisReceipt>> = HashMap::new();
+        for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
+            batches.entry((d.topic.as_str(), d.group.as_str(), r.consumer.as_str())).or_default().push(r);
+        }
+        for ((topic, group, consumer), receipts) in batches {
+            let keys = TopicKeys::new(topic);
+            let mut inv = scripts::extend().key(&keys.stream);
+            inv.key(keys.due(group)).arg(group).arg(consumer);
+            for r in &receipts {
+                inv.arg(if r.due { "d" } else { "s" }).arg(&r.id);
+            }
+            inv.invoke_async::<i64>(&mut self.conn()).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+        // Back into the group's due stream at once, keeping the attempt number.
+        for d in deliveries {
+            let mut again = d.message.clone();
+            again.deliver_at = None;
+            match self.retry(d, again).await {
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
+        self.check_open()?;
+        let r = delivery.receipt_as::<RedisReceipt>(BACKEND)?;
+        let keys = TopicKeys::new(&delivery.topic);
+        let group = delivery.group.as_str();
+        let source = if r.due { keys.due(group) } else { keys.stream.clone() };
+        let due = to_millis(next.due_at());
+        let mut inv = scripts::retry().key(&source);
+        inv.key(keys.park(group)).key(keys.retry(group)).key(keys.due(group));
+        inv.arg(group).arg(&r.consumer).arg(&r.id).arg(due).arg(now_ms()).arg(if r.due { "1" } else { "0" });
+        push_fields(&mut inv, &message_fields(&next));
+        let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
+        if done == 0 {
+            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
+        self.check_open()?;
+        let r = delivery.receipt_as::<RedisReceipt>(BACKEND)?;
+        let keys = TopicKeys::new(&delivery.topic);
+        let group = delivery.group.as_str();
+        let source = if r.due { keys.due(group) } else { keys.stream.clone() };
+        let mut fields = message_fields(&delivery.message);
+        let payload = fields.pop().expect("payload is always last");
+        fields.extend(wire::encode_reason(reason).into_iter().map(|(k, v)| (k, v.into_bytes())));
+        fields.push(payload);
+        let mut inv = scripts::dead_letter().key(&source);
+        inv.key(keys.dlq(group)).arg(group).arg(&r.consumer).arg(&r.id).arg(if r.due { "1" } else { "0" });
+        push_fields(&mut inv, &fields);
+        let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
+        if done == 0 {
+            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+        }
+        Ok(())
+    }
+
+    async fn inspect(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let keys = TopicKeys::new(topic);
+        let mut conn = self.conn();
+        let mut stats = GroupStats { topic: topic.to_string(), group: group.to_string(), ..Default::default() };
+        let mut oldest: Option<u64> = None;
+        let mut note_oldest = |id: &str| {
+            if let Some((ms, _)) = parse_id(id) {
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        };
+        for stream in [keys.stream.clone(), keys.due(group)] {
+            let groups = xinfo_groups(&mut conn, &stream).await?;
+            let Some(g) = groups.into_iter().find(|g| g.name == group) else {
+                // No such group yet: everything retained is ready for it.
+                let len: u64 = redis::cmd("XLEN").arg(&stream).query_async(&mut conn).await.map_err(err)?;
+                stats.ready += len;
+                continue;
+            };
+            stats.in_flight += g.pending;
+            let lag = match g.lag {
+                Some(lag) => lag,
+                None => {
+                    // Redis could not tell (after deletions): count what is after the group's position.
+                    let after: Value = redis::cmd("XRANGE")
+                        .arg(&stream)
+                        .arg(format!("({}", g.last_delivered))
+                        .arg("+")
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(err)?;
+                    parse_entries(&after).len() as u64
+                }
+            };
+            stats.ready += lag;
+            if g.pending > 0 {
+                let summary: Value =
+                    redis::cmd("XPENDING").arg(&stream).arg(group).query_async(&mut conn).await.map_err(err)?;
+                if let Value::Array(parts) = &summary {
+                    if let Some(id) = parts.get(1).and_then(string) {
+                        note_oldest(&id);
+                    }
+                }
+            }
+            if lag > 0 {
+                let next: Value = redis::cmd("XRANGE")
+                    .arg(&stream)
+                    .arg(format!("({}", g.last_delivered))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(err)?;
+                if let Some((id, _)) = parse_entries(&next).first() {
+                    note_oldest(id);
+                }
+            }
+        }
+        let (retrying, delayed, dead): (u64, u64, u64) = redis::pipe()
+            .cmd("ZCARD")
+            .arg(keys.retry(group))
+            .cmd("ZCARD")
+            .arg(&keys.delay)
+            .cmd("XLEN")
+            .arg(keys.dlq(group))
+            .query_async(&mut conn)
+            .await
+            .map_err(err)?;
+        stats.waiting = retrying + delayed;
+        stats.dead_letters = dead;
+        for z in [keys.retry(group), keys.delay.clone()] {
+            // A waiting message's age counts from when it was parked.
+            let first: Vec<String> =
+                redis::cmd("ZRANGE").arg(&z).arg(0).arg(0).query_async(&mut conn).await.map_err(err)?;
+            if let Some(id) = first.first() {
+                note_oldest(id);
+            }
+        }
+        let now = now_ms();
+        stats.oldest_age = oldest.map(|ms| Duration::from_millis(now.saturating_sub(ms)));
+        Ok(stats)
+    }
+
+    async fn groups(&self, topic: &str) -> Result<Vec<String>> {
+        self.check_open()?;
+        let keys = TopicKeys::new(topic);
+        let mut names: Vec<String> =
+            xinfo_groups(&mut self.conn(), &keys.stream).await?.into_iter().map(|g| g.name).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.check_open()?;
+        let keys = TopicKeys::new(topic);
+        let start = match after {
+            Some(id) => {
+                parse_id(id).ok_or_else(|| Error::invalid_option("after", format!("not a dead-letter id: `{id}`")))?;
+                format!("({id}")
+            }
+            None => "-".to_string(),
+        };
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(keys.dlq(group))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(err)?;
+        Ok(parse_entries(&reply)
+            .into_iter()
+            .filter_map(|(id, fields)| {
+                let (headers, payload) = split_fields(fields?);
+                let mut message = wire::decode(headers, payload, 1).message;
+                let reason = wire::decode_reason(&message.headers).unwrap_or_else(|| DeadLetterReason {
+                    topic: topic.to_string(),
+                    group: group.to_string(),
+                    attempts: message.attempt,
+                    cause: "unknown".into(),
+                    error_kind: "unknown".into(),
+                    error_message: String::new(),
+                    first_failed_at: SystemTime::UNIX_EPOCH,
+                    last_failed_at: id_time(&id),
+                });
+                message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
+                Some(DeadLetter::new(id, message, reason))
+            })
+            .collect())
+    }
+
+    async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        self.check_open()?;
+        let keys = TopicKeys::new(topic);
+        self.group_ready(&keys, topic, group).await?;
+        let mut conn = self.conn();
+        let mut moved = 0;
+        for id in ids {
+            parse_id(id).ok_or_else(|| Error::invalid_option("ids", format!("not a dead-letter id: `{id}`")))?;
+            let reply: Value =
+                redis::cmd("XRANGE").arg(keys.dlq(group)).arg(id).arg(id).query_async(&mut conn).await.map_err(err)?;
+            let Some((_, Some(fields))) = parse_entries(&reply).into_iter().next() else { continue };
+            let (headers, payload) = split_fields(fields);
+            // A fresh start: attempt 1, no failure history, no reason.
+            let mut message = wire::decode(headers, payload, 1).message;
+            message.attempt = 1;
+            message.failures = None;
+            message.deliver_at = None;
+            message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
+            let mut inv = scripts::redrive().key(keys.dlq(group));
+            inv.key(keys.due(group)).arg(id);
+            push_fields(&mut inv, &message_fields(&message));
+            let done: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
+            moved += done as usize;
+        }
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        self.check_open()?;
+        let keys = TopicKeys::new(topic);
+        let mut conn = self.conn();
+        match ids {
+            None => {
+                let (len, _): (usize, i64) = redis::pipe()
+                    .atomic()
+                    .cmd("XLEN")
+                    .arg(keys.dlq(group))
+                    .cmd("DEL")
+                    .arg(keys.dlq(group))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(err)?;
+                Ok(len)
+            }
+            Some(ids) if ids.is_empty() => Ok(0),
+            Some(ids) => {
+                let n: usize =
+                    redis::cmd("XDEL").arg(keys.dlq(group)).arg(ids).query_async(&mut conn).await.map_err(err)?;
+                Ok(n)
+            }
+        }
+    }
+
+    fn idempotency_store(&self) -> Option<Arc<dyn IdempotencyStore>> {
+        Some(Arc::new(RedisIdempotencyStore::new(self.conn())))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        self.blocking.lock().unwrap().clear();
+        Ok(())
+    }
+}
