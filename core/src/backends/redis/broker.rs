@@ -931,7 +931,7 @@ impl Broker for RedisBroker {
                     .map_err(err)?;
                 Ok(len)
             }
-            Some(ids) if ids.is_empty() => Ok(0),
+            Some([]) => Ok(0),
             Some(ids) => {
                 let n: usize =
                     redis::cmd("XDEL").arg(keys.dlq(group)).arg(ids).query_async(&mut conn).await.map_err(err)?;
