@@ -27,7 +27,7 @@ pub const KEY: &str = "pb-key";
 pub const IDEMPOTENCY_KEY: &str = "pb-idempotency-key";
 /// Content type of the payload.
 pub const CONTENT_TYPE: &str = "pb-content-type";
-/// Attempt number, 1 on first delivery.
+/// Attempt number, 1 on first delivery (absent means 1).
 pub const ATTEMPT: &str = "pb-attempt";
 /// Publish time (ms since epoch).
 pub const PUBLISHED_AT: &str = "pb-published-at";
@@ -81,7 +81,10 @@ pub fn encode_headers(m: &Message) -> Vec<(String, String)> {
     if let Some(c) = &m.content_type {
         out.push((CONTENT_TYPE.to_string(), c.clone()));
     }
-    out.push((ATTEMPT.to_string(), m.attempt.to_string()));
+    if m.attempt != 1 {
+        // Absent means 1: the common case costs nothing on the wire.
+        out.push((ATTEMPT.to_string(), m.attempt.to_string()));
+    }
     out.push((PUBLISHED_AT.to_string(), to_millis(m.published_at).to_string()));
     if let Some(t) = m.deliver_at {
         out.push((DELIVER_AT.to_string(), to_millis(t).to_string()));

@@ -204,6 +204,13 @@ struct Counters {
     settle_errors: AtomicU64,
 }
 
+/// Most deliveries acked in one call.
+const ACK_BATCH: usize = 256;
+/// How long the acker waits for more finished messages to join a batch.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+/// How long the fetcher waits for free slots to gather into one receive.
+const GATHER: Duration = Duration::from_millis(2);
+
 fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
@@ -214,11 +221,20 @@ struct Held {
     claim: Option<String>,
 }
 
-/// A received delivery and the slot it occupies.
+/// A received delivery and the receive slot it occupies until its handler
+/// is done (acks then go out in batches without holding slots).
 struct Slot {
     id: u64,
     delivery: Delivery,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Slot {
+    /// Frees the receive slot: the handler is done with this message.
+    fn finished(mut self) -> Self {
+        self.permit = None;
+        self
+    }
 }
 
 struct Inner {
@@ -360,7 +376,8 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(opts.concurrency + opts.prefetch));
         let handler_slots = Arc::new(Semaphore::new(opts.concurrency));
         let (slot_tx, mut slot_rx) = mpsc::channel::<Slot>(opts.concurrency + opts.prefetch);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel::<Slot>();
+        // Bounded: if acks fall behind, finished handlers wait, which holds back receiving.
+        let (ack_tx, ack_rx) = mpsc::channel::<Slot>(ACK_BATCH * 4);
         let background_stop = CancellationToken::new();
 
         let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), slot_tx));
@@ -440,6 +457,7 @@ impl Worker {
 /// Receives while there is room, until shutdown. A broker error is logged
 /// and retried with backoff; a closed broker ends the worker.
 async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<Slot>) -> Result<()> {
+    let capacity = inner.options.concurrency + inner.options.prefetch;
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
@@ -449,6 +467,15 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
         let mut permits = vec![first];
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             permits.push(p);
+        }
+        // Slots come back one by one as handlers finish; wait a moment for
+        // half of them, so one receive fetches a batch rather than a message.
+        let gather_until = tokio::time::Instant::now() + GATHER;
+        while permits.len() < capacity.div_ceil(2) {
+            match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned()).await {
+                Ok(p) => permits.push(p.expect("semaphore never closed")),
+                Err(_) => break,
+            }
         }
         let request = ReceiveRequest {
             topic: &inner.topic,
@@ -478,7 +505,7 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
                 for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
                     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
                     inner.held.lock().unwrap().insert(id, Held { delivery: delivery.clone(), claim: None });
-                    if out.send(Slot { id, delivery, _permit: permit }).await.is_err() {
+                    if out.send(Slot { id, delivery, permit: Some(permit) }).await.is_err() {
                         return Ok(());
                     }
                 }
@@ -529,15 +556,20 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// Acks finished messages in batches.
-async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Slot>) {
-    const BATCH: usize = 256;
+/// Acks finished messages in batches: whatever is waiting, plus what
+/// arrives within a millisecond, up to `ACK_BATCH`.
+async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        let linger_until = tokio::time::Instant::now() + ACK_LINGER;
+        while batch.len() < ACK_BATCH {
             match rx.try_recv() {
                 Ok(slot) => batch.push(slot),
-                Err(_) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
+                    Ok(Some(slot)) => batch.push(slot),
+                    Ok(None) | Err(_) => break,
+                },
             }
         }
         let deliveries: Vec<Delivery> = batch.iter().map(|s| s.delivery.clone()).collect();
@@ -580,7 +612,7 @@ async fn execute(
     inner: Arc<Inner>,
     slot: Slot,
     handler_slots: Arc<Semaphore>,
-    acks: mpsc::UnboundedSender<Slot>,
+    acks: mpsc::Sender<Slot>,
 ) -> Option<String> {
     let key = slot.delivery.message.key.clone();
     let _running = tokio::select! {
@@ -596,7 +628,7 @@ async fn execute(
 }
 
 /// The policy for one delivery.
-async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::UnboundedSender<Slot>) {
+async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
     let delivery = &slot.delivery;
     let message = &delivery.message;
     let max_attempts = inner.options.retry.max_attempts();
@@ -629,7 +661,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::UnboundedSender<Sl
             Ok(Claim::AlreadyDone) => {
                 bump(&inner.counters.duplicates, 1);
                 tracing::debug!(id = %message.id, key = %key, "duplicate of a done idempotency key; acked without running");
-                let _ = acks.send(slot);
+                let _ = acks.send(slot.finished()).await;
                 return;
             }
             Ok(Claim::Busy) => {
@@ -661,7 +693,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::UnboundedSender<Sl
                 }
             }
             bump(&inner.counters.succeeded, 1);
-            let _ = acks.send(slot);
+            let _ = acks.send(slot.finished()).await;
         }
         Err(error) => {
             if let Some(key) = &claimed {

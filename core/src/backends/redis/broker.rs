@@ -22,10 +22,33 @@ use crate::wire;
 
 /// Field holding the payload in a stream entry.
 const PAYLOAD: &str = "payload";
-/// Longest a single blocking read waits; the receive loop goes round again.
+/// Longest a single blocking read may take (sets the blocking connections' timeout).
 const MAX_BLOCK: Duration = Duration::from_secs(5);
 /// Entries moved per mover run.
 const MOVE_LIMIT: u32 = 1000;
+/// How often a busy consumer runs the mover and looks at its due stream
+/// (an idle one does it on every wake-up). Bounds how late a due retry,
+/// or a message handed back by another process, can be picked up.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// Longest block on the topic stream while the due stream goes unwatched.
+const MAX_BLIND_BLOCK: Duration = Duration::from_millis(250);
+
+/// What one handle knows of a group's waiting messages.
+#[derive(Debug)]
+struct GroupState {
+    last_move: Option<Instant>,
+    /// Next due time (ms) of a waiting retry or delayed publish; -1: none.
+    next_due: i64,
+    last_due_read: Option<Instant>,
+    /// The last due-stream read was full: read it again next time.
+    due_hot: bool,
+}
+
+impl Default for GroupState {
+    fn default() -> Self {
+        GroupState { last_move: None, next_due: -1, last_due_read: None, due_hot: false }
+    }
+}
 
 const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "max_len", "response_timeout_ms", "connect_timeout_ms"];
 
@@ -76,6 +99,7 @@ pub struct RedisBroker {
     url: String,
     groups_ready: Mutex<HashSet<(String, String)>>,
     last_claim: Mutex<HashMap<(String, String), Instant>>,
+    group_state: Mutex<HashMap<(String, String), GroupState>>,
     last_trim: Mutex<HashMap<String, Instant>>,
     closed: AtomicBool,
 }
@@ -112,6 +136,7 @@ impl RedisBroker {
             url: url.redacted(),
             groups_ready: Mutex::new(HashSet::new()),
             last_claim: Mutex::new(HashMap::new()),
+            group_state: Mutex::new(HashMap::new()),
             last_trim: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
         })
@@ -246,17 +271,24 @@ impl RedisBroker {
     }
 
     /// Reads entries never delivered to the group: first the group's due
-    /// stream (retries and redriven messages), then the topic stream,
-    /// blocking on the latter only. Never more than `max`.
+    /// stream (retries and redriven messages) when `read_due`, then the
+    /// topic stream, blocking on the latter only. Never more than `max`.
     async fn read_new(
         &self,
         keys: &TopicKeys,
         req: &ReceiveRequest<'_>,
         max: usize,
         block: Option<Duration>,
+        read_due: bool,
     ) -> Result<Vec<Delivery>> {
-        let due_key = keys.due(req.group);
-        let mut out = self.read_stream(req, &due_key, true, max, None).await?;
+        let mut out = Vec::new();
+        if read_due {
+            out = self.read_stream(req, &keys.due(req.group), true, max, None).await?;
+            let mut states = self.group_state.lock().unwrap();
+            let state = states.entry((req.topic.to_string(), req.group.to_string())).or_default();
+            state.last_due_read = Some(Instant::now());
+            state.due_hot = out.len() == max;
+        }
         if out.len() < max {
             let block = if out.is_empty() { block } else { None };
             out.extend(self.read_stream(req, &keys.stream, false, max - out.len(), block).await?);
@@ -355,12 +387,34 @@ impl RedisBroker {
     }
 }
 
-/// The fields of a message as stream fields.
-fn message_fields(m: &Message) -> Vec<(String, Vec<u8>)> {
-    let mut fields: Vec<(String, Vec<u8>)> =
-        wire::encode_headers(m).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    fields.push((PAYLOAD.to_string(), m.payload.to_vec()));
-    fields
+/// A message's stream fields, but for the payload: its wire headers.
+fn message_fields(m: &Message) -> Vec<(String, String)> {
+    wire::encode_headers(m)
+}
+
+/// Appends `headers` and the payload as field arguments.
+fn add_fields<C: FieldArgs>(cmd: &mut C, headers: &[(String, String)], payload: &[u8]) {
+    for (k, v) in headers {
+        cmd.field(k.as_bytes(), v.as_bytes());
+    }
+    cmd.field(PAYLOAD.as_bytes(), payload);
+}
+
+/// Commands and script invocations both take field arguments.
+trait FieldArgs {
+    fn field(&mut self, name: &[u8], value: &[u8]);
+}
+
+impl FieldArgs for redis::Cmd {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.arg(name).arg(value);
+    }
+}
+
+impl FieldArgs for redis::ScriptInvocation<'_> {
+    fn field(&mut self, name: &[u8], value: &[u8]) {
+        self.arg(name).arg(value);
+    }
 }
 
 fn split_fields(fields: Vec<(String, Vec<u8>)>) -> (Vec<(String, String)>, Bytes) {
@@ -374,12 +428,6 @@ fn split_fields(fields: Vec<(String, Vec<u8>)>) -> (Vec<(String, String)>, Bytes
         }
     }
     (headers, payload)
-}
-
-fn push_fields(inv: &mut redis::ScriptInvocation<'_>, fields: &[(String, Vec<u8>)]) {
-    for (k, v) in fields {
-        inv.arg(k).arg(v.as_slice());
-    }
 }
 
 fn string(v: &Value) -> Option<String> {
@@ -551,25 +599,19 @@ impl Broker for RedisBroker {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
-            let fields = message_fields(m);
+            let headers = message_fields(m);
             let due = to_millis(m.due_at());
-            if due > now {
-                let c = pipe
-                    .cmd("EVALSHA")
-                    .arg(scripts::publish_delayed().get_hash())
-                    .arg(2)
-                    .arg(&keys.delay_data)
-                    .arg(&keys.delay)
-                    .arg(due);
-                for (k, v) in &fields {
-                    c.arg(k).arg(v.as_slice());
-                }
+            let mut cmd = if due > now {
+                let mut c = redis::cmd("EVALSHA");
+                c.arg(scripts::publish_delayed().get_hash()).arg(2).arg(&keys.delay_data).arg(&keys.delay).arg(due);
+                c
             } else {
-                let c = pipe.cmd("XADD").arg(&keys.stream).arg("*");
-                for (k, v) in &fields {
-                    c.arg(k).arg(v.as_slice());
-                }
-            }
+                let mut c = redis::cmd("XADD");
+                c.arg(&keys.stream).arg("*");
+                c
+            };
+            add_fields(&mut cmd, &headers, &m.payload);
+            pipe.add_command(cmd);
         }
         pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
         Ok(())
@@ -604,33 +646,54 @@ impl Broker for RedisBroker {
         let deadline = Instant::now() + req.wait;
         loop {
             self.group_ready(&keys, req.topic, req.group).await?;
-            let next_due: i64 = scripts::mover()
-                .key(&keys.delay)
-                .key(&keys.delay_data)
-                .key(&keys.stream)
-                .key(keys.retry(req.group))
-                .key(keys.park(req.group))
-                .key(keys.due(req.group))
-                .arg(now_ms())
-                .arg(MOVE_LIMIT)
-                .invoke_async(&mut self.conn())
-                .await
-                .map_err(err)?;
+            let group_key = (req.topic.to_string(), req.group.to_string());
+            let (move_now, mut read_due, mut next_due) = {
+                let mut states = self.group_state.lock().unwrap();
+                let st = states.entry(group_key.clone()).or_default();
+                let due_passed = st.next_due >= 0 && st.next_due as u64 <= now_ms();
+                (
+                    due_passed || st.last_move.is_none_or(|t| t.elapsed() >= CHECK_EVERY),
+                    st.due_hot || st.last_due_read.is_none_or(|t| t.elapsed() >= CHECK_EVERY),
+                    st.next_due,
+                )
+            };
+            if move_now {
+                let (moved, next): (i64, i64) = scripts::mover()
+                    .key(&keys.delay)
+                    .key(&keys.delay_data)
+                    .key(&keys.stream)
+                    .key(keys.retry(req.group))
+                    .key(keys.park(req.group))
+                    .key(keys.due(req.group))
+                    .arg(now_ms())
+                    .arg(MOVE_LIMIT)
+                    .invoke_async(&mut self.conn())
+                    .await
+                    .map_err(err)?;
+                let mut states = self.group_state.lock().unwrap();
+                let st = states.entry(group_key).or_default();
+                st.last_move = Some(Instant::now());
+                st.next_due = next;
+                next_due = next;
+                read_due |= moved > 0;
+            }
             let mut out = self.claim_expired(&keys, &req).await?;
             if out.len() < req.max {
                 let now = Instant::now();
                 let mut block = None;
                 if out.is_empty() && now < deadline {
-                    let mut b = (deadline - now).min(MAX_BLOCK);
+                    let mut b = (deadline - now).min(MAX_BLIND_BLOCK);
                     if next_due >= 0 {
                         b = b.min(Duration::from_millis((next_due as u64).saturating_sub(now_ms()).max(1)));
                     }
                     // Wake up to claim expired leases of dead consumers, too.
                     b = b.min((req.lease / 2).max(Duration::from_millis(50)));
                     block = Some(b);
+                    // An idle consumer watches its due stream on every wake-up.
+                    read_due = true;
                 }
                 let max = req.max - out.len();
-                out.extend(self.read_new(&keys, &req, max, block).await?);
+                out.extend(self.read_new(&keys, &req, max, block, read_due).await?);
             }
             if !out.is_empty() || Instant::now() >= deadline {
                 return Ok(out);
@@ -718,7 +781,7 @@ impl Broker for RedisBroker {
         let mut inv = scripts::retry().key(&source);
         inv.key(keys.park(group)).key(keys.retry(group)).key(keys.due(group));
         inv.arg(group).arg(&r.consumer).arg(&r.id).arg(due).arg(now_ms()).arg(if r.due { "1" } else { "0" });
-        push_fields(&mut inv, &message_fields(&next));
+        add_fields(&mut inv, &message_fields(&next), &next.payload);
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
@@ -732,13 +795,11 @@ impl Broker for RedisBroker {
         let keys = TopicKeys::new(&delivery.topic);
         let group = delivery.group.as_str();
         let source = if r.due { keys.due(group) } else { keys.stream.clone() };
-        let mut fields = message_fields(&delivery.message);
-        let payload = fields.pop().expect("payload is always last");
-        fields.extend(wire::encode_reason(reason).into_iter().map(|(k, v)| (k, v.into_bytes())));
-        fields.push(payload);
+        let mut headers = message_fields(&delivery.message);
+        headers.extend(wire::encode_reason(reason));
         let mut inv = scripts::dead_letter().key(&source);
         inv.key(keys.dlq(group)).arg(group).arg(&r.consumer).arg(&r.id).arg(if r.due { "1" } else { "0" });
-        push_fields(&mut inv, &fields);
+        add_fields(&mut inv, &headers, &delivery.message.payload);
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
@@ -907,7 +968,7 @@ impl Broker for RedisBroker {
             message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
             let mut inv = scripts::redrive().key(keys.dlq(group));
             inv.key(keys.due(group)).arg(id);
-            push_fields(&mut inv, &message_fields(&message));
+            add_fields(&mut inv, &message_fields(&message), &message.payload);
             let done: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
             moved += done as usize;
         }

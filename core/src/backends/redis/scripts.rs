@@ -22,7 +22,7 @@ fn with_owns(body: &str) -> Script {
 }
 
 /// Moves due delayed publishes into the topic stream and due retries into
-/// the group's due stream. Returns the next due time (ms) or -1.
+/// the group's due stream. Returns `{moved, next due time in ms or -1}`.
 /// KEYS: delay zset, delay data, topic stream, retry zset, park stream, due stream.
 /// ARGV: now ms, limit.
 pub(super) fn mover() -> &'static Script {
@@ -32,6 +32,7 @@ pub(super) fn mover() -> &'static Script {
             r#"
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local moved = 0
 local function move(z, data, target)
   local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, limit)
   for _, id in ipairs(ids) do
@@ -39,6 +40,7 @@ local function move(z, data, target)
     if #e > 0 then redis.call('XADD', target, '*', unpack(e[1][2])) end
     redis.call('XDEL', data, id)
     redis.call('ZREM', z, id)
+    moved = moved + 1
   end
 end
 move(KEYS[1], KEYS[2], KEYS[3])
@@ -51,7 +53,7 @@ for _, z in ipairs({KEYS[1], KEYS[4]}) do
     if nxt < 0 or s < nxt then nxt = s end
   end
 end
-return nxt
+return {moved, nxt}
 "#,
         )
     })

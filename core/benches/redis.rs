@@ -1,0 +1,121 @@
+//! Pillarbox on Redis beside redis-rs used directly and well, on the same
+//! server in the same run: publish and consume rates for 100-byte messages.
+//!
+//! ```sh
+//! bash tests/brokers/start-redis.sh        # redis on 127.0.0.1:6390
+//! cargo bench -p pillarbox --features redis --bench redis
+//! ```
+//!
+//! Raw publish: pipelined `XADD` in batches of 100 on one multiplexed
+//! connection. Raw consume: `XREADGROUP COUNT 100 BLOCK` then one `XACK` of
+//! the batch. Pillarbox: `publish` in batches of 100; a `Worker` with a
+//! no-op handler (concurrency 16, prefetch 100), which adds metadata,
+//! leases, the retry mover and per-message settlement on top.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+use redis::Value;
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+const BATCH: usize = 100;
+
+fn url() -> String {
+    std::env::var("PILLARBOX_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
+}
+
+async fn raw_publish(conn: &mut redis::aio::MultiplexedConnection, stream: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut pipe = redis::pipe();
+        for _ in 0..BATCH {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(&PAYLOAD[..]);
+        }
+        let _: Vec<String> = pipe.query_async(conn).await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str, n: usize) -> Duration {
+    let _: Value = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg("g").arg("0").query_async(conn).await.unwrap();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(BATCH)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let ids: Vec<String> = reply.keys.into_iter().flat_map(|k| k.ids.into_iter().map(|e| e.id)).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let _: i64 = redis::cmd("XACK").arg(stream).arg("g").arg(&ids).query_async(conn).await.unwrap();
+        done += ids.len();
+    }
+    started.elapsed()
+}
+
+async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        broker.publish(topic, (0..BATCH).map(|_| Message::new(&PAYLOAD[..])).collect()).await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
+    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+    let options = WorkerOptions::default().concurrency(16).prefetch(BATCH).poll_wait(Duration::from_millis(200));
+    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
+    let started = Instant::now();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await });
+    while worker.stats().succeeded < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    took
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
+    let rounds: usize = std::env::var("PB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let client = redis::Client::open(url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let broker = connect(&url()).await.unwrap();
+    let run = std::process::id();
+    let (mut rp, mut rc, mut sp, mut sc) = (0f64, 0f64, 0f64, 0f64);
+    // Alternate raw and SDK rounds; keep each one's best.
+    for round in 0..rounds {
+        let stream = format!("bench-raw-{run}-{round}");
+        rp = rp.max(rate(n, raw_publish(&mut raw, &stream, n).await));
+        rc = rc.max(rate(n, raw_consume(&mut raw, &stream, n).await));
+        let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut raw).await.unwrap();
+
+        let topic = format!("bench-sdk-{run}-{round}");
+        broker.ensure_group(&topic, "g").await.unwrap();
+        sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
+        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+    }
+    println!("redis, {n} messages of 100 bytes, best of {rounds} rounds");
+    println!("  publish  raw redis-rs {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);
+    println!("  consume  raw redis-rs {rc:>9.0} msg/s   pillarbox {sc:>9.0} msg/s   ratio {:.2}", sc / rc);
+}
