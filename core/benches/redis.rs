@@ -76,7 +76,7 @@ async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize)
 
 async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
     let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-    let options = WorkerOptions::default().concurrency(16).prefetch(BATCH).poll_wait(Duration::from_millis(200));
+    let options = WorkerOptions::default().concurrency(16).prefetch(4 * BATCH).poll_wait(Duration::from_millis(200));
     let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
     let started = Instant::now();
     let runner = worker.clone();
@@ -104,7 +104,18 @@ async fn main() {
     let run = std::process::id();
     let (mut rp, mut rc, mut sp, mut sc) = (0f64, 0f64, 0f64, 0f64);
     // Alternate raw and SDK rounds; keep each one's best.
+    let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
+        if only == "sdk-consume" {
+            // For profiling: publish untimed, then time the consumer alone.
+            let topic = format!("bench-prof-{run}-{round}");
+            broker.ensure_group(&topic, "g").await.unwrap();
+            sdk_publish(&broker, &topic, n).await;
+            eprintln!("published; consuming");
+            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+            println!("sdk consume {sc:.0} msg/s");
+            continue;
+        }
         let stream = format!("bench-raw-{run}-{round}");
         rp = rp.max(rate(n, raw_publish(&mut raw, &stream, n).await));
         rc = rc.max(rate(n, raw_consume(&mut raw, &stream, n).await));
@@ -114,6 +125,9 @@ async fn main() {
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+    }
+    if only == "sdk-consume" {
+        return;
     }
     println!("redis, {n} messages of 100 bytes, best of {rounds} rounds");
     println!("  publish  raw redis-rs {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);

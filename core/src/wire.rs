@@ -157,8 +157,21 @@ pub struct Decoded {
 pub fn decode(fields: impl IntoIterator<Item = (String, String)>, payload: Bytes, delivery_count: u32) -> Decoded {
     let mut problems: Vec<String> = Vec::new();
     let mut headers = BTreeMap::new();
-    let mut m = Message::new(payload);
-    m.published_at = SystemTime::UNIX_EPOCH;
+    // Built field by field: no id is generated unless the message lacks one.
+    let mut m = Message {
+        id: String::new(),
+        key: None,
+        idempotency_key: None,
+        content_type: None,
+        headers: BTreeMap::new(),
+        attempt: 1,
+        published_at: SystemTime::UNIX_EPOCH,
+        deliver_at: None,
+        traceparent: None,
+        tracestate: None,
+        failures: None,
+        payload,
+    };
     let mut id = None;
     let mut attempt: Option<u32> = None;
     let mut published_at = None;

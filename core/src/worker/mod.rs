@@ -217,7 +217,7 @@ fn bump(c: &AtomicU64, n: u64) {
 
 /// A message the worker holds: its lease (and claim) are kept fresh.
 struct Held {
-    delivery: Delivery,
+    delivery: Arc<Delivery>,
     claim: Option<String>,
 }
 
@@ -225,7 +225,7 @@ struct Held {
 /// is done (acks then go out in batches without holding slots).
 struct Slot {
     id: u64,
-    delivery: Delivery,
+    delivery: Arc<Delivery>,
     permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -434,7 +434,7 @@ impl Worker {
         // Anything still held (handlers stopped mid-way) goes back now.
         let leftovers: Vec<(u64, Held)> = inner.held.lock().unwrap().drain().collect();
         if !leftovers.is_empty() {
-            let deliveries: Vec<Delivery> = leftovers.iter().map(|(_, h)| h.delivery.clone()).collect();
+            let deliveries: Vec<Delivery> = leftovers.iter().map(|(_, h)| Delivery::clone(&h.delivery)).collect();
             for (_, h) in &leftovers {
                 if let Some(key) = &h.claim {
                     let owner = claim_owner(&inner, &h.delivery);
@@ -504,7 +504,8 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
                 bump(&inner.counters.received, deliveries.len() as u64);
                 for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
                     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-                    inner.held.lock().unwrap().insert(id, Held { delivery: delivery.clone(), claim: None });
+                    let delivery = Arc::new(delivery);
+                    inner.held.lock().unwrap().insert(id, Held { delivery: Arc::clone(&delivery), claim: None });
                     if out.send(Slot { id, delivery, permit: Some(permit) }).await.is_err() {
                         return Ok(());
                     }
@@ -538,7 +539,7 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
         }
         let (deliveries, claims): (Vec<Delivery>, Vec<(String, String)>) = {
             let held = inner.held.lock().unwrap();
-            let deliveries = held.values().map(|h| h.delivery.clone()).collect();
+            let deliveries = held.values().map(|h| Delivery::clone(&h.delivery)).collect();
             let claims =
                 held.values().filter_map(|h| h.claim.clone().map(|k| (k, claim_owner(&inner, &h.delivery)))).collect();
             (deliveries, claims)
@@ -572,7 +573,7 @@ async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
                 },
             }
         }
-        let deliveries: Vec<Delivery> = batch.iter().map(|s| s.delivery.clone()).collect();
+        let deliveries: Vec<Delivery> = batch.iter().map(|s| Delivery::clone(&s.delivery)).collect();
         match inner.broker.ack(&deliveries).await {
             Ok(()) => {}
             Err(e) => {
@@ -591,7 +592,7 @@ async fn release_slots(inner: &Inner, slots: Vec<Slot>) {
     if slots.is_empty() {
         return;
     }
-    let deliveries: Vec<Delivery> = slots.iter().map(|s| s.delivery.clone()).collect();
+    let deliveries: Vec<Delivery> = slots.iter().map(|s| Delivery::clone(&s.delivery)).collect();
     match inner.broker.release(&deliveries).await {
         Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
         Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
@@ -723,42 +724,32 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
     }
 }
 
-/// Runs the handler in its own task so a panic or a timeout is a failure of
-/// this message, never of the worker.
+/// Runs the handler so that a panic or a timeout is a failure of this
+/// message, never of the worker.
 async fn run_handler(inner: &Arc<Inner>, job: Job) -> std::result::Result<(), HandlerError> {
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let handler = Arc::clone(&inner.handler);
-    let mut task = tokio::spawn(async move { handler.handle(job).await });
-    let _guard = AbortOnDrop(task.abort_handle());
-    let joined = match inner.options.handler_timeout {
-        None => (&mut task).await,
-        Some(limit) => match tokio::time::timeout(limit, &mut task).await {
-            Ok(joined) => joined,
+    use futures_util::FutureExt;
+    // The handler is only ever polled here; a panic leaves nothing of ours half-updated.
+    let guarded = std::panic::AssertUnwindSafe(inner.handler.handle(job)).catch_unwind();
+    let outcome = match inner.options.handler_timeout {
+        None => guarded.await,
+        Some(limit) => match tokio::time::timeout(limit, guarded).await {
+            Ok(outcome) => outcome,
             Err(_) => {
+                // Dropping the future stops the handler at its next await.
                 return Err(
                     HandlerError::retryable(format!("handler did not finish within {limit:?}")).with_kind("timeout")
-                )
+                );
             }
         },
     };
-    match joined {
-        Ok(result) => result,
-        Err(e) if e.is_panic() => {
-            let payload = e.into_panic();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".to_string());
-            Err(HandlerError::retryable(text).with_kind("panic"))
-        }
-        Err(_) => Err(HandlerError::retryable("handler task was cancelled").with_kind("cancelled")),
-    }
+    outcome.unwrap_or_else(|payload| {
+        let text = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_string());
+        Err(HandlerError::retryable(text).with_kind("panic"))
+    })
 }
 
 fn record_failure(previous: Option<&FailureHistory>, error: &HandlerError) -> FailureHistory {

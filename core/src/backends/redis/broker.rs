@@ -223,8 +223,8 @@ impl RedisBroker {
                 .query_async(&mut conn)
                 .await
                 .map_err(err)?;
-            let entries = match &reply {
-                Value::Array(parts) if parts.len() >= 2 => parse_entries(&parts[1]),
+            let entries = match reply {
+                Value::Array(mut parts) if parts.len() >= 2 => into_entries(parts.swap_remove(1)),
                 _ => Vec::new(),
             };
             if entries.is_empty() {
@@ -327,7 +327,7 @@ impl RedisBroker {
             err(e)
         })?;
         let mut out = Vec::new();
-        for (_, entries) in parse_read_reply(&reply) {
+        for (_, entries) in parse_read_reply(reply) {
             for (id, fields) in entries {
                 if let Some(fields) = fields {
                     out.push(self.delivery(req, due, id, fields, 1));
@@ -424,7 +424,8 @@ fn split_fields(fields: Vec<(String, Vec<u8>)>) -> (Vec<(String, String)>, Bytes
         if k == PAYLOAD {
             payload = Bytes::from(v);
         } else {
-            headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+            let v = String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+            headers.push((k, v));
         }
     }
     (headers, payload)
@@ -459,25 +460,35 @@ fn id_time(id: &str) -> SystemTime {
 type Entry = (String, Option<Vec<(String, Vec<u8>)>>);
 
 fn parse_entries(v: &Value) -> Vec<Entry> {
+    into_entries(v.clone())
+}
+
+/// Like [`parse_entries`], consuming the reply so payloads are moved, not copied.
+fn into_entries(v: Value) -> Vec<Entry> {
     let Value::Array(items) = v else { return Vec::new() };
     items
-        .iter()
+        .into_iter()
         .filter_map(|item| {
             let Value::Array(pair) = item else { return None };
-            let id = string(pair.first()?)?;
-            let fields = match pair.get(1) {
-                Some(Value::Array(flat)) => Some(
-                    flat.chunks(2)
-                        .filter_map(|kv| {
-                            let k = string(kv.first()?)?;
-                            let v = match kv.get(1)? {
-                                Value::BulkString(b) => b.clone(),
-                                other => string(other)?.into_bytes(),
-                            };
-                            Some((k, v))
-                        })
-                        .collect(),
-                ),
+            let mut pair = pair.into_iter();
+            let id = string(&pair.next()?)?;
+            let fields = match pair.next() {
+                Some(Value::Array(flat)) => {
+                    let mut fields = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(k), Some(v)) = (flat.next(), flat.next()) {
+                        let Some(k) = string(&k) else { continue };
+                        let v = match v {
+                            Value::BulkString(b) => b,
+                            other => match string(&other) {
+                                Some(s) => s.into_bytes(),
+                                None => continue,
+                            },
+                        };
+                        fields.push((k, v));
+                    }
+                    Some(fields)
+                }
                 _ => None,
             };
             Some((id, fields))
@@ -486,16 +497,20 @@ fn parse_entries(v: &Value) -> Vec<Entry> {
 }
 
 /// XREADGROUP's reply: per stream key, its entries.
-fn parse_read_reply(v: &Value) -> Vec<(String, Vec<Entry>)> {
+fn parse_read_reply(v: Value) -> Vec<(String, Vec<Entry>)> {
     match v {
         Value::Array(streams) => streams
-            .iter()
+            .into_iter()
             .filter_map(|s| match s {
-                Value::Array(pair) if pair.len() == 2 => Some((string(&pair[0])?, parse_entries(&pair[1]))),
+                Value::Array(pair) if pair.len() == 2 => {
+                    let mut pair = pair.into_iter();
+                    let key = string(&pair.next()?)?;
+                    Some((key, into_entries(pair.next()?)))
+                }
                 _ => None,
             })
             .collect(),
-        Value::Map(pairs) => pairs.iter().filter_map(|(k, e)| Some((string(k)?, parse_entries(e)))).collect(),
+        Value::Map(pairs) => pairs.into_iter().filter_map(|(k, e)| Some((string(&k)?, into_entries(e)))).collect(),
         _ => Vec::new(),
     }
 }
