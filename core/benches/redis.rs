@@ -106,6 +106,12 @@ async fn main() {
     // Alternate raw and SDK rounds; keep each one's best.
     let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
+        if only == "sdk-publish" {
+            let topic = format!("bench-prof-{run}-{round}");
+            sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
+            println!("sdk publish {sp:.0} msg/s");
+            continue;
+        }
         if only == "sdk-consume" {
             // For profiling: publish untimed, then time the consumer alone.
             let topic = format!("bench-prof-{run}-{round}");
@@ -126,7 +132,7 @@ async fn main() {
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
     }
-    if only == "sdk-consume" {
+    if !only.is_empty() {
         return;
     }
     println!("redis, {n} messages of 100 bytes, best of {rounds} rounds");

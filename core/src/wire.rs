@@ -107,6 +107,30 @@ pub fn encode_headers(m: &Message) -> Vec<(String, String)> {
     out
 }
 
+/// Total length of the names and values [`encode_headers`] produces,
+/// computed without building them.
+pub fn encoded_headers_len(m: &Message) -> usize {
+    fn digits(n: u64) -> usize {
+        n.checked_ilog10().map_or(1, |d| d as usize + 1)
+    }
+    let opt = |name: &str, v: &Option<String>| v.as_ref().map_or(0, |v| name.len() + v.len());
+    let mut n = ID.len() + m.id.len() + PUBLISHED_AT.len() + digits(to_millis(m.published_at));
+    n += opt(KEY, &m.key) + opt(IDEMPOTENCY_KEY, &m.idempotency_key) + opt(CONTENT_TYPE, &m.content_type);
+    n += opt(TRACEPARENT, &m.traceparent) + opt(TRACESTATE, &m.tracestate);
+    if m.attempt != 1 {
+        n += ATTEMPT.len() + digits(u64::from(m.attempt));
+    }
+    if let Some(t) = m.deliver_at {
+        n += DELIVER_AT.len() + digits(to_millis(t));
+    }
+    if let Some(f) = &m.failures {
+        n += FIRST_FAILED_AT.len() + digits(to_millis(f.first_failed_at));
+        n += LAST_FAILED_AT.len() + digits(to_millis(f.last_failed_at));
+        n += LAST_ERROR_KIND.len() + f.last_error_kind.len() + LAST_ERROR.len() + f.last_error.len();
+    }
+    n + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
 /// The dead-letter reason as wire name/value pairs.
 pub fn encode_reason(r: &DeadLetterReason) -> Vec<(String, String)> {
     vec![
@@ -255,9 +279,16 @@ mod tests {
             last_error_kind: "ValueError".into(),
             last_error: "boom".into(),
         });
-        let d = decode(encode_headers(&m), m.payload.clone(), 1);
+        let headers = encode_headers(&m);
+        assert_eq!(encoded_headers_len(&m), headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>());
+        let d = decode(headers, m.payload.clone(), 1);
         assert!(d.malformed.is_none());
         assert_eq!(d.message, m);
+        let plain = Message::new("x");
+        assert_eq!(
+            encoded_headers_len(&plain),
+            encode_headers(&plain).iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        );
     }
 
     #[test]

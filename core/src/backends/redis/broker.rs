@@ -614,8 +614,8 @@ impl Broker for RedisBroker {
         }
         let mut pipe = redis::pipe();
         for m in &messages {
-            let headers = message_fields(m);
             let due = to_millis(m.due_at());
+            let headers = message_fields(m);
             let mut cmd = if due > now {
                 let mut c = redis::cmd("EVALSHA");
                 c.arg(scripts::publish_delayed().get_hash()).arg(2).arg(&keys.delay_data).arg(&keys.delay).arg(due);
