@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 source tests/lib/apt.sh
 port="${PILLARBOX_REDIS_PORT:-6390}"
+# openssl makes the certificates of the TLS test.
+command -v openssl >/dev/null 2>&1 || apt_install openssl
 if ! command -v redis-server >/dev/null 2>&1; then
   echo "installing redis-server"
   apt_install redis-server

@@ -50,7 +50,15 @@ impl Default for GroupState {
     }
 }
 
-const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "max_len", "response_timeout_ms", "connect_timeout_ms"];
+const KNOWN_PARAMS: &[&str] = &[
+    "max_message_bytes",
+    "max_len",
+    "response_timeout_ms",
+    "connect_timeout_ms",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+];
 
 #[derive(Clone, Debug)]
 struct Options {
@@ -78,6 +86,31 @@ impl Options {
             connect_timeout: url.param_millis("connect_timeout_ms")?.unwrap_or(Duration::from_secs(5)),
         })
     }
+}
+
+/// TLS material from `tls_ca_file` (trust this CA instead of the system's)
+/// and `tls_cert_file` + `tls_key_file` (a client certificate), for rediss://.
+fn tls_certificates(url: &BrokerUrl) -> Result<Option<redis::TlsCertificates>> {
+    let read = |name: &str| -> Result<Option<Vec<u8>>> {
+        url.param(name)
+            .map(|path| {
+                std::fs::read(path).map_err(|e| Error::invalid_option(name, format!("cannot read `{path}`: {e}")))
+            })
+            .transpose()
+    };
+    let (ca, cert, key) = (read("tls_ca_file")?, read("tls_cert_file")?, read("tls_key_file")?);
+    if ca.is_none() && cert.is_none() && key.is_none() {
+        return Ok(None);
+    }
+    if url.scheme() != "rediss" {
+        return Err(Error::invalid_option("tls_ca_file", "TLS options need a rediss:// URL"));
+    }
+    let client_tls = match (cert, key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        (None, None) => None,
+        _ => return Err(Error::invalid_option("tls_cert_file", "tls_cert_file and tls_key_file go together")),
+    };
+    Ok(Some(redis::TlsCertificates { client_tls, root_cert: ca }))
 }
 
 /// Which entry a delivery holds.
@@ -116,8 +149,11 @@ impl RedisBroker {
         let options = Options::from_url(url)?;
         let mut parsed = url.as_url()?;
         parsed.set_query(None); // our options are not the client's
-        let client = redis::Client::open(parsed.as_str())
-            .map_err(|e| Error::InvalidUrl { url: url.redacted(), reason: e.to_string() })?;
+        let invalid = |e: redis::RedisError| Error::InvalidUrl { url: url.redacted(), reason: e.to_string() };
+        let client = match tls_certificates(url)? {
+            Some(certs) => redis::Client::build_with_tls(parsed.as_str(), certs).map_err(invalid)?,
+            None => redis::Client::open(parsed.as_str()).map_err(invalid)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(options.response_timeout))
             .set_connection_timeout(Some(options.connect_timeout))

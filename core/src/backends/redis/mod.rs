@@ -24,7 +24,11 @@
 //! Options (URL query): `max_message_bytes` (default 1 MiB),
 //! `max_len` (bound on a topic's unconsumed messages; a publish beyond it
 //! fails with `QUEUE_FULL` rather than trimming anything unconsumed),
-//! `response_timeout_ms` (default 10000), `connect_timeout_ms` (default 5000).
+//! `response_timeout_ms` (default 10000), `connect_timeout_ms` (default 5000),
+//! and for `rediss://` (TLS): `tls_ca_file` (PEM; trust this CA instead of
+//! the system's), `tls_cert_file` + `tls_key_file` (client certificate).
+//! Username, password and database come from the URL:
+//! `rediss://user:password@host:6380/2`.
 //! Consumed entries (acked by every group) are trimmed automatically.
 //! Durability is the server's: run Redis with `appendonly yes` (and
 //! `appendfsync always` for no loss on power failure).
