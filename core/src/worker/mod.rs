@@ -573,17 +573,21 @@ async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
                 },
             }
         }
-        let deliveries: Vec<Delivery> = batch.iter().map(|s| Delivery::clone(&s.delivery)).collect();
-        match inner.broker.ack(&deliveries).await {
-            Ok(()) => {}
-            Err(e) => {
-                bump(&inner.counters.settle_errors, 1);
-                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+        // Settling now: the lease keeper can let go, and the deliveries can
+        // move out of their Arcs instead of being copied.
+        {
+            let mut held = inner.held.lock().unwrap();
+            for slot in &batch {
+                held.remove(&slot.id);
             }
         }
-        let mut held = inner.held.lock().unwrap();
-        for slot in &batch {
-            held.remove(&slot.id);
+        let deliveries: Vec<Delivery> = batch
+            .into_iter()
+            .map(|s| Arc::try_unwrap(s.delivery).unwrap_or_else(|shared| Delivery::clone(&shared)))
+            .collect();
+        if let Err(e) = inner.broker.ack(&deliveries).await {
+            bump(&inner.counters.settle_errors, 1);
+            tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
         }
     }
 }

@@ -1,0 +1,132 @@
+//! Redis-specific behaviour beyond the conformance suite, against the test
+//! server (tests/brokers/start-redis.sh; `PILLARBOX_REDIS_URL` overrides).
+#![cfg(feature = "redis")]
+
+use std::time::Duration;
+
+use pillarbox::{connect, Message, ReceiveRequest};
+
+fn url() -> String {
+    std::env::var("PILLARBOX_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
+}
+
+fn topic(name: &str) -> String {
+    format!("rb.{name}.{}", &uuid_suffix())
+}
+
+fn uuid_suffix() -> String {
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    )
+}
+
+/// `max_len` bounds a topic by refusing publishes, never by trimming what a
+/// group has not consumed; consumed entries are trimmed and make room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_len_refuses_rather_than_trims_unconsumed() {
+    let broker = connect(&format!("{}?max_len=5", url())).await.unwrap();
+    let t = topic("maxlen");
+    broker.ensure_group(&t, "g").await.unwrap();
+    broker.publish(&t, (0..5).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let full = broker.publish(&t, vec![Message::new("one too many")]).await.unwrap_err();
+    assert_eq!(full.code(), "QUEUE_FULL", "{full}");
+    // All five are still there for the group.
+    let stats = broker.inspect(&t, "g").await.unwrap();
+    assert_eq!(stats.ready, 5, "{stats:?}");
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &t,
+            group: "g",
+            consumer: "c",
+            max: 5,
+            wait: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 5);
+    // Received but not acked: still unconsumed, still full.
+    assert_eq!(broker.publish(&t, vec![Message::new("still full")]).await.unwrap_err().code(), "QUEUE_FULL");
+    broker.ack(&got).await.unwrap();
+    broker.publish(&t, vec![Message::new("room again")]).await.unwrap();
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &t,
+            group: "g",
+            consumer: "c",
+            max: 5,
+            wait: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].message.payload[..], b"room again");
+}
+
+/// A plain redis client's XADD is consumed; a Pillarbox message reads well
+/// in a plain client (metadata as named fields, payload as `payload`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clients_interoperate() {
+    let broker = connect(&url()).await.unwrap();
+    let t = topic("plain");
+    broker.ensure_group(&t, "g").await.unwrap();
+    broker.publish(&t, vec![Message::new("from pillarbox").with_key("k1")]).await.unwrap();
+
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("pb:{{{t}}}:stream");
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let fields = &entries.ids[0].map;
+    let text = |k: &str| match fields.get(k) {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        other => panic!("field {k}: {other:?}"),
+    };
+    assert_eq!(text("payload"), "from pillarbox");
+    assert_eq!(text("pb-key"), "k1");
+    assert!(!text("pb-id").is_empty());
+
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("payload")
+        .arg("from redis-cli")
+        .arg("source")
+        .arg("cli")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &t,
+            group: "g",
+            consumer: "c",
+            max: 10,
+            wait: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(&got[1].message.payload[..], b"from redis-cli");
+    assert_eq!(got[1].message.headers.get("source").map(String::as_str), Some("cli"));
+    assert_eq!(got[1].message.attempt, 1);
+    broker.ack(&got).await.unwrap();
+}
+
+/// Bad URLs and options are clear errors that never show the password.
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers() {
+    let e = connect("redis://127.0.0.1:6390?max_len=0").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_OPTION");
+    let e = connect("redis://127.0.0.1:6390?bogus=1").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_OPTION");
+    // Nothing listens on port 1.
+    let e = connect("redis://user:hunter2@127.0.0.1:1?connect_timeout_ms=500").await.unwrap_err();
+    assert_eq!(e.code(), "CONNECT", "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(e.to_string().contains("user:***@127.0.0.1:1"), "{e}");
+}
