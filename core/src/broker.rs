@@ -154,8 +154,10 @@ pub struct PartitionLag {
 ///   nothing if any is invalid or too large.
 /// - `retry` and `dead_letter` are atomic: the delivery is settled and the
 ///   new copy stored together, never both pending and re-sent, never lost.
-/// - `ack`, `retry`, `dead_letter`, `release` on a delivery whose lease was
-///   lost fail with [`Error::LeaseLost`] and change nothing.
+/// - `retry`, `dead_letter` and `release` on a delivery whose lease was lost
+///   fail with [`Error::LeaseLost`] and change nothing. `ack` of a delivery
+///   that is settled already fails the same way; an ack after the lease was
+///   lost may instead settle the message (the work is done either way).
 #[async_trait]
 pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Short backend name: `memory`, `sqlite`, `redis`, `amqp`, `kafka`.

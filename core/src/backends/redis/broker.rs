@@ -756,16 +756,16 @@ impl Broker for RedisBroker {
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
         self.check_open()?;
         // One script call per topic and group (a worker's batch has one of each).
-        let mut batches: HashMap<(&str, &str, &str), Vec<&RedisReceipt>> = HashMap::new();
+        let mut batches: HashMap<(&str, &str), Vec<&RedisReceipt>> = HashMap::new();
         for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
-            batches.entry((d.topic.as_str(), d.group.as_str(), r.consumer.as_str())).or_default().push(r);
+            batches.entry((d.topic.as_str(), d.group.as_str())).or_default().push(r);
         }
         let mut lost: Vec<String> = Vec::new();
         let mut topics = HashSet::new();
-        for ((topic, group, consumer), receipts) in batches {
+        for ((topic, group), receipts) in batches {
             let keys = TopicKeys::new(topic);
             let mut inv = scripts::ack().key(&keys.stream);
-            inv.key(keys.due(group)).arg(group).arg(consumer);
+            inv.key(keys.due(group)).arg(group);
             for r in &receipts {
                 inv.arg(if r.due { "d" } else { "s" }).arg(&r.id);
             }

@@ -74,22 +74,24 @@ return id
     })
 }
 
-/// Acks deliveries the consumer still owns; entries of the group's own due
-/// stream are deleted too. Returns the ids it did not own.
-/// KEYS: topic stream, due stream. ARGV: group, consumer, then pairs of
-/// (`s` or `d`, id).
+/// Acks deliveries still pending in the group; entries of the group's own
+/// due stream are deleted too. Returns the ids that were no longer pending
+/// (settled already). No ownership check here, unlike retry and
+/// dead-letter: if our lease expired and another consumer claimed the
+/// entry, the work is done all the same, and acking it is what saves the
+/// other consumer's copy from counting as a failure.
+/// KEYS: topic stream, due stream. ARGV: group, then pairs of (`s` or `d`, id).
 pub(super) fn ack() -> &'static Script {
     static S: OnceLock<Script> = OnceLock::new();
     S.get_or_init(|| {
-        with_owns(
+        Script::new(
             r#"
 local lost = {}
-for i = 3, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local key = KEYS[1]
   if ARGV[i] == 'd' then key = KEYS[2] end
   local id = ARGV[i + 1]
-  if owns(key, ARGV[1], id, ARGV[2]) then
-    redis.call('XACK', key, ARGV[1], id)
+  if redis.call('XACK', key, ARGV[1], id) == 1 then
     if ARGV[i] == 'd' then redis.call('XDEL', key, id) end
   else
     table.insert(lost, id)
