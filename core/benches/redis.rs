@@ -21,6 +21,12 @@ use redis::Value;
 const PAYLOAD: [u8; 100] = [b'x'; 100];
 const BATCH: usize = 100;
 
+/// Messages per read: raw `XREADGROUP COUNT`, and half the SDK worker's
+/// receive slots (`concurrency + prefetch`), since it fetches when half are free.
+fn read_batch() -> usize {
+    std::env::var("PB_BENCH_READ_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+}
+
 fn url() -> String {
     std::env::var("PILLARBOX_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
 }
@@ -47,7 +53,7 @@ async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str,
             .arg("g")
             .arg("c")
             .arg("COUNT")
-            .arg(BATCH)
+            .arg(read_batch())
             .arg("BLOCK")
             .arg(1000)
             .arg("STREAMS")
@@ -76,7 +82,10 @@ async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize)
 
 async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
     let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-    let options = WorkerOptions::default().concurrency(16).prefetch(4 * BATCH).poll_wait(Duration::from_millis(200));
+    let concurrency = std::env::var("PB_BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let prefetch = 2 * read_batch() - concurrency;
+    let options =
+        WorkerOptions::default().concurrency(concurrency).prefetch(prefetch).poll_wait(Duration::from_millis(200));
     let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
     let started = Instant::now();
     let runner = worker.clone();

@@ -628,7 +628,8 @@ async fn execute(
         }
         permit = handler_slots.acquire_owned() => permit.expect("semaphore never closed"),
     };
-    process(&inner, slot, &acks).await;
+    // Boxed: the policy future is large, and tasks are moved when spawned.
+    Box::pin(process(&inner, slot, &acks)).await;
     key
 }
 
