@@ -237,6 +237,16 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     }
 }
 
+/// Checks a raw publish (see [`Broker::publish_raw`]) against the limit.
+pub fn validate_raw(topic: &str, headers: &[(String, String)], payload: &[u8], limit: usize) -> Result<()> {
+    crate::message::validate_name("topic", topic)?;
+    let size = payload.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
+    if size > limit {
+        return Err(Error::MessageTooLarge { size, limit });
+    }
+    Ok(())
+}
+
 /// Checks a batch against the backend's limits before anything is
 /// published: the one implementation of "oversized means nothing published".
 pub fn validate_batch(topic: &str, messages: &[Message], caps: &Capabilities) -> Result<()> {

@@ -33,6 +33,42 @@ pub struct DeadLetterReason {
     pub last_failed_at: SystemTime,
 }
 
+impl DeadLetterReason {
+    /// The reason to show for a dead letter that carries none (put there by
+    /// another tool).
+    pub fn unknown(topic: &str, group: &str, attempts: u32, at: SystemTime) -> Self {
+        DeadLetterReason {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            attempts,
+            cause: "unknown".into(),
+            error_kind: "unknown".into(),
+            error_message: String::new(),
+            first_failed_at: SystemTime::UNIX_EPOCH,
+            last_failed_at: at,
+        }
+    }
+}
+
+/// Splits a stored dead letter into its message (reason headers removed)
+/// and its reason. For backends.
+pub fn from_stored(id: String, mut message: Message, topic: &str, group: &str, dead_at: SystemTime) -> DeadLetter {
+    let reason = crate::wire::decode_reason(&message.headers)
+        .unwrap_or_else(|| DeadLetterReason::unknown(topic, group, message.attempt, dead_at));
+    crate::wire::strip_reason(&mut message.headers);
+    DeadLetter { id, message, reason }
+}
+
+/// The copy of a dead letter that a redrive sends back: a fresh start with
+/// attempt 1, no failure history, no delay and no reason. For backends.
+pub fn redriven(mut message: Message) -> Message {
+    message.attempt = 1;
+    message.failures = None;
+    message.deliver_at = None;
+    crate::wire::strip_reason(&mut message.headers);
+    message
+}
+
 /// Values of [`DeadLetterReason::cause`].
 pub mod cause {
     /// The handler failed on every attempt of the retry budget.

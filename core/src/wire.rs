@@ -145,6 +145,11 @@ pub fn encode_reason(r: &DeadLetterReason) -> Vec<(String, String)> {
     ]
 }
 
+/// Removes the dead-letter reason fields (`pb-dl-*`) from headers.
+pub fn strip_reason(headers: &mut BTreeMap<String, String>) {
+    headers.retain(|k, _| !k.starts_with("pb-dl-"));
+}
+
 /// Reads a dead-letter reason back; `None` when the fields are missing.
 pub fn decode_reason(headers: &BTreeMap<String, String>) -> Option<DeadLetterReason> {
     let ms = |name: &str| headers.get(name).and_then(|v| v.parse::<u64>().ok()).map(from_millis);

@@ -14,8 +14,10 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::db::Db;
 use super::idempotency::SqliteIdempotencyStore;
-use crate::broker::{validate_batch, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest};
-use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::broker::{
+    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+};
+use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
 use crate::message::{to_millis, validate_name, Message};
@@ -249,11 +251,7 @@ impl Broker for EmbeddedBroker {
 
     async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        let size = payload.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if size > self.db.options.max_message_bytes {
-            return Err(Error::MessageTooLarge { size, limit: self.db.options.max_message_bytes });
-        }
+        validate_raw(topic, &headers, &payload, self.db.options.max_message_bytes)?;
         let topic = topic.to_string();
         let headers = headers_json(headers);
         let err = self.db.err();
@@ -574,20 +572,8 @@ impl Broker for EmbeddedBroker {
         Ok(rows
             .into_iter()
             .map(|(id, headers, payload, published_at)| {
-                let decoded = decode_row(&headers, payload, 1, published_at);
-                let mut message = decoded.message;
-                let reason = wire::decode_reason(&message.headers).unwrap_or_else(|| DeadLetterReason {
-                    topic: topic.to_string(),
-                    group: group.to_string(),
-                    attempts: message.attempt,
-                    cause: "unknown".into(),
-                    error_kind: "unknown".into(),
-                    error_message: String::new(),
-                    first_failed_at: SystemTime::UNIX_EPOCH,
-                    last_failed_at: SystemTime::UNIX_EPOCH,
-                });
-                message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
-                DeadLetter::new(id.to_string(), message, reason)
+                let message = decode_row(&headers, payload, 1, published_at).message;
+                dead_letter::from_stored(id.to_string(), message, topic, group, SystemTime::UNIX_EPOCH)
             })
             .collect())
     }
@@ -627,12 +613,7 @@ impl Broker for EmbeddedBroker {
                         else {
                             continue;
                         };
-                        // A fresh start: attempt 1, no failure history, no reason.
-                        let mut message = decode_row(&headers, Vec::new(), 1, published_at).message;
-                        message.attempt = 1;
-                        message.failures = None;
-                        message.deliver_at = None;
-                        message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
+                        let message = dead_letter::redriven(decode_row(&headers, Vec::new(), 1, published_at).message);
                         insert.execute(params![id, headers_json(wire::encode_headers(&message)), now]).map_err(err)?;
                         delete.execute(params![id]).map_err(err)?;
                         moved += 1;

@@ -12,8 +12,10 @@ use redis::{AsyncConnectionConfig, Value};
 
 use super::idempotency::RedisIdempotencyStore;
 use super::{err, scripts, TopicKeys, BACKEND};
-use crate::broker::{validate_batch, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest};
-use crate::dead_letter::{DeadLetter, DeadLetterReason};
+use crate::broker::{
+    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+};
+use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
 use crate::message::{from_millis, to_millis, validate_name, Message};
@@ -670,11 +672,7 @@ impl Broker for RedisBroker {
 
     async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        let size = payload.len() + headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-        if size > self.options.max_message_bytes {
-            return Err(Error::MessageTooLarge { size, limit: self.options.max_message_bytes });
-        }
+        validate_raw(topic, &headers, &payload, self.options.max_message_bytes)?;
         let keys = TopicKeys::new(topic);
         let mut cmd = redis::cmd("XADD");
         cmd.arg(&keys.stream).arg("*");
@@ -982,19 +980,9 @@ impl Broker for RedisBroker {
             .into_iter()
             .filter_map(|(id, fields)| {
                 let (headers, payload) = split_fields(fields?);
-                let mut message = wire::decode(headers, payload, 1).message;
-                let reason = wire::decode_reason(&message.headers).unwrap_or_else(|| DeadLetterReason {
-                    topic: topic.to_string(),
-                    group: group.to_string(),
-                    attempts: message.attempt,
-                    cause: "unknown".into(),
-                    error_kind: "unknown".into(),
-                    error_message: String::new(),
-                    first_failed_at: SystemTime::UNIX_EPOCH,
-                    last_failed_at: id_time(&id),
-                });
-                message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
-                Some(DeadLetter::new(id, message, reason))
+                let message = wire::decode(headers, payload, 1).message;
+                let dead_at = id_time(&id);
+                Some(dead_letter::from_stored(id, message, topic, group, dead_at))
             })
             .collect())
     }
@@ -1011,12 +999,7 @@ impl Broker for RedisBroker {
                 redis::cmd("XRANGE").arg(keys.dlq(group)).arg(id).arg(id).query_async(&mut conn).await.map_err(err)?;
             let Some((_, Some(fields))) = parse_entries(&reply).into_iter().next() else { continue };
             let (headers, payload) = split_fields(fields);
-            // A fresh start: attempt 1, no failure history, no reason.
-            let mut message = wire::decode(headers, payload, 1).message;
-            message.attempt = 1;
-            message.failures = None;
-            message.deliver_at = None;
-            message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
+            let message = dead_letter::redriven(wire::decode(headers, payload, 1).message);
             let mut inv = scripts::redrive().key(keys.dlq(group));
             inv.key(keys.due(group)).arg(id);
             add_fields(&mut inv, &message_fields(&message), &message.payload);
