@@ -36,6 +36,16 @@ pub struct Capabilities {
     /// In-flight messages are held by a lease that expires unless renewed
     /// ([`Broker::extend_leases`]); otherwise by the connection.
     pub leases: bool,
+    /// The broker pushes messages to a consumer ahead of `receive` calls, up
+    /// to what the consumer may hold (AMQP's prefetch); those count as in
+    /// flight until received and settled.
+    pub pushes_ahead: bool,
+    /// [`GroupStats::oldest_age`] is reported.
+    pub oldest_age: bool,
+    /// How stale inspection figures may be (zero: exact at once). RabbitMQ's
+    /// in-flight count comes from its management plugin, which refreshes it
+    /// periodically.
+    pub stats_delay: std::time::Duration,
 }
 
 /// Opaque, backend-specific handle to one delivery (a row id and lease
@@ -223,6 +233,14 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Deletes dead letters: the given ids, or all of them when `ids` is `None`.
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize>;
+
+    /// This handle stops receiving for the group (a worker calls it when it
+    /// shuts down). Messages the backend pushed ahead (the AMQP prefetch)
+    /// and never handed out go back to the broker, without counting an
+    /// attempt. Nothing to do for pull-based backends.
+    async fn stop_receiving(&self, _topic: &str, _group: &str) -> Result<()> {
+        Ok(())
+    }
 
     /// The idempotency store native to this backend, shared by every
     /// process using the same broker, if it has one.

@@ -29,6 +29,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
         "redis" | "rediss" => Arc::new(crate::backends::redis::RedisBroker::connect(&parsed).await?),
         #[cfg(not(feature = "redis"))]
         scheme @ ("redis" | "rediss") => return not_enabled(scheme, "redis"),
+        #[cfg(feature = "amqp")]
+        "amqp" | "amqps" => Arc::new(crate::backends::amqp::AmqpBroker::connect(&parsed).await?),
+        #[cfg(not(feature = "amqp"))]
         scheme @ ("amqp" | "amqps") => return not_enabled(scheme, "amqp"),
         scheme @ "kafka" => return not_enabled(scheme, "kafka"),
         other => return Err(Error::UnknownScheme { scheme: other.to_string() }),

@@ -44,6 +44,14 @@ fn redis_url() -> String {
     std::env::var("PILLARBOX_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into())
 }
 
+#[allow(dead_code)]
+fn amqp_url() -> String {
+    // Started by tests/brokers/start-rabbitmq.sh (management on 15673,
+    // figures refreshed every 100 ms).
+    std::env::var("PILLARBOX_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000".into())
+}
+
 macro_rules! backend {
     ($module:ident, $url:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -70,6 +78,8 @@ macro_rules! every_backend {
         backend!(sqlite, super::sqlite_url(), [$($scenario),*]);
         #[cfg(feature = "redis")]
         backend!(redis, super::redis_url(), [$($scenario),*]);
+        #[cfg(feature = "amqp")]
+        backend!(amqp, super::amqp_url(), [$($scenario),*]);
     };
 }
 

@@ -6,3 +6,6 @@ pub mod embedded;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+
+#[cfg(feature = "amqp")]
+pub mod amqp;

@@ -448,6 +448,9 @@ impl Worker {
                 }
             }
         }
+        if let Err(e) = inner.broker.stop_receiving(&inner.topic, &inner.group).await {
+            tracing::warn!(error = %e, "could not hand back messages received ahead; they return with the connection");
+        }
         background_stop.cancel();
         let _ = keeper.await;
         fetch_result

@@ -613,6 +613,9 @@ impl Broker for RedisBroker {
             ordered_delivery: true,
             replay_for_new_groups: true,
             leases: true,
+            pushes_ahead: false,
+            oldest_age: true,
+            stats_delay: Duration::ZERO,
         }
     }
 

@@ -1,0 +1,830 @@
+//! The AMQP `Broker`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::management::Management;
+use super::BACKEND;
+use crate::broker::{
+    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+};
+use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
+use crate::error::{Error, Result};
+use crate::message::{from_millis, to_millis, validate_name, Message};
+use crate::url::BrokerUrl;
+use crate::wire;
+
+/// Delay levels (ms): one wait queue each per group.
+const LEVELS: [u64; 9] = [10, 100, 1_000, 10_000, 60_000, 600_000, 3_600_000, 21_600_000, 86_400_000];
+/// Longest a scan of dead letters reads (they are read and put back).
+const DLQ_SCAN_LIMIT: usize = 10_000;
+
+/// Headers RabbitMQ adds for itself (dead-lettering history).
+const BROKER_HEADERS: &[&str] = &[
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+];
+
+const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "management_port", "stats_delay_ms"];
+
+fn err(e: lapin::Error) -> Error {
+    Error::Backend { backend: BACKEND, reason: e.to_string() }
+}
+
+/// The longest level not beyond `remaining` ms, if any.
+fn level_for(remaining: u64) -> Option<u64> {
+    LEVELS.iter().rev().copied().find(|l| *l <= remaining)
+}
+
+fn group_queue(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}")
+}
+fn wait_queue(topic: &str, group: &str, level: u64) -> String {
+    format!("{topic}.{group}.wait.{level}")
+}
+fn dlq(topic: &str, group: &str) -> String {
+    format!("{topic}.{group}.dlq")
+}
+fn delay_exchange(topic: &str) -> String {
+    format!("{topic}.delay")
+}
+
+/// A live connection and its shared channels.
+struct Link {
+    connection: Connection,
+    /// Publisher confirms on; shared by every publish of this handle.
+    publish: Channel,
+    /// Declarations.
+    admin: Channel,
+    generation: u64,
+}
+
+/// A group's consumer on this handle.
+struct GroupConsumer {
+    channel: Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+    prefetch: u16,
+    generation: u64,
+}
+
+/// A group's consumer on this handle, created on first receive.
+type ConsumerSlot = Arc<tokio::sync::Mutex<Option<GroupConsumer>>>;
+
+/// One message to publish: exchange, routing key, headers, payload, content type.
+type Outgoing = (String, String, Vec<(String, String)>, Bytes, Option<String>);
+
+#[derive(Debug)]
+struct AmqpReceipt {
+    channel: Channel,
+    tag: u64,
+    generation: u64,
+    /// Acking a tag twice is a channel error that would close the channel
+    /// and give back every other message on it: settle once, here.
+    settled: AtomicBool,
+}
+
+/// A RabbitMQ connection for one URL.
+pub struct AmqpBroker {
+    uri: String,
+    url: String,
+    vhost: String,
+    max_message_bytes: usize,
+    stats_delay: Duration,
+    management: Management,
+    link: tokio::sync::Mutex<Option<Link>>,
+    generation: AtomicU64,
+    declared: Mutex<HashSet<String>>,
+    consumers: Mutex<HashMap<(String, String), ConsumerSlot>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl AmqpBroker {
+    /// Connects to `amqp://` or `amqps://`.
+    pub async fn connect(url: &BrokerUrl) -> Result<Self> {
+        url.reject_unknown_params(KNOWN_PARAMS)?;
+        let max_message_bytes = url.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024) as usize;
+        if max_message_bytes == 0 || max_message_bytes > 128 * 1024 * 1024 {
+            return Err(Error::invalid_option("max_message_bytes", "must be between 1 and 134217728"));
+        }
+        let mut parsed = url.as_url()?;
+        let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+        let user = if parsed.username().is_empty() { "guest".to_string() } else { decode(parsed.username()) };
+        let password = parsed.password().map(decode).unwrap_or_else(|| "guest".to_string());
+        let vhost = match parsed.path().trim_start_matches('/') {
+            "" => "/".to_string(),
+            v => decode(v),
+        };
+        let management_port = url.param_u64("management_port")?.unwrap_or(15672);
+        let management_port =
+            u16::try_from(management_port).map_err(|_| Error::invalid_option("management_port", "not a port"))?;
+        let stats_delay = url.param_millis("stats_delay_ms")?.unwrap_or(Duration::from_secs(5));
+        parsed.set_query(None);
+        let broker = AmqpBroker {
+            uri: parsed.to_string(),
+            url: url.redacted(),
+            vhost,
+            max_message_bytes,
+            stats_delay,
+            management: Management::new(&host, management_port, &user, &password),
+            link: tokio::sync::Mutex::new(None),
+            generation: AtomicU64::new(0),
+            declared: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        };
+        broker.link().await?;
+        Ok(broker)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The live connection's channels, reconnecting if it dropped.
+    async fn link(&self) -> Result<(Channel, Channel, u64)> {
+        let mut link = self.link.lock().await;
+        if let Some(l) = link.as_ref() {
+            if l.connection.status().connected() && l.publish.status().connected() && l.admin.status().connected() {
+                return Ok((l.publish.clone(), l.admin.clone(), l.generation));
+            }
+        }
+        let connect_err =
+            |e: lapin::Error| Error::Connect { backend: BACKEND, url: self.url.clone(), reason: e.to_string() };
+        let connection = Connection::connect(&self.uri, ConnectionProperties::default()).await.map_err(connect_err)?;
+        let publish = connection.create_channel().await.map_err(connect_err)?;
+        publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(connect_err)?;
+        let admin = connection.create_channel().await.map_err(connect_err)?;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // A new connection: declarations and consumers start over.
+        self.declared.lock().unwrap().clear();
+        self.consumers.lock().unwrap().clear();
+        let out = (publish.clone(), admin.clone(), generation);
+        *link = Some(Link { connection, publish, admin, generation });
+        Ok(out)
+    }
+
+    async fn declare_topic(&self, admin: &Channel, topic: &str) -> Result<()> {
+        if self.declared.lock().unwrap().contains(topic) {
+            return Ok(());
+        }
+        let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        admin.exchange_declare(topic.into(), ExchangeKind::Topic, durable, FieldTable::default()).await.map_err(err)?;
+        admin
+            .exchange_declare(delay_exchange(topic).into(), ExchangeKind::Direct, durable, FieldTable::default())
+            .await
+            .map_err(err)?;
+        self.declared.lock().unwrap().insert(topic.to_string());
+        Ok(())
+    }
+
+    async fn declare_group(&self, topic: &str, group: &str) -> Result<()> {
+        let key = format!("{topic}\n{group}");
+        if self.declared.lock().unwrap().contains(&key) {
+            return Ok(());
+        }
+        let (_, admin, _) = self.link().await?;
+        self.declare_topic(&admin, topic).await?;
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        let main = group_queue(topic, group);
+        let mut quorum = FieldTable::default();
+        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        admin.queue_declare(main.as_str().into(), durable, quorum).await.map_err(err)?;
+        admin
+            .queue_bind(
+                main.as_str().into(),
+                topic.into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(err)?;
+        for level in LEVELS {
+            let mut args = FieldTable::default();
+            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(level as i64));
+            args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+            args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(main.as_str().into()));
+            let wait = wait_queue(topic, group, level);
+            admin.queue_declare(wait.as_str().into(), durable, args).await.map_err(err)?;
+            admin
+                .queue_bind(
+                    wait.as_str().into(),
+                    delay_exchange(topic).into(),
+                    level.to_string().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+        }
+        admin.queue_declare(dlq(topic, group).into(), durable, FieldTable::default()).await.map_err(err)?;
+        self.declared.lock().unwrap().insert(key);
+        Ok(())
+    }
+
+    /// Publishes and waits for the broker's confirm. `mandatory`: an
+    /// unroutable message is an error rather than silently dropped.
+    async fn publish_confirmed(
+        &self,
+        items: Vec<Outgoing>,
+    ) -> Result<()> {
+        let (publish, _, _) = self.link().await?;
+        let mut confirms = Vec::with_capacity(items.len());
+        for (exchange, routing_key, headers, payload, content_type) in &items {
+            let mut table = FieldTable::default();
+            let mut id = None;
+            for (k, v) in headers {
+                if k == wire::ID {
+                    id = Some(v.clone());
+                }
+                table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
+            }
+            let mut props = BasicProperties::default().with_delivery_mode(2).with_headers(table);
+            if let Some(id) = id {
+                props = props.with_message_id(id.into());
+            }
+            if let Some(ct) = content_type {
+                props = props.with_content_type(ct.as_str().into());
+            }
+            let confirm = publish
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.as_str().into(),
+                    BasicPublishOptions { mandatory: true, ..Default::default() },
+                    payload,
+                    props,
+                )
+                .await
+                .map_err(err)?;
+            confirms.push((confirm, exchange.clone()));
+        }
+        for (confirm, exchange) in confirms {
+            match confirm.await.map_err(err)? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_)) => {
+                    let topic = exchange.strip_suffix(".delay").unwrap_or(&exchange).to_string();
+                    return Err(Error::Unsupported {
+                        backend: BACKEND,
+                        capability: if exchange.is_empty() {
+                            "publishing to a queue that does not exist"
+                        } else {
+                            "keeping messages for a topic with no group: call ensure_group first"
+                        },
+                    })
+                    .inspect_err(|_| tracing::warn!(topic = %topic, "unroutable publish"));
+                }
+                Confirmation::Nack(_) => {
+                    return Err(Error::Backend {
+                        backend: BACKEND,
+                        reason: "the broker refused the message (nack)".into(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a copy for `group` goes: the longest wait level not beyond its
+    /// due time, or the group's queue when (nearly) due.
+    fn route_for_group(topic: &str, group: &str, due_ms: u64) -> String {
+        match level_for(due_ms.saturating_sub(to_millis(SystemTime::now()))) {
+            Some(level) => wait_queue(topic, group, level),
+            None => group_queue(topic, group),
+        }
+    }
+
+    async fn consumer_for(&self, topic: &str, group: &str) -> ConsumerSlot {
+        let mut consumers = self.consumers.lock().unwrap();
+        Arc::clone(consumers.entry((topic.to_string(), group.to_string())).or_default())
+    }
+
+    fn to_delivery(
+        &self,
+        req: &ReceiveRequest<'_>,
+        d: lapin::message::Delivery,
+        channel: &Channel,
+        generation: u64,
+    ) -> Delivery {
+        let (headers, delivery_count) = read_headers(&d.properties);
+        let mut decoded = wire::decode(headers, Bytes::from(d.data), delivery_count);
+        if decoded.message.content_type.is_none() {
+            decoded.message.content_type = d.properties.content_type().as_ref().map(|c| c.to_string());
+        }
+        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
+            decoded.message.published_at =
+                d.properties.timestamp().map(|t| from_millis(t * 1000)).unwrap_or_else(crate::message::now_millis);
+        }
+        Delivery::new(
+            req.topic,
+            req.group,
+            decoded.message,
+            decoded.malformed,
+            Receipt::new(AmqpReceipt {
+                channel: channel.clone(),
+                tag: d.delivery_tag,
+                generation,
+                settled: AtomicBool::new(false),
+            }),
+        )
+    }
+
+    async fn settle(&self, delivery: &Delivery) -> Result<()> {
+        let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
+        let gone = r.generation != self.generation.load(Ordering::Acquire) || !r.channel.status().connected();
+        // A closed channel means the broker has put the message back.
+        if gone || r.settled.swap(true, Ordering::AcqRel) {
+            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+        }
+        r.channel
+            .basic_ack(r.tag, BasicAckOptions::default())
+            .await
+            .map_err(|_| Error::LeaseLost { message_id: delivery.message.id.clone() })
+    }
+
+    /// Reads up to `limit` dead letters (they go back to the queue when the
+    /// scan's channel closes), calling `keep` on each: `true` acks it
+    /// (removing it), after `publish` copies have been confirmed.
+    async fn scan_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        mut choose: impl FnMut(&str, &Message) -> Option<Option<(String, Message)>>,
+    ) -> Result<usize> {
+        let (_, _, _) = self.link().await?;
+        let connection_channel = {
+            let link = self.link.lock().await;
+            let link = link.as_ref().ok_or(Error::Closed)?;
+            link.connection.create_channel().await.map_err(err)?
+        };
+        let mut taken = 0;
+        for _ in 0..DLQ_SCAN_LIMIT {
+            let got = match connection_channel.basic_get(dlq(topic, group).into(), BasicGetOptions::default()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(_) => break, // no such queue
+            };
+            let (headers, _) = read_headers(&got.delivery.properties);
+            let message = wire::decode(headers, Bytes::from(got.delivery.data.clone()), 1).message;
+            let id = message.id.clone();
+            match choose(&id, &message) {
+                None => {}
+                Some(copy) => {
+                    if let Some((queue, copy)) = copy {
+                        let headers = wire::encode_headers(&copy);
+                        self.publish_confirmed(vec![(
+                            String::new(),
+                            queue,
+                            headers,
+                            copy.payload.clone(),
+                            copy.content_type.clone(),
+                        )])
+                        .await?;
+                    }
+                    connection_channel
+                        .basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+                        .await
+                        .map_err(err)?;
+                    taken += 1;
+                }
+            }
+        }
+        let _ = connection_channel.close(200, "scan done".into()).await;
+        Ok(taken)
+    }
+
+    /// Messages ready in a queue (0 if it does not exist), on a throwaway
+    /// channel since a passive declare of a missing queue closes its channel.
+    async fn ready(&self, queue: &str) -> Result<u64> {
+        let channel = {
+            self.link().await?;
+            let link = self.link.lock().await;
+            link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)?
+        };
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await;
+        let n = declared.map(|q| u64::from(q.message_count())).unwrap_or(0);
+        let _ = channel.close(200, "inspected".into()).await;
+        Ok(n)
+    }
+}
+
+fn decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
+}
+
+/// Headers as strings, and the delivery count (the quorum queue's
+/// `x-delivery-count` counts earlier deliveries).
+fn read_headers(props: &BasicProperties) -> (Vec<(String, String)>, u32) {
+    let mut out = Vec::new();
+    let mut count = 1;
+    if let Some(table) = props.headers() {
+        for (k, v) in table.inner() {
+            let name = k.as_str();
+            if name == "x-delivery-count" {
+                count = value_string(v).and_then(|s| s.parse::<u32>().ok()).map_or(1, |n| n + 1);
+                continue;
+            }
+            if BROKER_HEADERS.contains(&name) {
+                continue; // the broker's own bookkeeping
+            }
+            if let Some(s) = value_string(v) {
+                out.push((name.to_string(), s));
+            }
+        }
+    }
+    if !out.iter().any(|(k, _)| k == wire::ID) {
+        if let Some(id) = props.message_id() {
+            out.push((wire::ID.to_string(), id.to_string()));
+        }
+    }
+    (out, count)
+}
+
+fn value_string(v: &AMQPValue) -> Option<String> {
+    Some(match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(n) => n.to_string(),
+        AMQPValue::ShortShortUInt(n) => n.to_string(),
+        AMQPValue::ShortInt(n) => n.to_string(),
+        AMQPValue::ShortUInt(n) => n.to_string(),
+        AMQPValue::LongInt(n) => n.to_string(),
+        AMQPValue::LongUInt(n) => n.to_string(),
+        AMQPValue::LongLongInt(n) => n.to_string(),
+        AMQPValue::Float(n) => n.to_string(),
+        AMQPValue::Double(n) => n.to_string(),
+        AMQPValue::Timestamp(n) => n.to_string(),
+        _ => return None,
+    })
+}
+
+fn headers_of(m: &Message) -> (Vec<(String, String)>, Bytes, Option<String>) {
+    (wire::encode_headers(m), m.payload.clone(), m.content_type.clone())
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_bytes: self.max_message_bytes,
+            delayed_delivery: true,
+            ordered_delivery: true,
+            replay_for_new_groups: false,
+            leases: false,
+            pushes_ahead: true,
+            oldest_age: false,
+            stats_delay: self.stats_delay,
+        }
+    }
+
+    async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        self.declare_group(topic, group).await
+    }
+
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.check_open()?;
+        validate_batch(topic, &messages, &self.capabilities())?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let (_, admin, _) = self.link().await?;
+        self.declare_topic(&admin, topic).await?;
+        let now = to_millis(SystemTime::now());
+        let items = messages
+            .iter()
+            .map(|m| {
+                let (headers, payload, ct) = headers_of(m);
+                match level_for(to_millis(m.due_at()).saturating_sub(now)) {
+                    // Every group's wait queue of that level gets a copy.
+                    Some(level) => (delay_exchange(topic), level.to_string(), headers, payload, ct),
+                    None => (topic.to_string(), m.key.clone().unwrap_or_default(), headers, payload, ct),
+                }
+            })
+            .collect();
+        self.publish_confirmed(items).await
+    }
+
+    async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
+        self.check_open()?;
+        validate_raw(topic, &headers, &payload, self.max_message_bytes)?;
+        let (_, admin, _) = self.link().await?;
+        self.declare_topic(&admin, topic).await?;
+        self.publish_confirmed(vec![(topic.to_string(), String::new(), headers, payload, None)]).await
+    }
+
+    async fn receive(&self, req: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        self.check_open()?;
+        validate_name("topic", req.topic)?;
+        validate_name("group", req.group)?;
+        if req.max == 0 {
+            return Ok(Vec::new());
+        }
+        self.declare_group(req.topic, req.group).await?;
+        let slot = self.consumer_for(req.topic, req.group).await;
+        let mut guard = slot.lock().await;
+        let generation = self.generation.load(Ordering::Acquire);
+        let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
+        let stale = guard.as_ref().is_none_or(|c| c.generation != generation || !c.channel.status().connected());
+        if stale {
+            let channel = {
+                self.link().await?;
+                let link = self.link.lock().await;
+                link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)?
+            };
+            // The prefetch is what this consumer may hold unacked: the worker's capacity.
+            channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
+            let tag = format!("{}-{:08x}", req.consumer, fastrand::u32(..));
+            let consumer = channel
+                .basic_consume(
+                    group_queue(req.topic, req.group).into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(err)?;
+            let generation = self.generation.load(Ordering::Acquire);
+            *guard = Some(GroupConsumer { channel, consumer, tag, prefetch: wanted, generation });
+        }
+        let state = guard.as_mut().expect("consumer set above");
+        if wanted > state.prefetch {
+            state.channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
+            state.prefetch = wanted;
+        }
+        let deadline = tokio::time::Instant::now() + req.wait;
+        let mut out = Vec::new();
+        while out.len() < req.max {
+            // Wait for the first; then take what is already here.
+            let until = if out.is_empty() { deadline } else { tokio::time::Instant::now() };
+            let next = match tokio::time::timeout_at(until, state.consumer.next()).await {
+                Err(_) => break,
+                Ok(None) => {
+                    *guard = None;
+                    return if out.is_empty() {
+                        Err(Error::Connect {
+                            backend: BACKEND,
+                            url: self.url.clone(),
+                            reason: "consumer cancelled".into(),
+                        })
+                    } else {
+                        Ok(out)
+                    };
+                }
+                Ok(Some(Err(e))) => {
+                    *guard = None;
+                    return if out.is_empty() { Err(err(e)) } else { Ok(out) };
+                }
+                Ok(Some(Ok(d))) => d,
+            };
+            let delivery = self.to_delivery(&req, next, &state.channel, state.generation);
+            // Not due yet: back to the wait queues (a hop, not an attempt).
+            if let Some(due) = delivery.message.deliver_at {
+                let remaining = to_millis(due).saturating_sub(to_millis(SystemTime::now()));
+                if level_for(remaining).is_some() {
+                    let again = delivery.message.clone();
+                    let queue = AmqpBroker::route_for_group(req.topic, req.group, to_millis(due));
+                    let (headers, payload, ct) = headers_of(&again);
+                    self.publish_confirmed(vec![(String::new(), queue, headers, payload, ct)]).await?;
+                    self.settle(&delivery).await?;
+                    continue;
+                }
+                if remaining > 0 {
+                    tokio::time::sleep(Duration::from_millis(remaining)).await; // under the shortest level
+                }
+            }
+            out.push(delivery);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+        self.check_open()?;
+        let mut lost = None;
+        for d in deliveries {
+            if let Err(e) = self.settle(d).await {
+                lost.get_or_insert(e);
+            }
+        }
+        lost.map_or(Ok(()), Err)
+    }
+
+    async fn extend_leases(&self, _deliveries: &[Delivery], _lease: Duration) -> Result<()> {
+        Ok(()) // held by the channel, not by a lease
+    }
+
+    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+        for d in deliveries {
+            let mut again = d.message.clone();
+            again.deliver_at = None;
+            match self.retry(d, again).await {
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
+        self.check_open()?;
+        let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
+        if r.generation != self.generation.load(Ordering::Acquire)
+            || !r.channel.status().connected()
+            || r.settled.load(Ordering::Acquire)
+        {
+            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+        }
+        let queue = AmqpBroker::route_for_group(&delivery.topic, &delivery.group, to_millis(next.due_at()));
+        let (headers, payload, ct) = headers_of(&next);
+        self.publish_confirmed(vec![(String::new(), queue, headers, payload, ct)]).await?;
+        self.settle(delivery).await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
+        self.check_open()?;
+        let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
+        if r.generation != self.generation.load(Ordering::Acquire)
+            || !r.channel.status().connected()
+            || r.settled.load(Ordering::Acquire)
+        {
+            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+        }
+        let (mut headers, payload, ct) = headers_of(&delivery.message);
+        headers.extend(wire::encode_reason(reason));
+        self.publish_confirmed(vec![(String::new(), dlq(&delivery.topic, &delivery.group), headers, payload, ct)])
+            .await?;
+        self.settle(delivery).await
+    }
+
+    async fn inspect(&self, topic: &str, group: &str) -> Result<GroupStats> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let ready = self.ready(&group_queue(topic, group)).await?;
+        let mut waiting = 0;
+        for level in LEVELS {
+            waiting += self.ready(&wait_queue(topic, group, level)).await?;
+        }
+        let dead_letters = self.ready(&dlq(topic, group)).await?;
+        let in_flight = self.management.unacked(&self.vhost, &group_queue(topic, group)).await?;
+        Ok(GroupStats {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            ready,
+            in_flight,
+            waiting,
+            dead_letters,
+            oldest_age: None,
+            partitions: Vec::new(),
+        })
+    }
+
+    async fn groups(&self, topic: &str) -> Result<Vec<String>> {
+        self.check_open()?;
+        let names = self.management.bound_queues(&self.vhost, topic).await?;
+        let prefix = format!("{topic}.");
+        let mut groups: Vec<String> =
+            names.into_iter().filter_map(|q| q.strip_prefix(&prefix).map(str::to_string)).collect();
+        groups.sort();
+        Ok(groups)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.check_open()?;
+        // Dead letters are listed by reading them and putting them back
+        // (the scan's channel closes without acking); the id is the message id.
+        let mut seen_after = after.is_none();
+        let mut out = Vec::new();
+        self.scan_dead_letters(topic, group, |id, message| {
+            if !seen_after {
+                seen_after = Some(id) == after;
+            } else if out.len() < limit {
+                out.push(dead_letter::from_stored(
+                    id.to_string(),
+                    message.clone(),
+                    topic,
+                    group,
+                    SystemTime::UNIX_EPOCH,
+                ));
+            }
+            None
+        })
+        .await?;
+        Ok(out)
+    }
+
+    async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        self.check_open()?;
+        let queue = group_queue(topic, group);
+        self.scan_dead_letters(topic, group, |id, message| {
+            ids.iter().any(|i| i == id).then(|| Some((queue.clone(), dead_letter::redriven(message.clone()))))
+        })
+        .await
+    }
+
+    async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        self.check_open()?;
+        match ids {
+            None => {
+                let (_, admin, _) = self.link().await?;
+                let exists = self.ready(&dlq(topic, group)).await;
+                let n = admin.queue_purge(dlq(topic, group).into(), QueuePurgeOptions::default()).await;
+                match n {
+                    Ok(n) => Ok(n as usize),
+                    Err(_) => Ok(exists.map(|_| 0).unwrap_or(0)),
+                }
+            }
+            Some(ids) => {
+                self.scan_dead_letters(topic, group, |id, _| ids.iter().any(|i| i == id).then_some(None)).await
+            }
+        }
+    }
+
+    async fn stop_receiving(&self, topic: &str, group: &str) -> Result<()> {
+        let slot = self.consumers.lock().unwrap().remove(&(topic.to_string(), group.to_string()));
+        let Some(slot) = slot else { return Ok(()) };
+        let Some(mut state) = slot.lock().await.take() else { return Ok(()) };
+        if !state.channel.status().connected() {
+            return Ok(()); // the broker has them back already
+        }
+        // Take what was pushed and never received, without acking (so the
+        // broker pushes nothing more: the prefetch stays full), put copies
+        // back in the queue, stop the consumer, then ack the originals.
+        // Closing the channel on them instead would give them back as a
+        // new attempt.
+        let req = ReceiveRequest { topic, group, consumer: "", max: 0, wait: Duration::ZERO, lease: Duration::ZERO };
+        let mut pushed = Vec::new();
+        while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(50), state.consumer.next()).await {
+            pushed.push(self.to_delivery(&req, d, &state.channel, state.generation));
+        }
+        let copies = pushed
+            .iter()
+            .map(|d| {
+                let (headers, payload, ct) = headers_of(&d.message);
+                (String::new(), group_queue(topic, group), headers, payload, ct)
+            })
+            .collect();
+        self.publish_confirmed(copies).await?;
+        state.channel.basic_cancel(state.tag.as_str().into(), BasicCancelOptions::default()).await.map_err(err)?;
+        for d in &pushed {
+            self.settle(d).await?;
+        }
+        let _ = state.channel.close(200, "stopped receiving".into()).await;
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.connection.close(200, "closed".into()).await;
+        }
+        Ok(())
+    }
+}

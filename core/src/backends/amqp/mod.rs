@@ -1,0 +1,36 @@
+//! The RabbitMQ backend (`amqp://`, `amqps://`) over lapin.
+//!
+//! Topology, per topic `T` and group `G`:
+//!
+//! | name | what |
+//! |---|---|
+//! | exchange `T` (topic) | the topic: every group's queue is bound to it with `#` |
+//! | exchange `T.delay` (direct) | delayed publishes, routed by delay level to every group's wait queue of that level |
+//! | queue `T.G` (quorum) | the group: its consumers compete on it |
+//! | queues `T.G.wait.L` (classic) | one per delay level `L` (ms): a queue TTL of `L`, dead-lettering back into `T.G` |
+//! | queue `T.G.dlq` (classic) | the group's dead letters |
+//!
+//! Waiting messages sit in wait queues, never in a consumer: a retry or
+//! delayed message goes to the longest level not beyond its due time, and a
+//! message that comes back before it is due goes round again to the next
+//! level (a hop is not an attempt). Nothing needs a plugin.
+//!
+//! Publishes are persistent and done only when the broker confirms them;
+//! consumers use manual acks and a prefetch (`basic.qos`) equal to what the
+//! worker can hold. A retry, dead-letter or hand-back publishes the new copy,
+//! waits for its confirm, then acks the original: a crash in between can
+//! duplicate, never lose. A connection that drops gives its unacked messages
+//! back to the queue; the quorum queue's delivery count makes the next
+//! delivery count as an attempt. The client reconnects on the next call.
+//!
+//! Options (URL query): `max_message_bytes` (default 1 MiB),
+//! `management_port` (default 15672; the management plugin gives the
+//! in-flight count), `stats_delay_ms` (how stale those figures may be;
+//! default 5000, RabbitMQ's `collect_statistics_interval`).
+
+mod broker;
+mod management;
+
+pub use broker::AmqpBroker;
+
+pub(crate) const BACKEND: &str = "amqp";
