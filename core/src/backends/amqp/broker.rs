@@ -82,9 +82,14 @@ struct GroupConsumer {
     channel: Channel,
     consumer: lapin::Consumer,
     tag: String,
+    unsettled: Unsettled,
     prefetch: u16,
     generation: u64,
 }
+
+/// Delivery tags a consumer channel has handed out and not yet settled, so
+/// a batch of acks can go as one `multiple` ack where that is exact.
+type Unsettled = Arc<Mutex<std::collections::BTreeSet<u64>>>;
 
 /// A group's consumer on this handle, created on first receive.
 type ConsumerSlot = Arc<tokio::sync::Mutex<Option<GroupConsumer>>>;
@@ -100,6 +105,7 @@ struct AmqpReceipt {
     /// Acking a tag twice is a channel error that would close the channel
     /// and give back every other message on it: settle once, here.
     settled: AtomicBool,
+    unsettled: Unsettled,
 }
 
 /// A RabbitMQ connection for one URL.
@@ -253,10 +259,7 @@ impl AmqpBroker {
 
     /// Publishes and waits for the broker's confirm. `mandatory`: an
     /// unroutable message is an error rather than silently dropped.
-    async fn publish_confirmed(
-        &self,
-        items: Vec<Outgoing>,
-    ) -> Result<()> {
+    async fn publish_confirmed(&self, items: Vec<Outgoing>) -> Result<()> {
         let (publish, _, _) = self.link().await?;
         let mut confirms = Vec::with_capacity(items.len());
         for (exchange, routing_key, headers, payload, content_type) in &items {
@@ -333,7 +336,9 @@ impl AmqpBroker {
         d: lapin::message::Delivery,
         channel: &Channel,
         generation: u64,
+        unsettled: &Unsettled,
     ) -> Delivery {
+        unsettled.lock().unwrap().insert(d.delivery_tag);
         let (headers, delivery_count) = read_headers(&d.properties);
         let mut decoded = wire::decode(headers, Bytes::from(d.data), delivery_count);
         if decoded.message.content_type.is_none() {
@@ -353,6 +358,7 @@ impl AmqpBroker {
                 tag: d.delivery_tag,
                 generation,
                 settled: AtomicBool::new(false),
+                unsettled: Arc::clone(unsettled),
             }),
         )
     }
@@ -364,6 +370,7 @@ impl AmqpBroker {
         if gone || r.settled.swap(true, Ordering::AcqRel) {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
         }
+        r.unsettled.lock().unwrap().remove(&r.tag);
         r.channel
             .basic_ack(r.tag, BasicAckOptions::default())
             .await
@@ -586,7 +593,8 @@ impl Broker for AmqpBroker {
                 .await
                 .map_err(err)?;
             let generation = self.generation.load(Ordering::Acquire);
-            *guard = Some(GroupConsumer { channel, consumer, tag, prefetch: wanted, generation });
+            let unsettled = Unsettled::default();
+            *guard = Some(GroupConsumer { channel, consumer, tag, unsettled, prefetch: wanted, generation });
         }
         let state = guard.as_mut().expect("consumer set above");
         if wanted > state.prefetch {
@@ -618,7 +626,7 @@ impl Broker for AmqpBroker {
                 }
                 Ok(Some(Ok(d))) => d,
             };
-            let delivery = self.to_delivery(&req, next, &state.channel, state.generation);
+            let delivery = self.to_delivery(&req, next, &state.channel, state.generation, &state.unsettled);
             // Not due yet: back to the wait queues (a hop, not an attempt).
             if let Some(due) = delivery.message.deliver_at {
                 let remaining = to_millis(due).saturating_sub(to_millis(SystemTime::now()));
@@ -642,9 +650,40 @@ impl Broker for AmqpBroker {
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
         self.check_open()?;
         let mut lost = None;
+        let current = self.generation.load(Ordering::Acquire);
+        // Per consumer channel: the tags of this batch below every tag still
+        // unsettled on it go as one `multiple` ack; the others one by one.
+        let mut by_channel: HashMap<usize, (&AmqpReceipt, Vec<u64>)> = HashMap::new();
         for d in deliveries {
-            if let Err(e) = self.settle(d).await {
-                lost.get_or_insert(e);
+            let r = d.receipt_as::<AmqpReceipt>(BACKEND)?;
+            let gone = r.generation != current || !r.channel.status().connected();
+            if gone || r.settled.swap(true, Ordering::AcqRel) {
+                lost.get_or_insert(Error::LeaseLost { message_id: d.message.id.clone() });
+                continue;
+            }
+            // Keyed by the set's address: one set per consumer channel.
+            let key = Arc::as_ptr(&r.unsettled) as usize;
+            by_channel.entry(key).or_insert((r, Vec::new())).1.push(r.tag);
+        }
+        for (_, (r, mut tags)) in by_channel {
+            tags.sort_unstable();
+            let floor = {
+                let mut unsettled = r.unsettled.lock().unwrap();
+                for t in &tags {
+                    unsettled.remove(t);
+                }
+                unsettled.first().copied().unwrap_or(u64::MAX)
+            };
+            let split = tags.partition_point(|t| *t < floor);
+            let mut acks = Vec::new();
+            if split > 0 {
+                acks.push((tags[split - 1], true));
+            }
+            acks.extend(tags[split..].iter().map(|t| (*t, false)));
+            for (tag, multiple) in acks {
+                if let Err(e) = r.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+                    lost.get_or_insert(Error::LeaseLost { message_id: e.to_string() });
+                }
             }
         }
         lost.map_or(Ok(()), Err)
@@ -802,7 +841,7 @@ impl Broker for AmqpBroker {
         let req = ReceiveRequest { topic, group, consumer: "", max: 0, wait: Duration::ZERO, lease: Duration::ZERO };
         let mut pushed = Vec::new();
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(50), state.consumer.next()).await {
-            pushed.push(self.to_delivery(&req, d, &state.channel, state.generation));
+            pushed.push(self.to_delivery(&req, d, &state.channel, state.generation, &state.unsettled));
         }
         let copies = pushed
             .iter()

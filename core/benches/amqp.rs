@@ -1,0 +1,135 @@
+//! Pillarbox on RabbitMQ beside lapin used directly and well, on the same
+//! broker in the same run: publish and consume rates for 100-byte messages.
+//!
+//! ```sh
+//! bash tests/brokers/start-rabbitmq.sh     # RabbitMQ on 127.0.0.1:5673
+//! cargo bench -p pillarbox --features amqp --bench amqp
+//! ```
+//!
+//! Raw publish: persistent messages to a quorum queue, 100 in flight, then
+//! waiting for their confirms. Raw consume: prefetch 100, one ack with
+//! `multiple` per 100. Pillarbox: `publish` in batches of 100 (confirmed);
+//! a `Worker` with a no-op handler, concurrency 16 and 100 receive slots.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+const BATCH: usize = 100;
+
+fn url() -> String {
+    std::env::var("PILLARBOX_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673".into())
+}
+
+async fn raw_publish(conn: &Connection, queue: &str, n: usize) -> Duration {
+    let channel = conn.create_channel().await.unwrap();
+    channel.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        let mut confirms = Vec::with_capacity(BATCH);
+        for _ in 0..BATCH {
+            let props = BasicProperties::default().with_delivery_mode(2);
+            confirms.push(
+                channel
+                    .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &PAYLOAD, props)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+    }
+    started.elapsed()
+}
+
+async fn raw_consume(conn: &Connection, queue: &str, n: usize) -> Duration {
+    let channel = conn.create_channel().await.unwrap();
+    channel.basic_qos(BATCH as u16, BasicQosOptions::default()).await.unwrap();
+    let started = Instant::now();
+    let mut consumer = channel
+        .basic_consume(queue.into(), "raw".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+    let mut done = 0;
+    while done < n {
+        let d = consumer.next().await.unwrap().unwrap();
+        done += 1;
+        if done % BATCH == 0 || done == n {
+            channel.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
+        }
+    }
+    let took = started.elapsed();
+    let _ = channel.close(200, "done".into()).await;
+    took
+}
+
+async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n / BATCH {
+        broker.publish(topic, (0..BATCH).map(|_| Message::new(&PAYLOAD[..])).collect()).await.unwrap();
+    }
+    started.elapsed()
+}
+
+async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
+    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+    let options = WorkerOptions::default().concurrency(16).prefetch(BATCH - 16).poll_wait(Duration::from_millis(200));
+    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
+    let started = Instant::now();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await });
+    while worker.stats().succeeded < n as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let took = started.elapsed();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    took
+}
+
+fn rate(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let rounds: usize = std::env::var("PB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let raw_url = url().split('?').next().unwrap().to_string();
+    let conn = Connection::connect(&raw_url, ConnectionProperties::default()).await.unwrap();
+    let broker = connect(&url()).await.unwrap();
+    let run = std::process::id();
+    let (mut rp, mut rc, mut sp, mut sc) = (0f64, 0f64, 0f64, 0f64);
+    for round in 0..rounds {
+        let queue = format!("bench-raw-{run}-{round}");
+        let admin = conn.create_channel().await.unwrap();
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        admin
+            .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .await
+            .unwrap();
+        rp = rp.max(rate(n, raw_publish(&conn, &queue, n).await));
+        rc = rc.max(rate(n, raw_consume(&conn, &queue, n).await));
+        admin.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+
+        let topic = format!("bench-sdk-{run}-{round}");
+        broker.ensure_group(&topic, "g").await.unwrap();
+        sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
+        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+    }
+    println!("rabbitmq, {n} messages of 100 bytes, best of {rounds} rounds");
+    println!("  publish  raw lapin {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);
+    println!("  consume  raw lapin {rc:>9.0} msg/s   pillarbox {sc:>9.0} msg/s   ratio {:.2}", sc / rc);
+}
