@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# A real Apache Kafka (3.9.1, KRaft, one combined broker and controller) from
+# Maven Central's jars and Java 17, on 127.0.0.1:${PILLARBOX_KAFKA_PORT:-19092}.
+# Verified by hand on 2026-11-24 (up in about 5 s). Not yet called by
+# tests/run.sh: it joins as tests/brokers/start-kafka.sh with the Kafka backend.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../../.." && pwd)"
+source "$root/tests/lib/apt.sh"
+port="${PILLARBOX_KAFKA_PORT:-19092}"
+base="$root/.pillarbox-test/kafka"
+mkdir -p "$base"
+command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
+command -v mvn >/dev/null 2>&1 || apt_install maven
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "kafka already running on 127.0.0.1:$port"
+  exit 0
+fi
+if [ ! -f "$base/lib/.complete" ]; then
+  # The published POM carries no logging binding; ours adds slf4j-reload4j.
+  (cd "$here" && mvn -q -B dependency:copy-dependencies -DoutputDirectory="$base/lib" -DincludeScope=runtime)
+  touch "$base/lib/.complete"
+fi
+cat > "$base/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$((port + 1))
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$base/data
+num.partitions=1
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+PROPS
+java_opts=(-Xmx512m "-Dlog4j.configuration=file:$here/log4j.properties" -cp "$base/lib/*")
+if [ ! -f "$base/data/meta.properties" ]; then
+  id="$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid | tail -1)"
+  java "${java_opts[@]}" kafka.tools.StorageTool format -t "$id" -c "$base/server.properties" >/dev/null
+fi
+nohup java "${java_opts[@]}" kafka.Kafka "$base/server.properties" > "$base/kafka.log" 2>&1 &
+echo $! > "$base/kafka.pid"
+for _ in $(seq 1 120); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "kafka 3.9.1 on 127.0.0.1:$port"
+    exit 0
+  fi
+  sleep 0.5
+done
+echo "kafka did not start; log:" >&2
+tail -30 "$base/kafka.log" >&2
+exit 1
