@@ -111,7 +111,18 @@ async fn main() {
     let broker = connect(&url()).await.unwrap();
     let run = std::process::id();
     let (mut rp, mut rc, mut sp, mut sc) = (0f64, 0f64, 0f64, 0f64);
+    let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
+        if only == "sdk-consume" {
+            // For profiling: publish untimed, then time the consumer alone.
+            let topic = format!("bench-prof-{run}-{round}");
+            broker.ensure_group(&topic, "g").await.unwrap();
+            sdk_publish(&broker, &topic, n).await;
+            eprintln!("published; consuming");
+            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+            println!("sdk consume {sc:.0} msg/s");
+            continue;
+        }
         let queue = format!("bench-raw-{run}-{round}");
         let admin = conn.create_channel().await.unwrap();
         let mut args = FieldTable::default();
@@ -128,6 +139,9 @@ async fn main() {
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+    }
+    if !only.is_empty() {
+        return;
     }
     println!("rabbitmq, {n} messages of 100 bytes, best of {rounds} rounds");
     println!("  publish  raw lapin {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);

@@ -28,17 +28,22 @@ fn child(role: &str, db: &PathBuf, extra: &str) -> std::process::Child {
         .unwrap()
 }
 
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+}
+
 #[test]
 fn publishers_and_workers_in_separate_processes() {
     if std::env::var("PB_MP_ROLE").is_ok() {
         return; // a child runs only `child_process`
     }
-    let dir = std::env::temp_dir().join(format!("pillarbox-mp-{}", std::process::id()));
+    // A fresh directory: a run that failed before may have left a database
+    // (and its WAL) under a process id that has come round again.
+    let dir = std::env::temp_dir().join(format!("pillarbox-mp-{}-{}", std::process::id(), fastrand_suffix()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let db = dir.join("queue.db");
-    let _ = std::fs::remove_file(&db);
     let done_marker = dir.join("publishers-done");
-    let _ = std::fs::remove_file(&done_marker);
 
     let workers: Vec<_> = (0..2).map(|i| child("consume", &db, &format!("w{i}"))).collect();
     let publishers: Vec<_> = (0..2).map(|i| child("publish", &db, &format!("p{i}"))).collect();

@@ -206,8 +206,10 @@ struct Counters {
 
 /// Most deliveries acked in one call.
 const ACK_BATCH: usize = 256;
-/// How long the acker waits for more finished messages to join a batch.
-const ACK_LINGER: Duration = Duration::from_millis(1);
+/// How long the acker waits for more finished messages to join a batch
+/// (none: while one ack call is out, the next batch gathers by itself, and
+/// a push broker sends more only once acks arrive).
+const ACK_LINGER: Duration = Duration::ZERO;
 /// How long the fetcher waits for free slots to gather into one receive.
 const GATHER: Duration = Duration::from_millis(2);
 
@@ -461,6 +463,7 @@ impl Worker {
 /// and retried with backoff; a closed broker ends the worker.
 async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<Slot>) -> Result<()> {
     let capacity = inner.options.concurrency + inner.options.prefetch;
+    let pushes_ahead = inner.broker.capabilities().pushes_ahead;
     let mut backoff = Duration::from_millis(100);
     loop {
         let first = tokio::select! {
@@ -473,8 +476,9 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
         }
         // Slots come back one by one as handlers finish; wait a moment for
         // half of them, so one receive fetches a batch rather than a message.
+        // Not where the broker pushes ahead: its messages are here already.
         let gather_until = tokio::time::Instant::now() + GATHER;
-        while permits.len() < capacity.div_ceil(2) {
+        while !pushes_ahead && permits.len() < capacity.div_ceil(2) {
             match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned()).await {
                 Ok(p) => permits.push(p.expect("semaphore never closed")),
                 Err(_) => break,

@@ -220,9 +220,26 @@ impl Db {
     }
 }
 
+/// Sets the database up. Processes that open a new file at the same moment
+/// (a web process and a worker starting together) race to switch it to WAL
+/// and create the tables; SQLite answers some of those races with "busy" at
+/// once instead of waiting, so the set-up is retried until `busy_timeout`.
 fn init(conn: &Connection, backend: &str, options: &DbOptions) -> std::result::Result<(), String> {
-    init_schema(conn, backend, options).map_err(|e| e.to_string())?;
-    Ok(())
+    let deadline = std::time::Instant::now() + options.busy_timeout;
+    loop {
+        match init_schema(conn, backend, options) {
+            Ok(()) => return Ok(()),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20 + u64::from(fastrand::u8(..20))));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
 
 fn init_schema(conn: &Connection, backend: &str, options: &DbOptions) -> rusqlite::Result<()> {
@@ -243,4 +260,30 @@ fn init_schema(conn: &Connection, backend: &str, options: &DbOptions) -> rusqlit
     conn.execute_batch(SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening a new file while another process holds it locked waits for
+    /// the lock rather than failing.
+    #[tokio::test]
+    async fn opening_waits_for_a_locked_file() {
+        let dir = std::env::temp_dir().join(format!("pillarbox-lock-{}-{}", std::process::id(), fastrand::u32(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("q.db");
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE; CREATE TABLE t (x); ").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            other.execute_batch("COMMIT").unwrap();
+        });
+        let url = BrokerUrl::parse(&format!("sqlite://{}?busy_timeout_ms=5000", path.display())).unwrap();
+        let started = std::time::Instant::now();
+        Db::open(&url).await.expect("opening a locked file must wait, not fail");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        release.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
