@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs rabbitmq-server if missing (Debian package) and starts a private
-# node for the tests on 127.0.0.1:${PILLARBOX_AMQP_PORT:-5673} (Erlang
+# node for the tests on 127.0.0.1:${PILLARBOX_AMQP_PORT:-5673}, TLS on the
+# next port with a private CA in .pillarbox-test/rabbitmq/tls (Erlang
 # distribution and epmd on loopback too), data under .pillarbox-test/rabbitmq.
 # Idempotent.
 set -euo pipefail
@@ -35,9 +36,29 @@ mgmt_port="${PILLARBOX_AMQP_MANAGEMENT_PORT:-15673}"
 # The management plugin serves queue figures AMQP itself does not give
 # (messages delivered and not yet acked).
 echo "[rabbitmq_management]." > "$base/enabled_plugins"
+# TLS on port+1 with a private CA, for the amqps:// test.
+tls_port="$((port + 1))"
+tls="$base/tls"
+if [ ! -f "$tls/server.pem" ]; then
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
+  mkdir -p "$tls"
+  (
+    cd "$tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=pillarbox-test-ca -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr 2>/dev/null
+    echo "subjectAltName=IP:127.0.0.1" > san.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 -extfile san.ext -out server.pem 2>/dev/null
+  )
+fi
 # Loopback only; the guest user may only connect from loopback anyway.
 cat > "$base/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$port
+listeners.ssl.default = 127.0.0.1:$tls_port
+ssl_options.cacertfile = $tls/ca.pem
+ssl_options.certfile = $tls/server.pem
+ssl_options.keyfile = $tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 loopback_users.guest = true
 management.tcp.ip = 127.0.0.1
 management.tcp.port = $mgmt_port

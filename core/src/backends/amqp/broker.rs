@@ -43,7 +43,7 @@ const BROKER_HEADERS: &[&str] = &[
     "x-last-death-reason",
 ];
 
-const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "management_port", "stats_delay_ms"];
+const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "management_port", "stats_delay_ms", "tls_ca_file"];
 
 fn err(e: lapin::Error) -> Error {
     Error::Backend { backend: BACKEND, reason: e.to_string() }
@@ -111,6 +111,8 @@ struct AmqpReceipt {
 /// A RabbitMQ connection for one URL.
 pub struct AmqpBroker {
     uri: String,
+    /// PEM of a CA to trust instead of the system's, for amqps://.
+    tls_ca: Option<String>,
     url: String,
     vhost: String,
     max_message_bytes: usize,
@@ -149,9 +151,20 @@ impl AmqpBroker {
         let management_port =
             u16::try_from(management_port).map_err(|_| Error::invalid_option("management_port", "not a port"))?;
         let stats_delay = url.param_millis("stats_delay_ms")?.unwrap_or(Duration::from_secs(5));
+        let tls_ca = match url.param("tls_ca_file") {
+            None => None,
+            Some(_) if url.scheme() != "amqps" => {
+                return Err(Error::invalid_option("tls_ca_file", "TLS options need an amqps:// URL"))
+            }
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::invalid_option("tls_ca_file", format!("cannot read `{path}`: {e}")))?,
+            ),
+        };
         parsed.set_query(None);
         let broker = AmqpBroker {
             uri: parsed.to_string(),
+            tls_ca,
             url: url.redacted(),
             vhost,
             max_message_bytes,
@@ -185,7 +198,15 @@ impl AmqpBroker {
         }
         let connect_err =
             |e: lapin::Error| Error::Connect { backend: BACKEND, url: self.url.clone(), reason: e.to_string() };
-        let connection = Connection::connect(&self.uri, ConnectionProperties::default()).await.map_err(connect_err)?;
+        let connection = match &self.tls_ca {
+            None => Connection::connect(&self.uri, ConnectionProperties::default()).await,
+            Some(ca) => {
+                let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca.clone()) };
+                let runtime = lapin::runtime::default_runtime().map_err(connect_err)?;
+                Connection::connect_with_config(&self.uri, ConnectionProperties::default(), tls, runtime).await
+            }
+        }
+        .map_err(connect_err)?;
         let publish = connection.create_channel().await.map_err(connect_err)?;
         publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(connect_err)?;
         let admin = connection.create_channel().await.map_err(connect_err)?;

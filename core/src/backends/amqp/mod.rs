@@ -26,7 +26,8 @@
 //! Options (URL query): `max_message_bytes` (default 1 MiB),
 //! `management_port` (default 15672; the management plugin gives the
 //! in-flight count), `stats_delay_ms` (how stale those figures may be;
-//! default 5000, RabbitMQ's `collect_statistics_interval`).
+//! default 5000, RabbitMQ's `collect_statistics_interval`); for `amqps://`,
+//! the system's trust store or `tls_ca_file` (PEM; trust this CA instead).
 
 mod broker;
 mod management;
