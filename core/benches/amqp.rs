@@ -11,9 +11,11 @@
 //! `multiple` per 100. Pillarbox: `publish` in batches of 100 (confirmed);
 //! a `Worker` with a no-op handler, concurrency 16 and 100 receive slots.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::{env_number, rate, sdk_consume, sdk_publish, BATCH, PAYLOAD};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -21,10 +23,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
-use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
-
-const PAYLOAD: [u8; 100] = [b'x'; 100];
-const BATCH: usize = 100;
+use pillarbox::{connect, WorkerOptions};
 
 fn url() -> String {
     std::env::var("PILLARBOX_AMQP_URL")
@@ -74,38 +73,15 @@ async fn raw_consume(conn: &Connection, queue: &str, n: usize) -> Duration {
     took
 }
 
-async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
-    let started = Instant::now();
-    for _ in 0..n / BATCH {
-        broker.publish(topic, (0..BATCH).map(|_| Message::new(&PAYLOAD[..])).collect()).await.unwrap();
-    }
-    started.elapsed()
-}
-
-async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
-    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-    let options = WorkerOptions::default().concurrency(16).prefetch(BATCH - 16).poll_wait(Duration::from_millis(200));
-    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
-    let started = Instant::now();
-    let runner = worker.clone();
-    let task = tokio::spawn(async move { runner.run().await });
-    while worker.stats().succeeded < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let took = started.elapsed();
-    worker.shutdown();
-    task.await.unwrap().unwrap();
-    took
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
+/// The SDK worker: concurrency 16 and 100 receive slots, like the raw prefetch.
+fn worker_options() -> WorkerOptions {
+    WorkerOptions::default().concurrency(16).prefetch(BATCH - 16).poll_wait(Duration::from_millis(200))
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let rounds: usize = std::env::var("PB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n = env_number("PB_BENCH_N", 20_000);
+    let rounds = env_number("PB_BENCH_ROUNDS", 3);
     let raw_url = url().split('?').next().unwrap().to_string();
     let conn = Connection::connect(&raw_url, ConnectionProperties::default()).await.unwrap();
     let broker = connect(&url()).await.unwrap();
@@ -119,7 +95,7 @@ async fn main() {
             broker.ensure_group(&topic, "g").await.unwrap();
             sdk_publish(&broker, &topic, n).await;
             eprintln!("published; consuming");
-            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
             println!("sdk consume {sc:.0} msg/s");
             continue;
         }
@@ -138,7 +114,7 @@ async fn main() {
         let topic = format!("bench-sdk-{run}-{round}");
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
-        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
     }
     if !only.is_empty() {
         return;

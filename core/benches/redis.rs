@@ -12,19 +12,18 @@
 //! no-op handler (concurrency 16, prefetch 100), which adds metadata,
 //! leases, the retry mover and per-message settlement on top.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+use common::{env_number, rate, sdk_consume, sdk_publish, BATCH, PAYLOAD};
+use pillarbox::{connect, WorkerOptions};
 use redis::Value;
-
-const PAYLOAD: [u8; 100] = [b'x'; 100];
-const BATCH: usize = 100;
 
 /// Messages per read: raw `XREADGROUP COUNT`, and half the SDK worker's
 /// receive slots (`concurrency + prefetch`), since it fetches when half are free.
 fn read_batch() -> usize {
-    std::env::var("PB_BENCH_READ_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(100)
+    env_number("PB_BENCH_READ_BATCH", 100)
 }
 
 fn url() -> String {
@@ -72,41 +71,18 @@ async fn raw_consume(conn: &mut redis::aio::MultiplexedConnection, stream: &str,
     started.elapsed()
 }
 
-async fn sdk_publish(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
-    let started = Instant::now();
-    for _ in 0..n / BATCH {
-        broker.publish(topic, (0..BATCH).map(|_| Message::new(&PAYLOAD[..])).collect()).await.unwrap();
-    }
-    started.elapsed()
-}
-
-async fn sdk_consume(broker: &Arc<dyn pillarbox::Broker>, topic: &str, n: usize) -> Duration {
-    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-    let concurrency = std::env::var("PB_BENCH_CONCURRENCY").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
-    let prefetch = 2 * read_batch() - concurrency;
-    let options =
-        WorkerOptions::default().concurrency(concurrency).prefetch(prefetch).poll_wait(Duration::from_millis(200));
-    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
-    let started = Instant::now();
-    let runner = worker.clone();
-    let task = tokio::spawn(async move { runner.run().await });
-    while worker.stats().succeeded < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let took = started.elapsed();
-    worker.shutdown();
-    task.await.unwrap().unwrap();
-    took
-}
-
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
+/// The SDK worker: concurrency 16 (or `PB_BENCH_CONCURRENCY`) and as many
+/// receive slots as make its reads `read_batch()` long.
+fn worker_options() -> WorkerOptions {
+    let concurrency = env_number("PB_BENCH_CONCURRENCY", 16);
+    let prefetch = (2 * read_batch()).saturating_sub(concurrency);
+    WorkerOptions::default().concurrency(concurrency).prefetch(prefetch).poll_wait(Duration::from_millis(200))
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(50_000);
-    let rounds: usize = std::env::var("PB_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let n = env_number("PB_BENCH_N", 50_000);
+    let rounds = env_number("PB_BENCH_ROUNDS", 3);
     let client = redis::Client::open(url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let broker = connect(&url()).await.unwrap();
@@ -127,7 +103,7 @@ async fn main() {
             broker.ensure_group(&topic, "g").await.unwrap();
             sdk_publish(&broker, &topic, n).await;
             eprintln!("published; consuming");
-            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+            sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
             println!("sdk consume {sc:.0} msg/s");
             continue;
         }
@@ -139,7 +115,7 @@ async fn main() {
         let topic = format!("bench-sdk-{run}-{round}");
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
-        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n).await));
+        sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
     }
     if !only.is_empty() {
         return;

@@ -199,9 +199,21 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Renews the leases of deliveries still being worked on.
     async fn extend_leases(&self, deliveries: &[Delivery], lease: Duration) -> Result<()>;
 
-    /// Hands deliveries back undone, to be received again at once; where the
-    /// backend can, this does not count as an attempt.
-    async fn release(&self, deliveries: &[Delivery]) -> Result<()>;
+    /// Hands deliveries back undone, to be received again at once, without
+    /// counting an attempt. By default: a `retry` of the same message, due
+    /// now, with the same attempt number; deliveries whose lease was lost
+    /// are skipped (the broker has them back already).
+    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+        for d in deliveries {
+            let mut again = d.message.clone();
+            again.deliver_at = None;
+            match self.retry(d, again).await {
+                Ok(()) | Err(Error::LeaseLost { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 
     /// Settles the delivery and stores `next` (same id, the attempt number
     /// and failure history the runtime chose, `deliver_at` = when it is due)

@@ -4,12 +4,13 @@
 //! (`PILLARBOX_AMQP_URL` is not used here: the test restarts what it knows).
 #![cfg(feature = "amqp")]
 
-use std::collections::HashSet;
-use std::process::Command;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pillarbox::{connect, Worker, WorkerOptions};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000";
 
@@ -31,16 +32,8 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
     let broker = connect(URL).await.unwrap();
     broker.ensure_group(&topic, "workers").await.unwrap();
 
-    let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let h = Arc::clone(&handled);
-    let handler = move |job: Job| {
-        let h = Arc::clone(&h);
-        async move {
-            tokio::time::sleep(Duration::from_millis(5)).await; // slow enough to leave a backlog
-            h.lock().unwrap().insert(String::from_utf8_lossy(&job.message.payload).into_owned());
-            Ok::<(), HandlerError>(())
-        }
-    };
+    let handled: support::Seen = Default::default();
+    let handler = support::recording_handler(&handled);
     let options = WorkerOptions::default().concurrency(2).prefetch(8).poll_wait(Duration::from_millis(200));
     let worker = Worker::new(Arc::clone(&broker), &topic, "workers", handler, options).unwrap();
     let runner = worker.clone();
@@ -62,38 +55,10 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
             .unwrap();
         }
         let body = format!("job-{i}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match broker.publish(&topic, vec![Message::new(body.clone())]).await {
-                Ok(()) => {
-                    confirmed.push(body);
-                    break;
-                }
-                Err(e) => {
-                    failed_calls += 1;
-                    assert!(Instant::now() < deadline, "publish never recovered: {e}");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
+        failed_calls += support::publish_until_taken(broker.as_ref(), &topic, &body, Duration::from_secs(60)).await;
+        confirmed.push(body);
     }
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let missing: Vec<String> = {
-            let seen = handled.lock().unwrap();
-            confirmed.iter().filter(|b| !seen.contains(*b)).cloned().collect()
-        };
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} confirmed messages never handled, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_all_seen(&handled, &confirmed, Duration::from_secs(90)).await;
     eprintln!(
         "{} publishes confirmed ({failed_calls} publish calls failed during the restart and were repeated); \
          {backlog_at_stop} waiting when the broker stopped; all handled",

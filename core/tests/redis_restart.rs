@@ -4,14 +4,15 @@
 //! fsynced on every write, kills it with SIGKILL mid-run and starts it again.
 #![cfg(feature = "redis")]
 
-use std::collections::HashSet;
+mod support;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+use pillarbox::{connect, Worker, WorkerOptions};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -62,16 +63,8 @@ async fn restart_mid_run_loses_no_acknowledged_publish() {
     let broker = connect(&url).await.unwrap();
     broker.ensure_group("jobs", "workers").await.unwrap();
 
-    let handled = Arc::new(Mutex::new(HashSet::<String>::new()));
-    let h = Arc::clone(&handled);
-    let handler = move |job: Job| {
-        let h = Arc::clone(&h);
-        async move {
-            tokio::time::sleep(Duration::from_millis(5)).await; // slow enough to leave a backlog
-            h.lock().unwrap().insert(String::from_utf8_lossy(&job.message.payload).into_owned());
-            Ok::<(), HandlerError>(())
-        }
-    };
+    let handled: support::Seen = Default::default();
+    let handler = support::recording_handler(&handled);
     let options =
         WorkerOptions::default().concurrency(1).poll_wait(Duration::from_millis(200)).lease(Duration::from_secs(3));
     let worker = Worker::new(Arc::clone(&broker), "jobs", "workers", handler, options).unwrap();
@@ -91,38 +84,10 @@ async fn restart_mid_run_loses_no_acknowledged_publish() {
             server = start_redis(port, &dir);
         }
         let body = format!("job-{i}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match broker.publish("jobs", vec![Message::new(body.clone())]).await {
-                Ok(()) => {
-                    acknowledged.push(body);
-                    break;
-                }
-                Err(e) => {
-                    failed_attempts += 1;
-                    assert!(Instant::now() < deadline, "publish never recovered: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
+        failed_attempts += support::publish_until_taken(broker.as_ref(), "jobs", &body, Duration::from_secs(60)).await;
+        acknowledged.push(body);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let missing: Vec<String> = {
-            let seen = handled.lock().unwrap();
-            acknowledged.iter().filter(|b| !seen.contains(*b)).cloned().collect()
-        };
-        if missing.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} acknowledged messages never handled, e.g. {:?}",
-            missing.len(),
-            &missing[..missing.len().min(5)]
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::wait_all_seen(&handled, &acknowledged, Duration::from_secs(90)).await;
     eprintln!(
         "{} publishes acknowledged ({failed_attempts} publish calls failed during the restart and were repeated); \
          {backlog_at_kill} waiting when the server was killed; all handled",

@@ -714,18 +714,6 @@ impl Broker for AmqpBroker {
         Ok(()) // held by the channel, not by a lease
     }
 
-    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
-        for d in deliveries {
-            let mut again = d.message.clone();
-            again.deliver_at = None;
-            match self.retry(d, again).await {
-                Ok(()) | Err(Error::LeaseLost { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
         self.check_open()?;
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;

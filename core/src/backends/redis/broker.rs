@@ -810,19 +810,6 @@ impl Broker for RedisBroker {
         Ok(())
     }
 
-    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
-        // Back into the group's due stream at once, keeping the attempt number.
-        for d in deliveries {
-            let mut again = d.message.clone();
-            again.deliver_at = None;
-            match self.retry(d, again).await {
-                Ok(()) | Err(Error::LeaseLost { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
         self.check_open()?;
         let r = delivery.receipt_as::<RedisReceipt>(BACKEND)?;
