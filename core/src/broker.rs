@@ -246,11 +246,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Deletes dead letters: the given ids, or all of them when `ids` is `None`.
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize>;
 
-    /// This handle stops receiving for the group (a worker calls it when it
-    /// shuts down). Messages the backend pushed ahead (the AMQP prefetch)
-    /// and never handed out go back to the broker, without counting an
-    /// attempt. Nothing to do for pull-based backends.
-    async fn stop_receiving(&self, _topic: &str, _group: &str) -> Result<()> {
+    /// The consumer named `consumer` (see [`ReceiveRequest::consumer`])
+    /// stops receiving for the group; a worker calls it when it shuts down.
+    /// Messages the backend pushed ahead to it (the AMQP prefetch) and never
+    /// handed out go back to the broker, without counting an attempt.
+    /// Nothing to do for pull-based backends.
+    async fn stop_receiving(&self, _topic: &str, _group: &str, _consumer: &str) -> Result<()> {
         Ok(())
     }
 

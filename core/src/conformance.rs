@@ -79,6 +79,7 @@ scenarios!(
     malformed_metadata_dead_lettered,
     oversized_message_rejected,
     graceful_shutdown_loses_nothing,
+    worker_stopping_leaves_its_neighbour_alone,
 );
 
 /// Runs one scenario by name against `url`.
@@ -1040,5 +1041,31 @@ async fn graceful_shutdown_loses_nothing(ctx: Ctx) -> Result<Outcome, Failure> {
     let charged: Vec<u32> = r.jobs().iter().map(|(j, _)| j.attempt()).filter(|a| *a != 1).collect();
     check!(charged.is_empty(), "released messages came back with attempts {charged:?}");
     check!(settled(&ctx, "g").await?, "not settled");
+    Ok(Outcome::Passed)
+}
+
+/// Two workers of one group on one connection: stopping one hands back only
+/// its own messages; the other goes on, and every message is handled once.
+async fn worker_stopping_leaves_its_neighbour_alone(ctx: Ctx) -> Result<Outcome, Failure> {
+    publish_to_group(&ctx, "g", numbered(30)).await?;
+    let r = Recorder::default();
+    let slow = |_: &Job| {
+        std::thread::sleep(Duration::from_millis(30));
+        Ok(())
+    };
+    let a = start(&ctx.broker, &ctx.topic, "g", r.handler(slow), quick().concurrency(2).prefetch(2))?;
+    let b = start(&ctx.broker, &ctx.topic, "g", r.handler(slow), quick().concurrency(2).prefetch(2))?;
+    wait_for(Duration::from_secs(20), || r.count() >= 8).await;
+    a.stop().await?;
+    let ok = wait_for(Duration::from_secs(30), || r.count() >= 30).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sb = b.stop().await?;
+    let mut payloads = r.payloads();
+    let total = payloads.len();
+    payloads.sort();
+    payloads.dedup();
+    check!(ok && total == 30 && payloads.len() == 30, "{total} handled, {} distinct; B {sb:?}", payloads.len());
+    check!(sb.settle_errors == 0, "the remaining worker lost settlements: {sb:?}");
+    check!(settled(&ctx, "g").await?, "not settled: {:?}", stats(&ctx, "g").await?);
     Ok(Outcome::Passed)
 }

@@ -105,6 +105,7 @@ every_backend!(
     malformed_metadata_dead_lettered,
     oversized_message_rejected,
     graceful_shutdown_loses_nothing,
+    worker_stopping_leaves_its_neighbour_alone,
 );
 
 /// The whole suite against a URL of your own, e.g.

@@ -450,7 +450,7 @@ impl Worker {
                 }
             }
         }
-        if let Err(e) = inner.broker.stop_receiving(&inner.topic, &inner.group).await {
+        if let Err(e) = inner.broker.stop_receiving(&inner.topic, &inner.group, &inner.consumer).await {
             tracing::warn!(error = %e, "could not hand back messages received ahead; they return with the connection");
         }
         background_stop.cancel();

@@ -121,7 +121,9 @@ pub struct AmqpBroker {
     link: tokio::sync::Mutex<Option<Link>>,
     generation: AtomicU64,
     declared: Mutex<HashSet<String>>,
-    consumers: Mutex<HashMap<(String, String), ConsumerSlot>>,
+    /// One consumer (and channel) per topic, group and consumer name, so
+    /// workers sharing this handle never share a prefetch or a channel.
+    consumers: Mutex<HashMap<(String, String, String), ConsumerSlot>>,
     closed: AtomicBool,
 }
 
@@ -346,9 +348,9 @@ impl AmqpBroker {
         }
     }
 
-    async fn consumer_for(&self, topic: &str, group: &str) -> ConsumerSlot {
+    async fn consumer_for(&self, topic: &str, group: &str, consumer: &str) -> ConsumerSlot {
         let mut consumers = self.consumers.lock().unwrap();
-        Arc::clone(consumers.entry((topic.to_string(), group.to_string())).or_default())
+        Arc::clone(consumers.entry((topic.to_string(), group.to_string(), consumer.to_string())).or_default())
     }
 
     fn to_delivery(
@@ -590,7 +592,7 @@ impl Broker for AmqpBroker {
             return Ok(Vec::new());
         }
         self.declare_group(req.topic, req.group).await?;
-        let slot = self.consumer_for(req.topic, req.group).await;
+        let slot = self.consumer_for(req.topic, req.group, req.consumer).await;
         let mut guard = slot.lock().await;
         let generation = self.generation.load(Ordering::Acquire);
         let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
@@ -835,8 +837,9 @@ impl Broker for AmqpBroker {
         }
     }
 
-    async fn stop_receiving(&self, topic: &str, group: &str) -> Result<()> {
-        let slot = self.consumers.lock().unwrap().remove(&(topic.to_string(), group.to_string()));
+    async fn stop_receiving(&self, topic: &str, group: &str, consumer: &str) -> Result<()> {
+        let key = (topic.to_string(), group.to_string(), consumer.to_string());
+        let slot = self.consumers.lock().unwrap().remove(&key);
         let Some(slot) = slot else { return Ok(()) };
         let Some(mut state) = slot.lock().await.take() else { return Ok(()) };
         if !state.channel.status().connected() {
