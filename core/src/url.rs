@@ -108,6 +108,16 @@ impl BrokerUrl {
         Ok(self.param_u64(name)?.map(Duration::from_millis))
     }
 
+    /// The `max_message_bytes` option: default 1 MiB, at most `upper` (the
+    /// broker's own limit).
+    pub fn max_message_bytes(&self, upper: usize) -> Result<usize> {
+        let n = self.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024);
+        if n == 0 || n > upper as u64 {
+            return Err(Error::invalid_option("max_message_bytes", format!("must be between 1 and {upper}")));
+        }
+        Ok(n as usize)
+    }
+
     /// Fails on any query parameter not in `known`, so a typo never passes silently.
     pub fn reject_unknown_params(&self, known: &[&str]) -> Result<()> {
         for k in self.params.keys() {

@@ -137,10 +137,7 @@ impl AmqpBroker {
     /// Connects to `amqp://` or `amqps://`.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         url.reject_unknown_params(KNOWN_PARAMS)?;
-        let max_message_bytes = url.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024) as usize;
-        if max_message_bytes == 0 || max_message_bytes > 128 * 1024 * 1024 {
-            return Err(Error::invalid_option("max_message_bytes", "must be between 1 and 134217728"));
-        }
+        let max_message_bytes = url.max_message_bytes(128 * 1024 * 1024)?;
         let mut parsed = url.as_url()?;
         let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
         let user = if parsed.username().is_empty() { "guest".to_string() } else { decode(parsed.username()) };
@@ -193,13 +190,22 @@ impl AmqpBroker {
     /// The live connection's channels, reconnecting if it dropped.
     async fn link(&self) -> Result<(Channel, Channel, u64)> {
         let mut link = self.link.lock().await;
-        if let Some(l) = link.as_ref() {
-            if l.connection.status().connected() && l.publish.status().connected() && l.admin.status().connected() {
+        let connect_err =
+            |e: lapin::Error| Error::Connect { backend: BACKEND, url: self.url.clone(), reason: e.to_string() };
+        if let Some(l) = link.as_mut() {
+            if l.connection.status().connected() {
+                // A channel the broker closed (after a refused declaration,
+                // say) is replaced alone: deliveries on other channels stay valid.
+                if !l.publish.status().connected() {
+                    l.publish = l.connection.create_channel().await.map_err(connect_err)?;
+                    l.publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(connect_err)?;
+                }
+                if !l.admin.status().connected() {
+                    l.admin = l.connection.create_channel().await.map_err(connect_err)?;
+                }
                 return Ok((l.publish.clone(), l.admin.clone(), l.generation));
             }
         }
-        let connect_err =
-            |e: lapin::Error| Error::Connect { backend: BACKEND, url: self.url.clone(), reason: e.to_string() };
         let connection = match &self.tls_ca {
             None => Connection::connect(&self.uri, ConnectionProperties::default()).await,
             Some(ca) => {
@@ -400,21 +406,18 @@ impl AmqpBroker {
             .map_err(|_| Error::LeaseLost { message_id: delivery.message.id.clone() })
     }
 
-    /// Reads up to `limit` dead letters (they go back to the queue when the
-    /// scan's channel closes), calling `keep` on each: `true` acks it
-    /// (removing it), after `publish` copies have been confirmed.
+    /// Reads the group's dead letters (at most `DLQ_SCAN_LIMIT`) on a channel
+    /// of its own, asking `choose` about each: `None` leaves it (it goes back
+    /// when the channel closes), `Some(None)` removes it, `Some(Some((queue,
+    /// copy)))` publishes `copy` to `queue`, waits for the confirm, then
+    /// removes it. Returns how many were removed.
     async fn scan_dead_letters(
         &self,
         topic: &str,
         group: &str,
         mut choose: impl FnMut(&str, &Message) -> Option<Option<(String, Message)>>,
     ) -> Result<usize> {
-        let (_, _, _) = self.link().await?;
-        let connection_channel = {
-            let link = self.link.lock().await;
-            let link = link.as_ref().ok_or(Error::Closed)?;
-            link.connection.create_channel().await.map_err(err)?
-        };
+        let connection_channel = self.fresh_channel().await?;
         let mut taken = 0;
         for _ in 0..DLQ_SCAN_LIMIT {
             let got = match connection_channel.basic_get(dlq(topic, group).into(), BasicGetOptions::default()).await {
@@ -451,14 +454,18 @@ impl AmqpBroker {
         Ok(taken)
     }
 
-    /// Messages ready in a queue (0 if it does not exist), on a throwaway
-    /// channel since a passive declare of a missing queue closes its channel.
+    /// A channel of its own on the live connection: for consumers, and for
+    /// calls the broker may answer by closing the channel (a passive declare
+    /// or a purge of a queue that does not exist).
+    async fn fresh_channel(&self) -> Result<Channel> {
+        self.link().await?;
+        let link = self.link.lock().await;
+        link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)
+    }
+
+    /// Messages ready in a queue (0 if it does not exist).
     async fn ready(&self, queue: &str) -> Result<u64> {
-        let channel = {
-            self.link().await?;
-            let link = self.link.lock().await;
-            link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)?
-        };
+        let channel = self.fresh_channel().await?;
         let declared = channel
             .queue_declare(
                 queue.into(),
@@ -598,11 +605,7 @@ impl Broker for AmqpBroker {
         let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
         let stale = guard.as_ref().is_none_or(|c| c.generation != generation || !c.channel.status().connected());
         if stale {
-            let channel = {
-                self.link().await?;
-                let link = self.link.lock().await;
-                link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)?
-            };
+            let channel = self.fresh_channel().await?;
             // The prefetch is what this consumer may hold unacked: the worker's capacity.
             channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
             let tag = format!("{}-{:08x}", req.consumer, fastrand::u32(..));
@@ -823,13 +826,11 @@ impl Broker for AmqpBroker {
         self.check_open()?;
         match ids {
             None => {
-                let (_, admin, _) = self.link().await?;
-                let exists = self.ready(&dlq(topic, group)).await;
-                let n = admin.queue_purge(dlq(topic, group).into(), QueuePurgeOptions::default()).await;
-                match n {
-                    Ok(n) => Ok(n as usize),
-                    Err(_) => Ok(exists.map(|_| 0).unwrap_or(0)),
-                }
+                let channel = self.fresh_channel().await?;
+                // A missing queue has nothing to purge (and closes the channel).
+                let n = channel.queue_purge(dlq(topic, group).into(), QueuePurgeOptions::default()).await.unwrap_or(0);
+                let _ = channel.close(200, "purged".into()).await;
+                Ok(n as usize)
             }
             Some(ids) => {
                 self.scan_dead_letters(topic, group, |id, _| ids.iter().any(|i| i == id).then_some(None)).await

@@ -95,10 +95,7 @@ const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "poll_ms", "busy_timeout_ms
 impl DbOptions {
     fn from_url(url: &BrokerUrl) -> Result<Self> {
         url.reject_unknown_params(KNOWN_PARAMS)?;
-        let max_message_bytes = url.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024) as usize;
-        if max_message_bytes == 0 || max_message_bytes > 512 * 1024 * 1024 {
-            return Err(Error::invalid_option("max_message_bytes", "must be between 1 and 536870912"));
-        }
+        let max_message_bytes = url.max_message_bytes(512 * 1024 * 1024)?;
         let poll_interval = url.param_millis("poll_ms")?.unwrap_or(Duration::from_millis(50));
         if poll_interval.is_zero() {
             return Err(Error::invalid_option("poll_ms", "must be at least 1"));

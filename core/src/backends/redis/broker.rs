@@ -73,10 +73,7 @@ struct Options {
 impl Options {
     fn from_url(url: &BrokerUrl) -> Result<Self> {
         url.reject_unknown_params(KNOWN_PARAMS)?;
-        let max_message_bytes = url.param_u64("max_message_bytes")?.unwrap_or(1024 * 1024) as usize;
-        if max_message_bytes == 0 || max_message_bytes > 512 * 1024 * 1024 {
-            return Err(Error::invalid_option("max_message_bytes", "must be between 1 and 536870912"));
-        }
+        let max_message_bytes = url.max_message_bytes(512 * 1024 * 1024)?;
         let max_len = url.param_u64("max_len")?;
         if max_len == Some(0) {
             return Err(Error::invalid_option("max_len", "must be at least 1"));

@@ -1,0 +1,59 @@
+//! RabbitMQ-specific behaviour beyond the conformance suite, against the
+//! test node (tests/brokers/start-rabbitmq.sh).
+#![cfg(feature = "amqp")]
+
+use std::time::Duration;
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use pillarbox::{connect, Message, ReceiveRequest};
+
+const URL: &str = "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673";
+
+/// Calls the broker answers by closing a channel (a purge of a queue that
+/// does not exist, a declaration that conflicts with an existing queue)
+/// leave the connection, and the deliveries held on it, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_errors_do_not_drop_held_deliveries() {
+    let broker = connect(URL).await.unwrap();
+    let topic = format!("chanerr{}", std::process::id());
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, vec![Message::new("held")]).await.unwrap();
+    let held = broker
+        .receive(ReceiveRequest {
+            topic: &topic,
+            group: "g",
+            consumer: "c",
+            max: 1,
+            wait: Duration::from_secs(10),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 1);
+
+    // Nothing to purge for a group that does not exist.
+    assert_eq!(broker.purge_dead_letters(&topic, "no-such-group", None).await.unwrap(), 0);
+
+    // A queue made elsewhere as a classic queue: declaring it as a group
+    // (a quorum queue) is refused, clearly.
+    let raw = lapin::Connection::connect(URL.split('?').next().unwrap(), Default::default()).await.unwrap();
+    let channel = raw.create_channel().await.unwrap();
+    let conflicting = format!("{topic}.taken");
+    channel
+        .queue_declare(
+            conflicting.as_str().into(),
+            QueueDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let refused = broker.ensure_group(&topic, "taken").await.unwrap_err();
+    assert_eq!(refused.code(), "BACKEND", "{refused}");
+
+    // The handle still works, and the held delivery is still ours to settle.
+    broker.ensure_group(&topic, "other").await.unwrap();
+    broker.publish(&topic, vec![Message::new("after")]).await.unwrap();
+    broker.ack(&held).await.unwrap();
+    let _ = raw.close(200, "done".into()).await;
+}
