@@ -33,6 +33,9 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
         "amqp" | "amqps" => Arc::new(crate::backends::amqp::AmqpBroker::connect(&parsed).await?),
         #[cfg(not(feature = "amqp"))]
         scheme @ ("amqp" | "amqps") => return not_enabled(scheme, "amqp"),
+        #[cfg(feature = "kafka")]
+        "kafka" => Arc::new(crate::backends::kafka::KafkaBroker::connect(&parsed).await?),
+        #[cfg(not(feature = "kafka"))]
         scheme @ "kafka" => return not_enabled(scheme, "kafka"),
         other => return Err(Error::UnknownScheme { scheme: other.to_string() }),
     };
@@ -54,9 +57,11 @@ mod tests {
         let e = connect("nats://u:secretpw@host").await.unwrap_err();
         assert_eq!(e.code(), "UNKNOWN_SCHEME");
         assert!(!e.to_string().contains("secretpw"));
-        let e = connect("kafka://127.0.0.1:9092").await.unwrap_err();
-        assert_eq!(e.code(), "BACKEND_NOT_ENABLED");
-        assert!(e.to_string().contains("feature `kafka`"), "{e}");
+        if !cfg!(feature = "kafka") {
+            let e = connect("kafka://127.0.0.1:9092").await.unwrap_err();
+            assert_eq!(e.code(), "BACKEND_NOT_ENABLED");
+            assert!(e.to_string().contains("feature `kafka`"), "{e}");
+        }
         let e = connect("sqlite://").await.unwrap_err();
         assert_eq!(e.code(), "INVALID_URL");
         let e = connect("memory://?poll_ms=0").await.unwrap_err();

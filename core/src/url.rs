@@ -52,7 +52,9 @@ impl BrokerUrl {
             }
         }
         // Network URLs must parse as real URLs so that a typo is caught here.
-        if !matches!(scheme.as_str(), "memory" | "sqlite") {
+        // (Kafka URLs list several brokers, `kafka://h1:9092,h2:9092`, which
+        // `url` cannot parse: the Kafka backend checks them itself.)
+        if !matches!(scheme.as_str(), "memory" | "sqlite" | "kafka") {
             url::Url::parse(url).map_err(|e| Error::InvalidUrl { url: redact(url), reason: e.to_string() })?;
         }
         Ok(BrokerUrl { raw: url.to_string(), scheme, path: path.to_string(), params })

@@ -52,6 +52,12 @@ fn amqp_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000".into())
 }
 
+#[allow(dead_code)]
+fn kafka_url() -> String {
+    // Started by tests/brokers/start-kafka.sh.
+    std::env::var("PILLARBOX_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:19092".into())
+}
+
 macro_rules! backend {
     ($module:ident, $url:expr, [$($scenario:ident),* $(,)?]) => {
         mod $module {
@@ -80,6 +86,8 @@ macro_rules! every_backend {
         backend!(redis, super::redis_url(), [$($scenario),*]);
         #[cfg(feature = "amqp")]
         backend!(amqp, super::amqp_url(), [$($scenario),*]);
+        #[cfg(feature = "kafka")]
+        backend!(kafka, super::kafka_url(), [$($scenario),*]);
     };
 }
 

@@ -9,3 +9,6 @@ pub mod redis;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+
+#[cfg(feature = "kafka")]
+pub mod kafka;

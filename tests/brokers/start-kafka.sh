@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A real Apache Kafka (3.9.1, KRaft, one combined broker and controller) from
 # Maven Central's jars and Java 17, on 127.0.0.1:${PILLARBOX_KAFKA_PORT:-19092}.
-# Verified by hand on 2026-11-24 (up in about 5 s). Not yet called by
-# tests/run.sh: it joins as tests/brokers/start-kafka.sh with the Kafka backend.
+# Up in about 5 s. Topics are created by the backend (auto-creation is off,
+# so a typo is an error rather than a new topic).
 set -euo pipefail
-here="$(cd "$(dirname "$0")" && pwd)"
+here="$(cd "$(dirname "$0")/kafka" && pwd)"
 root="$(cd "$here/../../.." && pwd)"
 source "$root/tests/lib/apt.sh"
 port="${PILLARBOX_KAFKA_PORT:-19092}"
@@ -36,6 +36,9 @@ offsets.topic.replication.factor=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 group.initial.rebalance.delay.ms=0
+# Many small topics in the test suite: keep per-partition files small.
+log.segment.bytes=16777216
+log.index.size.max.bytes=1048576
 auto.create.topics.enable=false
 PROPS
 java_opts=(-Xmx512m "-Dlog4j.configuration=file:$here/log4j.properties" -cp "$base/lib/*")

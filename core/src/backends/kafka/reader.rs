@@ -1,0 +1,651 @@
+//! One Kafka consumer per worker: what it handed out, what it may commit,
+//! which partitions wait for their head to be due, and rebalances.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use super::broker::Outbox;
+use super::{delay_topic, err, level_for, retry_topic, Options, BACKEND, LEVELS};
+use crate::broker::{Delivery, Receipt};
+use crate::error::{Error, Result};
+use crate::message::{from_millis, to_millis};
+use crate::wire;
+
+/// Where a subscribed topic sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Main,
+    Delay(u64),
+    Retry(u64),
+}
+
+type Part = (String, i32);
+
+/// Deliveries recorded in a partition's commit metadata: the offsets from
+/// the committed one up to `through` were handed out `count` times (counts
+/// fall as offsets rise). Written `pb1:through:count,...`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Marks(Vec<(i64, u32)>);
+
+/// Segments kept in the metadata (older ones merge into the last).
+const MAX_MARKS: usize = 16;
+
+impl Marks {
+    pub fn parse(s: &str) -> Marks {
+        let Some(body) = s.strip_prefix("pb1:") else { return Marks::default() };
+        let mut marks = Vec::new();
+        for seg in body.split(',').filter(|s| !s.is_empty()) {
+            let Some((t, c)) = seg.split_once(':') else { return Marks::default() };
+            match (t.parse::<i64>(), c.parse::<u32>()) {
+                (Ok(t), Ok(c)) if c > 0 => marks.push((t, c)),
+                _ => return Marks::default(),
+            }
+        }
+        marks.sort_by_key(|m| m.0);
+        Marks(marks)
+    }
+
+    pub fn encode(&self) -> String {
+        if self.0.is_empty() {
+            return String::new();
+        }
+        let body: Vec<String> = self.0.iter().map(|(t, c)| format!("{t}:{c}")).collect();
+        format!("pb1:{}", body.join(","))
+    }
+
+    /// How many times `offset` was handed out before.
+    pub fn count_at(&self, offset: i64) -> u32 {
+        self.0.iter().find(|(t, _)| offset <= *t).map_or(0, |m| m.1)
+    }
+
+    /// These marks plus one delivery of every offset up to `through`.
+    pub fn with_prefix(&self, through: i64) -> Marks {
+        let mut points: Vec<i64> = self.0.iter().map(|m| m.0).chain([through]).collect();
+        points.sort_unstable();
+        points.dedup();
+        let marks = points.into_iter().map(|t| (t, self.count_at(t) + u32::from(t <= through))).collect();
+        Marks(marks)
+    }
+
+    /// The marks that still matter once everything before `start` is committed.
+    pub fn from(&self, start: i64) -> Marks {
+        let mut marks: Vec<(i64, u32)> = self.0.iter().copied().filter(|(t, _)| *t >= start).collect();
+        if marks.len() > MAX_MARKS {
+            let tail = marks.split_off(MAX_MARKS - 1);
+            let last = tail.last().copied().unwrap_or_default();
+            let lowest = tail.iter().map(|m| m.1).min().unwrap_or(1);
+            marks.push((last.0, lowest));
+        }
+        Marks(marks)
+    }
+
+    /// The highest offset handed out, if any.
+    pub fn through(&self) -> Option<i64> {
+        self.0.last().map(|m| m.0)
+    }
+}
+
+/// One assigned partition.
+#[derive(Debug)]
+struct Track {
+    epoch: u64,
+    /// Deliveries before this assignment (from the commit metadata).
+    base: Marks,
+    /// Highest offset this consumer handed out.
+    handed_through: Option<i64>,
+    /// One past the highest offset handed out or settled here.
+    next: Option<i64>,
+    /// Handed out and not yet committed: settled (true) or not (false).
+    outstanding: BTreeMap<i64, bool>,
+    /// The last commit that succeeded.
+    committed: Option<(i64, String)>,
+}
+
+impl Track {
+    fn new(epoch: u64, committed: Option<i64>, metadata: &str) -> Track {
+        let base = committed.map(|c| Marks::parse(metadata).from(c)).unwrap_or_default();
+        Track {
+            epoch,
+            base,
+            handed_through: None,
+            next: committed,
+            outstanding: BTreeMap::new(),
+            committed: committed.map(|c| (c, metadata.to_string())),
+        }
+    }
+
+    /// The offset to commit: the lowest one not settled.
+    fn commit_point(&mut self) -> Option<i64> {
+        while let Some((&offset, &settled)) = self.outstanding.first_key_value() {
+            if !settled {
+                return Some(offset);
+            }
+            self.outstanding.pop_first();
+        }
+        self.next
+    }
+
+    fn marks(&self) -> Marks {
+        match self.handed_through {
+            Some(t) => self.base.with_prefix(t),
+            None => self.base.clone(),
+        }
+    }
+
+    /// The commit this partition needs, if it differs from the last one.
+    fn wanted(&mut self) -> Option<(i64, String)> {
+        let point = self.commit_point()?;
+        let wanted = (point, self.marks().from(point).encode());
+        (self.committed.as_ref() != Some(&wanted)).then_some(wanted)
+    }
+
+    fn unsettled(&self) -> bool {
+        self.outstanding.values().any(|settled| !settled)
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct ReaderState {
+    parts: HashMap<Part, Track>,
+    /// Partitions whose head is not due, and when to look again.
+    paused: HashMap<Part, SystemTime>,
+    /// Partitions the group took away, kept until what was handed out from
+    /// them is settled or the deadline passes.
+    revoking: Vec<Part>,
+    revoke_deadline: Option<Instant>,
+    closing: bool,
+    next_epoch: u64,
+}
+
+impl ReaderState {
+    fn track(&mut self, part: &Part) -> &mut Track {
+        if !self.parts.contains_key(part) {
+            self.next_epoch += 1;
+            self.parts.insert(part.clone(), Track::new(self.next_epoch, None, ""));
+        }
+        self.parts.get_mut(part).expect("inserted above")
+    }
+
+    /// Takes the revocation if it may complete now.
+    fn take_revocation(&mut self, force: bool) -> Option<(Vec<Part>, TopicPartitionList)> {
+        if self.revoking.is_empty() {
+            return None;
+        }
+        let drained = self.revoking.iter().all(|p| self.parts.get(p).is_none_or(|t| !t.unsettled()));
+        let late = self.revoke_deadline.is_some_and(|d| Instant::now() >= d);
+        if !(force || drained || late || self.closing) {
+            return None;
+        }
+        let parts = std::mem::take(&mut self.revoking);
+        self.revoke_deadline = None;
+        let mut commits = TopicPartitionList::new();
+        for p in &parts {
+            self.paused.remove(p);
+            if let Some(mut t) = self.parts.remove(p) {
+                if let Some((offset, meta)) = t.wanted() {
+                    add_commit(&mut commits, p, offset, meta);
+                }
+            }
+        }
+        Some((parts, commits))
+    }
+}
+
+/// Adds a partition's commit (offset and delivery record) to a list.
+fn add_commit(tpl: &mut TopicPartitionList, part: &Part, offset: i64, metadata: String) {
+    if tpl.add_partition_offset(&part.0, part.1, Offset::Offset(offset)).is_ok() {
+        if let Some(mut e) = tpl.find_partition(&part.0, part.1) {
+            e.set_metadata(metadata);
+        }
+    }
+}
+
+/// Gives up revoked partitions: commits what they settled, then lets the
+/// group move them.
+fn finish_revocation<C: Consumer<ReaderContext>>(consumer: &C, state: &Mutex<ReaderState>, force: bool) {
+    let Some((parts, commits)) = state.lock().unwrap().take_revocation(force) else { return };
+    if commits.count() > 0 {
+        if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
+            tracing::warn!(error = %e, "commit before giving up partitions failed; their settled messages may come again");
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition) in &parts {
+        tpl.add_partition(topic, *partition);
+    }
+    if let Err(e) = consumer.incremental_unassign(&tpl) {
+        tracing::warn!(error = %e, "could not give up revoked partitions");
+    }
+}
+
+/// Rebalance handling for a reader's consumer.
+pub(super) struct ReaderContext {
+    state: Arc<Mutex<ReaderState>>,
+    revoke_wait: Duration,
+}
+
+impl ClientContext for ReaderContext {}
+
+impl ConsumerContext for ReaderContext {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Where the group stands on each new partition: the committed
+                // offset and who was handed what before.
+                let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
+                {
+                    let mut st = self.state.lock().unwrap();
+                    for e in tpl.elements() {
+                        let part = (e.topic().to_string(), e.partition());
+                        let (offset, meta) = committed
+                            .as_ref()
+                            .and_then(|c| c.find_partition(e.topic(), e.partition()))
+                            .map(|c| (c.offset().to_raw().filter(|o| *o >= 0), c.metadata().to_string()))
+                            .unwrap_or((None, String::new()));
+                        st.next_epoch += 1;
+                        let epoch = st.next_epoch;
+                        st.parts.insert(part.clone(), Track::new(epoch, offset, &meta));
+                        st.paused.remove(&part);
+                        st.revoking.retain(|p| p != &part);
+                    }
+                }
+                if let Err(e) = consumer.incremental_assign(tpl) {
+                    tracing::warn!(error = %e, "could not take assigned partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let lost = consumer.assignment_lost();
+                {
+                    let mut st = self.state.lock().unwrap();
+                    for e in tpl.elements() {
+                        let part = (e.topic().to_string(), e.partition());
+                        if !st.revoking.contains(&part) {
+                            st.revoking.push(part);
+                        }
+                    }
+                    st.revoke_deadline.get_or_insert(Instant::now() + self.revoke_wait);
+                }
+                // Nothing more is handed out from them; what is out gets settled first.
+                let _ = consumer.pause(tpl);
+                finish_revocation(consumer, &self.state, lost);
+            }
+            _ => {
+                tracing::warn!(error = ?err, "rebalance error");
+                let _ = consumer.incremental_unassign(tpl);
+            }
+        }
+    }
+}
+
+/// Which message a delivery holds.
+pub(super) struct KafkaReceipt {
+    pub reader: Arc<Reader>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    epoch: u64,
+}
+
+/// A message copied out of the consumer.
+struct Incoming {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Bytes>,
+    headers: Vec<(String, String)>,
+    payload: Bytes,
+}
+
+impl Incoming {
+    fn copy(m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Incoming {
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(Bytes::copy_from_slice),
+            headers,
+            payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+        }
+    }
+
+    fn deliver_at_ms(&self) -> Option<u64> {
+        self.headers.iter().find(|(k, _)| k == wire::DELIVER_AT).and_then(|(_, v)| v.trim().parse().ok())
+    }
+}
+
+/// A worker's consumer.
+pub(super) struct Reader {
+    consumer: StreamConsumer<ReaderContext>,
+    state: Arc<Mutex<ReaderState>>,
+    kinds: HashMap<String, Kind>,
+    pub topic: String,
+    pub group: String,
+    commit_lock: tokio::sync::Mutex<()>,
+    closed: AtomicBool,
+}
+
+impl Reader {
+    /// Joins the group `group` for `topic` (its delay and retry topics exist already).
+    pub fn new(options: &Options, topic: &str, group: &str, consumer_name: &str) -> Result<Reader> {
+        let state = Arc::new(Mutex::new(ReaderState::default()));
+        let context = ReaderContext { state: Arc::clone(&state), revoke_wait: options.revoke_wait };
+        let mut config = options.client_config();
+        config
+            .set("group.id", group)
+            .set("client.id", consumer_name)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
+            .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
+        let consumer: StreamConsumer<ReaderContext> = config.create_with_context(context).map_err(err)?;
+        let mut kinds = HashMap::new();
+        kinds.insert(topic.to_string(), Kind::Main);
+        for level in LEVELS {
+            kinds.insert(delay_topic(topic, level), Kind::Delay(level));
+            kinds.insert(retry_topic(topic, group, level), Kind::Retry(level));
+        }
+        let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(err)?;
+        Ok(Reader {
+            consumer,
+            state,
+            kinds,
+            topic: topic.to_string(),
+            group: group.to_string(),
+            commit_lock: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Receives up to `max` deliveries, waiting up to `wait` for the first.
+    /// Hands nothing out before the group's record of it is committed.
+    pub async fn receive(self: &Arc<Self>, outbox: &Outbox, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        finish_revocation(&self.consumer, &self.state, false);
+        let deadline = Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let next_wake = self.resume_due();
+            let incoming = if out.is_empty() {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                let until = next_wake.map_or(deadline, |w| w.min(deadline));
+                match tokio::time::timeout(until.saturating_duration_since(now), self.consumer.recv()).await {
+                    Err(_) => continue,
+                    Ok(Err(e)) => return Err(err(e)),
+                    Ok(Ok(m)) => Incoming::copy(&m),
+                }
+            } else {
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => Incoming::copy(&m),
+                    _ => break,
+                }
+            };
+            if let Some(d) = self.admit(incoming, outbox).await? {
+                out.push(d);
+                if out.len() >= max {
+                    break;
+                }
+            }
+        }
+        // The record of what was handed out: a crash from here on counts.
+        if let Err(e) = self.commit().await {
+            tracing::warn!(error = %e, "could not record deliveries; a crash now would not count as an attempt");
+        }
+        Ok(out)
+    }
+
+    /// Resumes partitions whose head is due; returns the next wake-up.
+    fn resume_due(&self) -> Option<Instant> {
+        let now = SystemTime::now();
+        let mut due = TopicPartitionList::new();
+        let mut next: Option<Instant> = None;
+        {
+            let mut st = self.state.lock().unwrap();
+            st.paused.retain(|(topic, partition), wake| {
+                if *wake <= now {
+                    due.add_partition(topic, *partition);
+                    false
+                } else {
+                    let at = Instant::now() + wake.duration_since(now).unwrap_or_default();
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                    true
+                }
+            });
+        }
+        if due.count() > 0 {
+            if let Err(e) = self.consumer.resume(&due) {
+                tracing::warn!(error = %e, "could not resume partitions");
+            }
+        }
+        next
+    }
+
+    /// Decides what to do with one message: hand it out, move it on, or
+    /// pause its partition until it is due.
+    async fn admit(self: &Arc<Self>, m: Incoming, outbox: &Outbox) -> Result<Option<Delivery>> {
+        let Some(&kind) = self.kinds.get(&m.topic) else { return Ok(None) };
+        let part: Part = (m.topic.clone(), m.partition);
+        {
+            let mut st = self.state.lock().unwrap();
+            if st.paused.contains_key(&part) || st.revoking.contains(&part) {
+                return Ok(None); // fetched before the pause: it comes again
+            }
+            let t = st.track(&part);
+            if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
+                return Ok(None);
+            }
+        }
+        if let Kind::Delay(level) | Kind::Retry(level) = kind {
+            let now = to_millis(SystemTime::now());
+            let due = m.deliver_at_ms().unwrap_or(0);
+            if due > now {
+                let waited = m.timestamp_ms.map_or(u64::MAX, |ts| (ts.max(0) as u64).saturating_add(level));
+                if level > 0 && now >= waited {
+                    // Waited its level's time: on to the level that fits what remains.
+                    let target = retry_topic(&self.topic, &self.group, level_for(due - now));
+                    outbox.send(&target, m.key.as_deref(), &m.headers, &m.payload).await?;
+                    let mut st = self.state.lock().unwrap();
+                    let t = st.track(&part);
+                    t.outstanding.insert(m.offset, true);
+                    t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+                    return Ok(None);
+                }
+                let wake = if level == 0 { due } else { due.min(waited) };
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition(&m.topic, m.partition);
+                self.consumer.pause(&tpl).map_err(err)?;
+                self.consumer.seek(&m.topic, m.partition, Offset::Offset(m.offset), Duration::ZERO).map_err(err)?;
+                self.state.lock().unwrap().paused.insert(part, from_millis(wake));
+                return Ok(None);
+            }
+        }
+        let (count, epoch) = {
+            let mut st = self.state.lock().unwrap();
+            let t = st.track(&part);
+            let count = t.base.count_at(m.offset);
+            t.outstanding.insert(m.offset, false);
+            t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+            t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
+            (count, t.epoch)
+        };
+        let mut decoded = wire::decode(m.headers, m.payload, count + 1);
+        if decoded.message.key.is_none() {
+            decoded.message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
+        }
+        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
+            if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
+                decoded.message.published_at = from_millis(ts as u64);
+            }
+        }
+        let receipt = KafkaReceipt {
+            reader: Arc::clone(self),
+            topic: m.topic,
+            partition: m.partition,
+            offset: m.offset,
+            epoch,
+        };
+        Ok(Some(Delivery::new(&self.topic, &self.group, decoded.message, decoded.malformed, Receipt::new(receipt))))
+    }
+
+    /// Whether the delivery is still this consumer's to settle.
+    pub fn holds(&self, r: &KafkaReceipt) -> bool {
+        let st = self.state.lock().unwrap();
+        st.parts
+            .get(&(r.topic.clone(), r.partition))
+            .is_some_and(|t| t.epoch == r.epoch && t.outstanding.get(&r.offset) == Some(&false))
+    }
+
+    /// Marks the delivery settled; false when it was not held.
+    pub fn settle(&self, r: &KafkaReceipt) -> bool {
+        let mut st = self.state.lock().unwrap();
+        match st.parts.get_mut(&(r.topic.clone(), r.partition)) {
+            Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
+                Some(settled) if !*settled => {
+                    *settled = true;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+
+    /// Commits every partition whose commit point or delivery record moved.
+    /// A failed commit (a rebalance in progress) stays pending and is tried
+    /// again by the next call.
+    pub async fn commit(self: &Arc<Self>) -> Result<()> {
+        let _one_at_a_time = self.commit_lock.lock().await;
+        let mut tpl = TopicPartitionList::new();
+        let mut wanted = Vec::new();
+        {
+            let mut st = self.state.lock().unwrap();
+            for (part, t) in st.parts.iter_mut() {
+                if let Some((offset, meta)) = t.wanted() {
+                    add_commit(&mut tpl, part, offset, meta.clone());
+                    wanted.push((part.clone(), t.epoch, (offset, meta)));
+                }
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let this = Arc::clone(self);
+        let result = tokio::task::spawn_blocking(move || this.consumer.commit(&tpl, CommitMode::Sync))
+            .await
+            .map_err(|e| Error::Backend { backend: BACKEND, reason: e.to_string() })?;
+        result.map_err(err)?;
+        let mut st = self.state.lock().unwrap();
+        for (part, epoch, done) in wanted {
+            if let Some(t) = st.parts.get_mut(&part).filter(|t| t.epoch == epoch) {
+                t.committed = Some(done);
+            }
+        }
+        drop(st);
+        finish_revocation(&self.consumer, &self.state, false);
+        Ok(())
+    }
+
+    /// Completes a revocation whose deadline passed (called on every tick).
+    pub fn tick(&self) {
+        finish_revocation(&self.consumer, &self.state, false);
+    }
+
+    /// Leaves the group: commits what is settled, gives everything up.
+    pub async fn close(self: &Arc<Self>) {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = self.commit().await {
+            tracing::warn!(error = %e, "final commit failed; settled messages may come again");
+        }
+        self.state.lock().unwrap().closing = true;
+        self.consumer.unsubscribe();
+        // The revocation is served by polling; whatever still arrives was
+        // never handed out and stays uncommitted, for the next owner.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && self.consumer.assignment().map_or(0, |a| a.count()) > 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), self.consumer.recv()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marks_count_each_handing_out() {
+        let none = Marks::default();
+        assert_eq!(none.count_at(5), 0);
+        let once = none.with_prefix(7);
+        assert_eq!(once.encode(), "pb1:7:1");
+        assert_eq!((once.count_at(3), once.count_at(7), once.count_at(8)), (1, 1, 0));
+        let parsed = Marks::parse(&once.encode());
+        assert_eq!(parsed, once);
+        // A second consumer got as far as 4 before it too died.
+        let twice = parsed.with_prefix(4);
+        assert_eq!(twice.encode(), "pb1:4:2,7:1");
+        assert_eq!((twice.count_at(4), twice.count_at(5)), (2, 1));
+        // Committing past 4 forgets what no longer matters.
+        assert_eq!(twice.from(5).encode(), "pb1:7:1");
+        assert_eq!(Marks::parse("something else"), Marks::default());
+        assert_eq!(Marks::parse("pb1:x:1"), Marks::default());
+    }
+
+    #[test]
+    fn marks_stay_small() {
+        let mut m = Marks::default();
+        for t in (0..100).rev() {
+            m = m.with_prefix(t);
+        }
+        let kept = m.from(0);
+        assert!(kept.0.len() <= MAX_MARKS);
+        assert_eq!(kept.count_at(0), 100);
+        assert!(kept.encode().len() < 400);
+    }
+
+    #[test]
+    fn commit_point_is_the_lowest_unsettled() {
+        let mut t = Track::new(1, Some(10), "");
+        assert_eq!(t.wanted(), None);
+        for o in 10..14 {
+            t.outstanding.insert(o, false);
+            t.handed_through = Some(o);
+            t.next = Some(o + 1);
+        }
+        *t.outstanding.get_mut(&11).unwrap() = true;
+        *t.outstanding.get_mut(&12).unwrap() = true;
+        assert_eq!(t.wanted(), Some((10, "pb1:13:1".to_string())));
+        *t.outstanding.get_mut(&10).unwrap() = true;
+        assert_eq!(t.wanted(), Some((13, "pb1:13:1".to_string())));
+        *t.outstanding.get_mut(&13).unwrap() = true;
+        assert_eq!(t.wanted(), Some((14, String::new())));
+    }
+}
