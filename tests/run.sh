@@ -20,9 +20,11 @@ if ! have cargo; then
     exit 1
   fi
 fi
-# C compiler for the bundled SQLite.
+# C compiler for the bundled SQLite; make, OpenSSL and zlib headers for the
+# bundled librdkafka (the Kafka backend, built from source).
 source tests/lib/apt.sh
-have cc || apt_install build-essential
+have cc && have make || apt_install build-essential
+dpkg -s libssl-dev zlib1g-dev pkg-config >/dev/null 2>&1 || apt_install libssl-dev zlib1g-dev pkg-config
 if have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt || true
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy || true

@@ -25,11 +25,14 @@ cat > "$base/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$((port + 1))
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1))
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$((port + 1)),SASL_PLAINTEXT://127.0.0.1:$((port + 2))
+advertised.listeners=PLAINTEXT://127.0.0.1:$port,SASL_PLAINTEXT://127.0.0.1:$((port + 2))
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# An authenticated listener for the SASL test (test-only credentials).
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-test" user_admin="admin-test" user_alice="alice-test";
 log.dirs=$base/data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -42,15 +45,15 @@ log.index.size.max.bytes=1048576
 auto.create.topics.enable=false
 PROPS
 java_opts=(-Xmx512m "-Dlog4j.configuration=file:$here/log4j.properties" -cp "$base/lib/*")
-if [ ! -f "$base/data/meta.properties" ]; then
-  id="$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid | tail -1)"
-  java "${java_opts[@]}" kafka.tools.StorageTool format -t "$id" -c "$base/server.properties" >/dev/null
-fi
+# A fresh log every start: test topics never pile up across runs.
+rm -rf "$base/data"
+id="$(java "${java_opts[@]}" kafka.tools.StorageTool random-uuid | tail -1)"
+java "${java_opts[@]}" kafka.tools.StorageTool format -t "$id" -c "$base/server.properties" >/dev/null
 nohup java "${java_opts[@]}" kafka.Kafka "$base/server.properties" > "$base/kafka.log" 2>&1 &
 echo $! > "$base/kafka.pid"
 for _ in $(seq 1 120); do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "kafka 3.9.1 on 127.0.0.1:$port"
+    echo "kafka 3.9.1 on 127.0.0.1:$port (SASL/PLAIN on $((port + 2)))"
     exit 0
   fi
   sleep 0.5

@@ -18,8 +18,8 @@ use rdkafka::TopicPartitionList;
 use super::dead_letters::DeadLetterViews;
 use super::reader::{KafkaReceipt, Marks, Reader};
 use super::{
-    check_group, check_topic, decode_group, delay_topic, dlq_topic, err, level_for, retry_topic, Options, BACKEND,
-    LEVELS,
+    check_group, check_topic, consumer_group, decode_group, delay_topic, dlq_topic, err, level_for, retry_topic,
+    Options, BACKEND, LEVELS,
 };
 use crate::broker::{
     validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, PartitionLag, ReceiveRequest,
@@ -51,7 +51,13 @@ struct Record<'a> {
 
 impl Outbox {
     /// Produces one record and waits until Kafka has it.
-    pub async fn send(&self, topic: &str, key: Option<&[u8]>, headers: &[(String, String)], payload: &[u8]) -> Result<()> {
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        headers: &[(String, String)],
+        payload: &[u8],
+    ) -> Result<()> {
         self.send_all(&[Record { topic, key, headers, payload }]).await
     }
 
@@ -119,7 +125,7 @@ pub struct KafkaBroker {
     admin: AdminClient<DefaultClientContext>,
     /// Consumers by (topic, group, consumer name): one per worker.
     readers: Mutex<HashMap<(String, String, String), Arc<Reader>>>,
-    /// Unsubscribed consumers that read a group's committed offsets, by group.
+    /// Unsubscribed consumers that read a group's committed offsets, by consumer group.
     inspectors: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     dead_letters: Arc<DeadLetterViews>,
     topics_ready: Mutex<HashSet<String>>,
@@ -143,7 +149,8 @@ impl KafkaBroker {
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let options = Options::from_url(url)?;
         let redacted = url.redacted();
-        let connect_err = |e: KafkaError| Error::Connect { backend: BACKEND, url: redacted.clone(), reason: e.to_string() };
+        let connect_err =
+            |e: KafkaError| Error::Connect { backend: BACKEND, url: redacted.clone(), reason: e.to_string() };
         let mut config = options.client_config();
         config
             .set("enable.idempotence", "true")
@@ -216,8 +223,12 @@ impl KafkaBroker {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let md = producer.client().fetch_metadata(None, Duration::from_secs(10)).map_err(err)?;
-                let present: HashSet<&str> =
-                    md.topics().iter().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.name()).collect();
+                let present: HashSet<&str> = md
+                    .topics()
+                    .iter()
+                    .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+                    .map(|t| t.name())
+                    .collect();
                 if names.iter().all(|n| present.contains(n.as_str())) {
                     return Ok(());
                 }
@@ -254,16 +265,16 @@ impl KafkaBroker {
         Ok(r)
     }
 
-    fn inspector(&self, group: &str) -> Result<Arc<BaseConsumer>> {
+    fn inspector(&self, topic: &str, group: &str) -> Result<Arc<BaseConsumer>> {
+        let id = consumer_group(topic, group);
         let mut inspectors = self.inspectors.lock().unwrap();
-        if let Some(c) = inspectors.get(group) {
+        if let Some(c) = inspectors.get(&id) {
             return Ok(Arc::clone(c));
         }
         let mut config = self.options.client_config();
-        config.set("group.id", group).set("enable.auto.commit", "false");
-        let c: Arc<BaseConsumer> =
-            Arc::new(config.create().map_err(err)?);
-        inspectors.insert(group.to_string(), Arc::clone(&c));
+        config.set("group.id", &id).set("enable.auto.commit", "false");
+        let c: Arc<BaseConsumer> = Arc::new(config.create().map_err(err)?);
+        inspectors.insert(id, Arc::clone(&c));
         Ok(c)
     }
 
@@ -271,15 +282,23 @@ impl KafkaBroker {
         d.receipt_as::<KafkaReceipt>(BACKEND)
     }
 
-    async fn produce_dead_letter(&self, topic: &str, group: &str, letter: Vec<(String, String)>, m: &Message) -> Result<()> {
+    async fn produce_dead_letter(
+        &self,
+        topic: &str,
+        group: &str,
+        letter: Vec<(String, String)>,
+        m: &Message,
+    ) -> Result<()> {
         self.outbox.send(&dlq_topic(topic, group), Some(m.id.as_bytes()), &letter, &m.payload).await
     }
 
     /// Tombstones for dead letters: compaction removes them for good.
     async fn remove_dead_letters(&self, dlq: &str, ids: &[String]) -> Result<()> {
         let none: [(String, String); 0] = [];
-        let records: Vec<Record<'_>> =
-            ids.iter().map(|id| Record { topic: dlq, key: Some(id.as_bytes()), headers: &none, payload: &[] }).collect();
+        let records: Vec<Record<'_>> = ids
+            .iter()
+            .map(|id| Record { topic: dlq, key: Some(id.as_bytes()), headers: &none, payload: &[] })
+            .collect();
         // An empty payload is still a value: produce real tombstones (no payload).
         let mut pending = Vec::with_capacity(records.len());
         for r in &records {
@@ -439,16 +458,18 @@ impl Broker for KafkaBroker {
     async fn inspect(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.check_open()?;
         self.ensure_group(topic, group).await?;
-        let inspector = self.inspector(group)?;
+        let inspector = self.inspector(topic, group)?;
         let producer = self.outbox.producer.clone();
         let (topic_s, group_s) = (topic.to_string(), group.to_string());
         let mut stats = blocking(move || {
             let (topic, group) = (topic_s.as_str(), group_s.as_str());
             let t = Duration::from_secs(10);
             let md = producer.client().fetch_metadata(None, t).map_err(err)?;
-            let partitions: HashMap<&str, usize> = md.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
+            let partitions: HashMap<&str, usize> =
+                md.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
             // Which figure each topic's messages count towards.
-            let mut sources: Vec<(String, bool)> = vec![(topic.to_string(), true), (retry_topic(topic, group, 0), true)];
+            let mut sources: Vec<(String, bool)> =
+                vec![(topic.to_string(), true), (retry_topic(topic, group, 0), true)];
             for level in LEVELS {
                 sources.push((delay_topic(topic, level), false));
                 if level > 0 {
@@ -480,7 +501,12 @@ impl Broker for KafkaBroker {
                         stats.waiting += rest;
                     }
                     if name == topic {
-                        stats.partitions.push(PartitionLag { partition: p, committed: offset, end: high, lag: high - start });
+                        stats.partitions.push(PartitionLag {
+                            partition: p,
+                            committed: offset,
+                            end: high,
+                            lag: high - start,
+                        });
                     }
                 }
             }
@@ -521,7 +547,8 @@ impl Broker for KafkaBroker {
         self.check_open()?;
         self.ensure_group(topic, group).await?;
         let views = Arc::clone(&self.dead_letters);
-        let (dlq, t, g, after) = (dlq_topic(topic, group), topic.to_string(), group.to_string(), after.map(String::from));
+        let (dlq, t, g, after) =
+            (dlq_topic(topic, group), topic.to_string(), group.to_string(), after.map(String::from));
         blocking(move || views.list(&dlq, &t, &g, after.as_deref(), limit)).await
     }
 
@@ -541,7 +568,12 @@ impl Broker for KafkaBroker {
         let records: Vec<Record<'_>> = fresh
             .iter()
             .zip(&headers)
-            .map(|(m, h)| Record { topic: &target, key: m.key.as_deref().map(str::as_bytes), headers: h, payload: &m.payload })
+            .map(|(m, h)| Record {
+                topic: &target,
+                key: m.key.as_deref().map(str::as_bytes),
+                headers: h,
+                payload: &m.payload,
+            })
             .collect();
         self.outbox.send_all(&records).await?;
         let moved: Vec<String> = letters.into_iter().map(|d| d.id).collect();
@@ -553,7 +585,8 @@ impl Broker for KafkaBroker {
         self.check_open()?;
         self.ensure_group(topic, group).await?;
         let views = Arc::clone(&self.dead_letters);
-        let (dlq, t, g, wanted) = (dlq_topic(topic, group), topic.to_string(), group.to_string(), ids.map(<[String]>::to_vec));
+        let (dlq, t, g, wanted) =
+            (dlq_topic(topic, group), topic.to_string(), group.to_string(), ids.map(<[String]>::to_vec));
         let letters = blocking(move || views.select(&dlq, &t, &g, wanted.as_deref())).await?;
         let gone: Vec<String> = letters.into_iter().map(|d| d.id).collect();
         if !gone.is_empty() {
@@ -585,4 +618,3 @@ impl Broker for KafkaBroker {
         Ok(())
     }
 }
-

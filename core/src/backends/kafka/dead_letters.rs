@@ -45,8 +45,7 @@ impl DeadLetterViews {
             .set("group.id", "pillarbox-dead-letter-reader")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
-        let scanner: BaseConsumer =
-            config.create().map_err(err)?;
+        let scanner: BaseConsumer = config.create().map_err(err)?;
         Ok(DeadLetterViews { scanner: Mutex::new(scanner), views: Mutex::new(HashMap::new()) })
     }
 
@@ -85,7 +84,10 @@ impl DeadLetterViews {
                 .map(|hs| {
                     hs.iter()
                         .map(|h| {
-                            (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default())
+                            (
+                                h.key.to_string(),
+                                h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+                            )
                         })
                         .collect()
                 })

@@ -5,7 +5,7 @@
 //!
 //! | topic | what |
 //! |---|---|
-//! | `T` | the topic (`partitions` partitions); group `G` is the Kafka consumer group `G` |
+//! | `T` | the topic (`partitions` partitions); group `G` reads it as the Kafka consumer group `T.G'` |
 //! | `T.delay.L` | delayed publishes, one topic per delay level `L` (ms), read by every group |
 //! | `T.G'.retry.L` | group `G`'s waiting retries (and redriven or handed-back messages at `L` = 0) |
 //! | `T.G'.dlq` | group `G`'s dead letters, compacted, keyed by message id |
@@ -100,6 +100,11 @@ pub(crate) fn delay_topic(topic: &str, level: u64) -> String {
 pub(crate) fn retry_topic(topic: &str, group: &str, level: u64) -> String {
     format!("{topic}.{}.retry.{level}", encode_group(group))
 }
+/// The Kafka consumer group behind group `G` of topic `T`: `T.G'`, so that
+/// a rebalance on one topic never stalls another topic's consumers.
+pub(crate) fn consumer_group(topic: &str, group: &str) -> String {
+    format!("{topic}.{}", encode_group(group))
+}
 pub(crate) fn dlq_topic(topic: &str, group: &str) -> String {
     format!("{topic}.{}.dlq", encode_group(group))
 }
@@ -190,7 +195,8 @@ impl Options {
             }
             servers.push(host.to_string());
         }
-        let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+        let decode =
+            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
         let credentials = userinfo.map(|u| match u.split_once(':') {
             Some((user, pass)) => (decode(user).unwrap_or_default(), decode(pass).unwrap_or_default()),
             None => (decode(u).unwrap_or_default(), String::new()),
@@ -210,8 +216,8 @@ impl Options {
         }
         common.push(("security.protocol", protocol.clone()));
         if protocol.starts_with("sasl") {
-            let (user, pass) =
-                credentials.ok_or_else(|| invalid("SASL needs a user and password: kafka://user:password@host:port"))?;
+            let (user, pass) = credentials
+                .ok_or_else(|| invalid("SASL needs a user and password: kafka://user:password@host:port"))?;
             let mechanism = url.param("sasl_mechanism").unwrap_or("PLAIN").to_ascii_uppercase();
             if !matches!(mechanism.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
                 return Err(Error::invalid_option("sasl_mechanism", "expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"));
@@ -220,7 +226,10 @@ impl Options {
             common.push(("sasl.username", user));
             common.push(("sasl.password", pass));
         } else if credentials.is_some() {
-            return Err(Error::invalid_option("security_protocol", "a user in the URL needs sasl_plaintext or sasl_ssl"));
+            return Err(Error::invalid_option(
+                "security_protocol",
+                "a user in the URL needs sasl_plaintext or sasl_ssl",
+            ));
         }
         for (param, setting) in [
             ("tls_ca_file", "ssl.ca.location"),
@@ -231,7 +240,8 @@ impl Options {
                 if !protocol.ends_with("ssl") {
                     return Err(Error::invalid_option(param, "TLS files need security_protocol=ssl or sasl_ssl"));
                 }
-                std::fs::metadata(path).map_err(|e| Error::invalid_option(param, format!("cannot read `{path}`: {e}")))?;
+                std::fs::metadata(path)
+                    .map_err(|e| Error::invalid_option(param, format!("cannot read `{path}`: {e}")))?;
                 common.push((setting, path.to_string()));
             }
         }

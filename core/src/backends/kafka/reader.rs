@@ -14,7 +14,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::broker::Outbox;
-use super::{delay_topic, err, level_for, retry_topic, Options, BACKEND, LEVELS};
+use super::{consumer_group, delay_topic, err, level_for, retry_topic, Options, BACKEND, LEVELS};
 use crate::broker::{Delivery, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{from_millis, to_millis};
@@ -312,7 +312,12 @@ impl Incoming {
             .headers()
             .map(|hs| {
                 hs.iter()
-                    .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+                        )
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -350,7 +355,7 @@ impl Reader {
         let context = ReaderContext { state: Arc::clone(&state), revoke_wait: options.revoke_wait };
         let mut config = options.client_config();
         config
-            .set("group.id", group)
+            .set("group.id", consumer_group(topic, group))
             .set("client.id", consumer_name)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -504,13 +509,8 @@ impl Reader {
                 decoded.message.published_at = from_millis(ts as u64);
             }
         }
-        let receipt = KafkaReceipt {
-            reader: Arc::clone(self),
-            topic: m.topic,
-            partition: m.partition,
-            offset: m.offset,
-            epoch,
-        };
+        let receipt =
+            KafkaReceipt { reader: Arc::clone(self), topic: m.topic, partition: m.partition, offset: m.offset, epoch };
         Ok(Some(Delivery::new(&self.topic, &self.group, decoded.message, decoded.malformed, Receipt::new(receipt))))
     }
 

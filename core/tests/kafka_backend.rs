@@ -1,0 +1,238 @@
+//! Kafka specifics against the real broker started by
+//! tests/brokers/start-kafka.sh: rebalances lose nothing, a killed
+//! consumer's messages reach another consumer, lag per partition, bad URLs.
+//!
+//! The kill test re-runs this binary as the doomed consumer, selected by
+//! the `PB_KAFKA_ROLE` environment variable.
+#![cfg(feature = "kafka")]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pillarbox::{connect, Broker, HandlerError, Job, Message, ReceiveRequest, Worker, WorkerOptions};
+
+fn url(extra: &str) -> String {
+    let base = std::env::var("PILLARBOX_KAFKA_URL").unwrap_or_else(|_| "kafka://127.0.0.1:19092".into());
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}partitions=6&session_timeout_ms=6000{extra}")
+}
+
+fn unique(name: &str) -> String {
+    let n = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{name}.{}.{n}", std::process::id())
+}
+
+/// Payload -> every attempt number it was handled with.
+type Handled = Arc<Mutex<HashMap<String, Vec<u32>>>>;
+
+fn recorder(handled: &Handled, pause: Duration) -> impl pillarbox::Handler {
+    let handled = Arc::clone(handled);
+    move |job: Job| {
+        let handled = Arc::clone(&handled);
+        async move {
+            tokio::time::sleep(pause).await;
+            let body = String::from_utf8_lossy(&job.message.payload).into_owned();
+            handled.lock().unwrap().entry(body).or_default().push(job.attempt());
+            Ok::<(), HandlerError>(())
+        }
+    }
+}
+
+fn start(
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    handler: impl pillarbox::Handler,
+) -> (Worker, tokio::task::JoinHandle<()>) {
+    let opts = WorkerOptions::default().concurrency(4).poll_wait(Duration::from_millis(200));
+    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, opts).unwrap();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await.unwrap() });
+    (worker, task)
+}
+
+async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// Consumers join and leave while 300 messages are handled: every message
+/// is handled, none twice (a revoked partition is given up only once what
+/// was handed out from it is settled), and everything ends committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebalances_lose_nothing() {
+    let topic = unique("rebalance");
+    let a: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    a.ensure_group(&topic, "g").await.unwrap();
+    let batch: Vec<Message> =
+        (0..300).map(|i| Message::new(format!("m{i}")).with_key(format!("k{}", i % 17))).collect();
+    a.publish(&topic, batch).await.unwrap();
+    let handled: Handled = Arc::default();
+    let count = |h: &Handled| h.lock().unwrap().len();
+
+    let (wa, ta) = start(&a, &topic, recorder(&handled, Duration::from_millis(10)));
+    assert!(wait_until(Duration::from_secs(30), || count(&handled) >= 40).await, "first worker handled nothing");
+    let b: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    let (wb, tb) = start(&b, &topic, recorder(&handled, Duration::from_millis(10)));
+    assert!(wait_until(Duration::from_secs(30), || count(&handled) >= 120).await, "stalled after a join");
+    let c: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    let (wc, tc) = start(&c, &topic, recorder(&handled, Duration::from_millis(10)));
+    assert!(wait_until(Duration::from_secs(30), || count(&handled) >= 200).await, "stalled after a second join");
+    wa.shutdown();
+    ta.await.unwrap();
+    assert!(wait_until(Duration::from_secs(60), || count(&handled) >= 300).await, "stalled after a leave");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wb.shutdown();
+    wc.shutdown();
+    tb.await.unwrap();
+    tc.await.unwrap();
+
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 300, "messages missing");
+    let twice: Vec<_> = handled.iter().filter(|(_, attempts)| attempts.len() > 1).collect();
+    assert!(twice.is_empty(), "handled more than once: {twice:?}");
+    let s = a.inspect(&topic, "g").await.unwrap();
+    assert_eq!((s.ready, s.in_flight, s.waiting), (0, 0, 0), "not all committed: {s:?}");
+    assert_eq!(s.partitions.len(), 6);
+    assert!(s.partitions.iter().all(|p| p.lag == 0 && p.committed == Some(p.end)), "{:?}", s.partitions);
+}
+
+/// The doomed consumer: takes messages, reports how many, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doomed_consumer_process() {
+    let Ok(topic) = std::env::var("PB_KAFKA_TOPIC") else { return };
+    let broker = connect(&url("")).await.unwrap();
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.len() < 5 && Instant::now() < deadline {
+        let got = broker
+            .receive(ReceiveRequest {
+                topic: &topic,
+                group: "g",
+                consumer: "doomed",
+                max: 5 - held.len(),
+                wait: Duration::from_secs(1),
+                lease: Duration::from_secs(30),
+            })
+            .await
+            .unwrap();
+        held.extend(got);
+    }
+    let bodies: Vec<String> = held.iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect();
+    println!("holding {}", bodies.join(","));
+    tokio::time::sleep(Duration::from_secs(120)).await;
+}
+
+/// A consumer killed with messages in hand: they reach another consumer,
+/// as a second attempt, and nothing else is handled twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_consumer_messages_reach_another() {
+    if std::env::var("PB_KAFKA_TOPIC").is_ok() {
+        return;
+    }
+    let topic = unique("killed");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, (0..20).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "doomed_consumer_process", "--nocapture", "--test-threads=1"])
+        .env("PB_KAFKA_TOPIC", &topic)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut held = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // (libtest prints the test's name on the same line.)
+        if let Some((_, rest)) = line.split_once("holding ") {
+            held = rest.trim().to_string();
+            break;
+        }
+    }
+    child.kill().unwrap(); // SIGKILL: no goodbye to the group, no commit
+    child.wait().unwrap();
+    let held: Vec<String> = held.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
+    assert_eq!(held.len(), 5, "the doomed consumer held {held:?}");
+
+    let handled: Handled = Arc::default();
+    let (w, t) = start(&broker, &topic, recorder(&handled, Duration::ZERO));
+    let ok = wait_until(Duration::from_secs(60), || handled.lock().unwrap().len() == 20).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.shutdown();
+    t.await.unwrap();
+    let handled = handled.lock().unwrap().clone();
+    assert!(ok, "handled {} of 20", handled.len());
+    for (body, attempts) in &handled {
+        let expected = if held.contains(body) { 2 } else { 1 };
+        assert_eq!(attempts, &vec![expected], "{body}");
+    }
+}
+
+/// Lag per partition as `kafka-consumer-groups --describe` shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lag_per_partition() {
+    let topic = unique("lag");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, (0..30).map(|i| Message::new("x").with_key(format!("key{i}"))).collect()).await.unwrap();
+    let s = broker.inspect(&topic, "g").await.unwrap();
+    assert_eq!(s.ready, 30);
+    assert_eq!(s.partitions.len(), 6);
+    assert_eq!(s.partitions.iter().map(|p| p.lag).sum::<i64>(), 30);
+    assert!(s.partitions.iter().all(|p| p.committed.is_none() && p.lag == p.end), "{:?}", s.partitions);
+    assert!(s.partitions.iter().filter(|p| p.end > 0).count() > 1, "keys should spread: {:?}", s.partitions);
+}
+
+#[tokio::test]
+async fn unreachable_broker_and_bad_urls_are_clear_errors() {
+    let e = connect("kafka://alice:secretpw@127.0.0.1:1?connect_timeout_ms=1000").await.unwrap_err();
+    assert_eq!(e.code(), "CONNECT", "{e}");
+    assert!(!e.to_string().contains("secretpw"), "{e}");
+    let e = connect("kafka://127.0.0.1").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_URL", "{e}");
+    let e = connect("kafka://127.0.0.1:19092?partitions=many").await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_OPTION", "{e}");
+    let broker = connect(&url("")).await.unwrap();
+    let e = broker.publish("orders.dlq", vec![Message::new("x")]).await.unwrap_err();
+    assert_eq!(e.code(), "INVALID_MESSAGE", "{e}");
+}
+
+/// SASL/PLAIN on the broker's authenticated listener: a round trip with the
+/// right password; the wrong one is a clear error that never shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_authentication() {
+    let sasl = std::env::var("PILLARBOX_KAFKA_SASL_ADDR").unwrap_or_else(|_| "127.0.0.1:19094".into());
+    let broker = connect(&format!("kafka://alice:alice-test@{sasl}")).await.unwrap();
+    let topic = unique("sasl");
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, vec![Message::new("over sasl")]).await.unwrap();
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &topic,
+            group: "g",
+            consumer: "c",
+            max: 1,
+            wait: Duration::from_secs(20),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].message.payload[..], b"over sasl");
+    broker.ack(&got).await.unwrap();
+    broker.close().await.unwrap();
+
+    let e = connect(&format!("kafka://alice:wrong-secret@{sasl}?connect_timeout_ms=3000")).await.unwrap_err();
+    assert_eq!(e.code(), "CONNECT", "{e}");
+    assert!(!e.to_string().contains("wrong-secret"), "{e}");
+}
