@@ -400,11 +400,10 @@ impl Broker for KafkaBroker {
                 readers.push(Arc::clone(&r.reader));
             }
         }
+        // Committed in the background, like any Kafka consumer's offsets: a
+        // crash before the commit lands redelivers (at-least-once).
         for reader in readers {
-            if let Err(e) = reader.commit().await {
-                // Kept pending: the next commit of this consumer carries it.
-                tracing::debug!(error = %e, "commit failed; retried with the next one");
-            }
+            reader.commit_soon();
         }
         match lost {
             Some(message_id) => Err(Error::LeaseLost { message_id }),

@@ -35,7 +35,10 @@
 //! `session_timeout_ms` (how soon a dead consumer's partitions move, default
 //! 10000), `max_poll_interval_ms` (default 300000), `revoke_wait_ms`
 //! (default 10000), `linger_ms` (default 5), `connect_timeout_ms` (default
-//! 5000); security: `security_protocol` (`plaintext`, `ssl`,
+//! 5000), `record_deliveries` (`before`, the default: a received batch is
+//! handed out once the record of its delivery is committed, so even a crash
+//! at once counts as an attempt; `async`: recorded in the background, faster,
+//! but a consumer dying within milliseconds may leave no record); security: `security_protocol` (`plaintext`, `ssl`,
 //! `sasl_plaintext`, `sasl_ssl`; default `plaintext`, or `sasl_plaintext`
 //! when the URL has a user), `sasl_mechanism` (`PLAIN`, `SCRAM-SHA-256`,
 //! `SCRAM-SHA-512`; default `PLAIN`), user and password from the URL,
@@ -147,6 +150,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "revoke_wait_ms",
     "linger_ms",
     "connect_timeout_ms",
+    "record_deliveries",
     "security_protocol",
     "sasl_mechanism",
     "tls_ca_file",
@@ -169,6 +173,9 @@ pub(crate) struct Options {
     pub revoke_wait: Duration,
     pub linger: Duration,
     pub connect_timeout: Duration,
+    /// `record_deliveries=before` (default): a received batch is handed out
+    /// only once its delivery record is committed; `async`: in the background.
+    pub record_deliveries_first: bool,
 }
 
 impl std::fmt::Debug for Options {
@@ -275,6 +282,11 @@ impl Options {
             revoke_wait: millis("revoke_wait_ms", 10_000)?,
             linger: millis("linger_ms", 5)?,
             connect_timeout: millis("connect_timeout_ms", 5_000)?,
+            record_deliveries_first: match url.param("record_deliveries").unwrap_or("before") {
+                "before" => true,
+                "async" => false,
+                _ => return Err(Error::invalid_option("record_deliveries", "expected before or async")),
+            },
         })
     }
 

@@ -345,6 +345,10 @@ pub(super) struct Reader {
     pub topic: String,
     pub group: String,
     commit_lock: tokio::sync::Mutex<()>,
+    /// A background commit is on its way (later settlements ride along).
+    commit_queued: AtomicBool,
+    /// Commit the record of deliveries before handing them out.
+    record_first: bool,
     closed: AtomicBool,
 }
 
@@ -380,6 +384,8 @@ impl Reader {
             topic: topic.to_string(),
             group: group.to_string(),
             commit_lock: tokio::sync::Mutex::new(()),
+            commit_queued: AtomicBool::new(false),
+            record_first: options.record_deliveries_first,
             closed: AtomicBool::new(false),
         })
     }
@@ -420,8 +426,15 @@ impl Reader {
             }
         }
         // The record of what was handed out: a crash from here on counts.
-        if let Err(e) = self.commit().await {
-            tracing::warn!(error = %e, "could not record deliveries; a crash now would not count as an attempt");
+        if out.is_empty() {
+            // Idle: a good moment to retry a commit that failed earlier.
+            self.commit_soon();
+        } else if self.record_first {
+            if let Err(e) = self.commit().await {
+                tracing::warn!(error = %e, "could not record deliveries; a crash now would not count as an attempt");
+            }
+        } else {
+            self.commit_soon();
         }
         Ok(out)
     }
@@ -570,6 +583,20 @@ impl Reader {
         drop(st);
         finish_revocation(&self.consumer, &self.state, false);
         Ok(())
+    }
+
+    /// Commits in the background; calls made while one is queued share it.
+    pub fn commit_soon(self: &Arc<Self>) {
+        if self.commit_queued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.commit_queued.store(false, Ordering::SeqCst);
+            if let Err(e) = this.commit().await {
+                tracing::debug!(error = %e, "commit failed; retried with the next one");
+            }
+        });
     }
 
     /// Completes a revocation whose deadline passed (called on every tick).
