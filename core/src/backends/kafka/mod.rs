@@ -336,7 +336,8 @@ mod tests {
         assert!(check_topic("orders.dlq").is_err());
         assert!(check_topic("orders.delay.100").is_err());
         assert!(check_topic("orders.g.retry.0").is_err());
-        assert!(check_group("orders", &"g".repeat(200)).is_err());
+        assert!(check_group(&"t".repeat(100), &"g".repeat(150)).is_err());
+        assert!(check_group("orders", &"g".repeat(200)).is_ok());
     }
 
     #[test]
