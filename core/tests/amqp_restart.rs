@@ -36,8 +36,7 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
     let handler = support::recording_handler(&handled);
     let options = WorkerOptions::default().concurrency(2).prefetch(8).poll_wait(Duration::from_millis(200));
     let worker = Worker::new(Arc::clone(&broker), &topic, "workers", handler, options).unwrap();
-    let runner = worker.clone();
-    let running = tokio::spawn(async move { runner.run().await });
+    let mut running = None;
 
     const N: usize = 300;
     let mut confirmed = Vec::new();
@@ -46,6 +45,9 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
     let pid_before = node_pid();
     for i in 0..N {
         if i == N / 3 {
+            // The worker starts now, so a backlog is certainly waiting when the broker stops.
+            let runner = worker.clone();
+            running = Some(tokio::spawn(async move { runner.run().await }));
             backlog_at_stop = broker.inspect(&topic, "workers").await.unwrap().ready;
             tokio::task::spawn_blocking(|| {
                 script("stop-rabbitmq.sh");
@@ -67,5 +69,5 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
     assert!(backlog_at_stop > 0, "nothing was waiting when the broker stopped: the test proves nothing");
     assert_ne!(node_pid(), pid_before, "the broker was not restarted: the test proves nothing");
     worker.shutdown();
-    running.await.unwrap().unwrap();
+    running.expect("started").await.unwrap().unwrap();
 }
