@@ -36,6 +36,11 @@ type Part = (String, i32);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Marks(Vec<(i64, u32)>);
 
+/// How long a background commit waits for more settlements to share it.
+/// Commits share the broker connection with fetches: fewer, larger ones
+/// keep the fetches flowing.
+const COMMIT_LINGER: Duration = Duration::from_millis(10);
+
 /// Segments kept in the metadata (older ones merge into the last).
 const MAX_MARKS: usize = 16;
 
@@ -366,6 +371,9 @@ impl Reader {
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
             .set("partition.assignment.strategy", "cooperative-sticky")
+            // Commits share the broker connection with fetches and wait
+            // behind a fetch's long poll: keep that poll short.
+            .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
             .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
         let consumer: StreamConsumer<ReaderContext> = config.create_with_context(context).map_err(err)?;
@@ -592,6 +600,8 @@ impl Reader {
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {
+            // Settlements of the next few milliseconds share this commit.
+            tokio::time::sleep(COMMIT_LINGER).await;
             this.commit_queued.store(false, Ordering::SeqCst);
             if let Err(e) = this.commit().await {
                 tracing::debug!(error = %e, "commit failed; retried with the next one");
