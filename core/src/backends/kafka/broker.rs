@@ -292,17 +292,12 @@ impl KafkaBroker {
         self.outbox.send(&dlq_topic(topic, group), Some(m.id.as_bytes()), &letter, &m.payload).await
     }
 
-    /// Tombstones for dead letters: compaction removes them for good.
+    /// Tombstones (a key without a value) for dead letters: the view
+    /// drops them at once, compaction for good.
     async fn remove_dead_letters(&self, dlq: &str, ids: &[String]) -> Result<()> {
-        let none: [(String, String); 0] = [];
-        let records: Vec<Record<'_>> = ids
-            .iter()
-            .map(|id| Record { topic: dlq, key: Some(id.as_bytes()), headers: &none, payload: &[] })
-            .collect();
-        // An empty payload is still a value: produce real tombstones (no payload).
-        let mut pending = Vec::with_capacity(records.len());
-        for r in &records {
-            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(r.topic).key(r.key.unwrap_or_default());
+        let mut pending = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq).key(id.as_bytes());
             pending.push(self.outbox.producer.send_result(record).map_err(|(e, _)| err(e))?);
         }
         for f in pending {
