@@ -48,7 +48,17 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
             // The worker starts now, so a backlog is certainly waiting when the broker stops.
             let runner = worker.clone();
             running = Some(tokio::spawn(async move { runner.run().await }));
-            backlog_at_stop = broker.inspect(&topic, "workers").await.unwrap().ready;
+            // (The in-flight figure comes from the management API, which a
+            // loaded machine can make slow: try again rather than fail.)
+            for _ in 0..3 {
+                match broker.inspect(&topic, "workers").await {
+                    Ok(s) => {
+                        backlog_at_stop = s.ready;
+                        break;
+                    }
+                    Err(e) => eprintln!("inspect failed, trying again: {e}"),
+                }
+            }
             tokio::task::spawn_blocking(|| {
                 script("stop-rabbitmq.sh");
                 script("start-rabbitmq.sh");

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
+use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::types::RDKafkaRespErr;
@@ -28,7 +28,8 @@ enum Kind {
     Retry(u64),
 }
 
-type Part = (String, i32);
+/// A topic (its name shared, not copied per message) and partition.
+type Part = (Arc<str>, i32);
 
 /// Deliveries recorded in a partition's commit metadata: the offsets from
 /// the committed one up to `through` were handed out `count` times (counts
@@ -169,9 +170,15 @@ pub(super) struct ReaderState {
     revoke_deadline: Option<Instant>,
     closing: bool,
     next_epoch: u64,
+    /// The subscribed topics' names, shared by every message and receipt.
+    names: HashMap<String, Arc<str>>,
 }
 
 impl ReaderState {
+    fn part(&self, topic: &str, partition: i32) -> Part {
+        (self.names.get(topic).cloned().unwrap_or_else(|| Arc::from(topic)), partition)
+    }
+
     fn track(&mut self, part: &Part) -> &mut Track {
         if !self.parts.contains_key(part) {
             self.next_epoch += 1;
@@ -250,7 +257,7 @@ impl ConsumerContext for ReaderContext {
                 {
                     let mut st = self.state.lock().unwrap();
                     for e in tpl.elements() {
-                        let part = (e.topic().to_string(), e.partition());
+                        let part = st.part(e.topic(), e.partition());
                         let (offset, meta) = committed
                             .as_ref()
                             .and_then(|c| c.find_partition(e.topic(), e.partition()))
@@ -272,7 +279,7 @@ impl ConsumerContext for ReaderContext {
                 {
                     let mut st = self.state.lock().unwrap();
                     for e in tpl.elements() {
-                        let part = (e.topic().to_string(), e.partition());
+                        let part = st.part(e.topic(), e.partition());
                         if !st.revoking.contains(&part) {
                             st.revoking.push(part);
                         }
@@ -294,7 +301,7 @@ impl ConsumerContext for ReaderContext {
 /// Which message a delivery holds.
 pub(super) struct KafkaReceipt {
     pub reader: Arc<Reader>,
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     epoch: u64,
@@ -302,7 +309,8 @@ pub(super) struct KafkaReceipt {
 
 /// A message copied out of the consumer.
 struct Incoming {
-    topic: String,
+    kind: Kind,
+    topic: Arc<str>,
     partition: i32,
     offset: i64,
     timestamp_ms: Option<i64>,
@@ -312,7 +320,9 @@ struct Incoming {
 }
 
 impl Incoming {
-    fn copy(m: &rdkafka::message::BorrowedMessage<'_>) -> Incoming {
+    /// `None` for a topic this consumer does not read.
+    fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<Incoming> {
+        let (kind, topic) = kinds.get(m.topic())?;
         let headers = m
             .headers()
             .map(|hs| {
@@ -326,15 +336,16 @@ impl Incoming {
                     .collect()
             })
             .unwrap_or_default();
-        Incoming {
-            topic: m.topic().to_string(),
+        Some(Incoming {
+            kind: *kind,
+            topic: Arc::clone(topic),
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(Bytes::copy_from_slice),
             headers,
             payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
-        }
+        })
     }
 
     fn deliver_at_ms(&self) -> Option<u64> {
@@ -346,7 +357,7 @@ impl Incoming {
 pub(super) struct Reader {
     consumer: StreamConsumer<ReaderContext>,
     state: Arc<Mutex<ReaderState>>,
-    kinds: HashMap<String, Kind>,
+    kinds: HashMap<String, (Kind, Arc<str>)>,
     pub topic: String,
     pub group: String,
     commit_lock: tokio::sync::Mutex<()>,
@@ -378,11 +389,17 @@ impl Reader {
             .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
         let consumer: StreamConsumer<ReaderContext> = config.create_with_context(context).map_err(err)?;
         let mut kinds = HashMap::new();
-        kinds.insert(topic.to_string(), Kind::Main);
+        let mut add = |name: String, kind: Kind| {
+            let shared: Arc<str> = Arc::from(name.as_str());
+            kinds.insert(name, (kind, shared));
+        };
+        add(topic.to_string(), Kind::Main);
         for level in LEVELS {
-            kinds.insert(delay_topic(topic, level), Kind::Delay(level));
-            kinds.insert(retry_topic(topic, group, level), Kind::Retry(level));
+            add(delay_topic(topic, level), Kind::Delay(level));
+            add(retry_topic(topic, group, level), Kind::Retry(level));
         }
+        state.lock().unwrap().names =
+            kinds.iter().map(|(name, (_, shared))| (name.clone(), Arc::clone(shared))).collect();
         let names: Vec<&str> = kinds.keys().map(String::as_str).collect();
         consumer.subscribe(&names).map_err(err)?;
         Ok(Reader {
@@ -407,25 +424,28 @@ impl Reader {
         finish_revocation(&self.consumer, &self.state, false);
         let deadline = Instant::now() + wait;
         let mut out = Vec::new();
+        let mut messages = self.consumer.stream();
         loop {
-            let next_wake = self.resume_due();
             let incoming = if out.is_empty() {
+                let next_wake = self.resume_due();
                 let now = Instant::now();
                 if now >= deadline {
                     break;
                 }
                 let until = next_wake.map_or(deadline, |w| w.min(deadline));
-                match tokio::time::timeout(until.saturating_duration_since(now), self.consumer.recv()).await {
+                match tokio::time::timeout(until.saturating_duration_since(now), messages.next()).await {
                     Err(_) => continue,
-                    Ok(Err(e)) => return Err(err(e)),
-                    Ok(Ok(m)) => Incoming::copy(&m),
+                    Ok(None) => return Err(Error::Closed),
+                    Ok(Some(Err(e))) => return Err(err(e)),
+                    Ok(Some(Ok(m))) => Incoming::copy(&m, &self.kinds),
                 }
             } else {
-                match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => Incoming::copy(&m),
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => Incoming::copy(&m, &self.kinds),
                     _ => break,
                 }
             };
+            let Some(incoming) = incoming else { continue };
             if let Some(d) = self.admit(incoming, outbox).await? {
                 out.push(d);
                 if out.len() >= max {
@@ -476,9 +496,10 @@ impl Reader {
     /// Decides what to do with one message: hand it out, move it on, or
     /// pause its partition until it is due.
     async fn admit(self: &Arc<Self>, m: Incoming, outbox: &Outbox) -> Result<Option<Delivery>> {
-        let Some(&kind) = self.kinds.get(&m.topic) else { return Ok(None) };
-        let part: Part = (m.topic.clone(), m.partition);
-        {
+        let part: Part = (Arc::clone(&m.topic), m.partition);
+        let waits = matches!(m.kind, Kind::Delay(_) | Kind::Retry(_));
+        // One look at the state for a message that can be handed out at once.
+        let (count, epoch) = {
             let mut st = self.state.lock().unwrap();
             if st.paused.contains_key(&part) || st.revoking.contains(&part) {
                 return Ok(None); // fetched before the pause: it comes again
@@ -487,39 +508,19 @@ impl Reader {
             if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
                 return Ok(None);
             }
-        }
-        if let Kind::Delay(level) | Kind::Retry(level) = kind {
-            let now = to_millis(SystemTime::now());
-            let due = m.deliver_at_ms().unwrap_or(0);
-            if due > now {
-                let waited = m.timestamp_ms.map_or(u64::MAX, |ts| (ts.max(0) as u64).saturating_add(level));
-                if level > 0 && now >= waited {
-                    // Waited its level's time: on to the level that fits what remains.
-                    let target = retry_topic(&self.topic, &self.group, level_for(due - now));
-                    outbox.send(&target, m.key.as_deref(), &m.headers, &m.payload).await?;
-                    let mut st = self.state.lock().unwrap();
-                    let t = st.track(&part);
-                    t.outstanding.insert(m.offset, true);
-                    t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
-                    return Ok(None);
-                }
-                let wake = if level == 0 { due } else { due.min(waited) };
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&m.topic, m.partition);
-                self.consumer.pause(&tpl).map_err(err)?;
-                self.consumer.seek(&m.topic, m.partition, Offset::Offset(m.offset), Duration::ZERO).map_err(err)?;
-                self.state.lock().unwrap().paused.insert(part, from_millis(wake));
-                return Ok(None);
+            let not_due = waits && m.deliver_at_ms().is_some_and(|due| due > to_millis(SystemTime::now()));
+            if not_due {
+                (0, None)
+            } else {
+                t.outstanding.insert(m.offset, false);
+                t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+                t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
+                (t.base.count_at(m.offset), Some(t.epoch))
             }
-        }
-        let (count, epoch) = {
-            let mut st = self.state.lock().unwrap();
-            let t = st.track(&part);
-            let count = t.base.count_at(m.offset);
-            t.outstanding.insert(m.offset, false);
-            t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
-            t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
-            (count, t.epoch)
+        };
+        let Some(epoch) = epoch else {
+            self.wait_for_due(m, part, outbox).await?;
+            return Ok(None);
         };
         let mut decoded = wire::decode(m.headers, m.payload, count + 1);
         if decoded.message.key.is_none() {
@@ -535,18 +536,48 @@ impl Reader {
         Ok(Some(Delivery::new(&self.topic, &self.group, decoded.message, decoded.malformed, Receipt::new(receipt))))
     }
 
+    /// A waiting message at the head of its partition that is not due:
+    /// moves it on if it waited its level's time, else pauses the
+    /// partition until it is due.
+    async fn wait_for_due(&self, m: Incoming, part: Part, outbox: &Outbox) -> Result<()> {
+        let level = match m.kind {
+            Kind::Delay(level) | Kind::Retry(level) => level,
+            Kind::Main => return Ok(()),
+        };
+        let now = to_millis(SystemTime::now());
+        let due = m.deliver_at_ms().unwrap_or(0);
+        let waited = m.timestamp_ms.map_or(u64::MAX, |ts| (ts.max(0) as u64).saturating_add(level));
+        if level > 0 && now >= waited {
+            // Waited its level's time: on to the level that fits what remains.
+            let target = retry_topic(&self.topic, &self.group, level_for(due.saturating_sub(now)));
+            outbox.send(&target, m.key.as_deref(), &m.headers, &m.payload).await?;
+            let mut st = self.state.lock().unwrap();
+            let t = st.track(&part);
+            t.outstanding.insert(m.offset, true);
+            t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+            return Ok(());
+        }
+        let wake = if level == 0 { due } else { due.min(waited) };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&m.topic, m.partition);
+        self.consumer.pause(&tpl).map_err(err)?;
+        self.consumer.seek(&m.topic, m.partition, Offset::Offset(m.offset), Duration::ZERO).map_err(err)?;
+        self.state.lock().unwrap().paused.insert(part, from_millis(wake));
+        Ok(())
+    }
+
     /// Whether the delivery is still this consumer's to settle.
     pub fn holds(&self, r: &KafkaReceipt) -> bool {
         let st = self.state.lock().unwrap();
         st.parts
-            .get(&(r.topic.clone(), r.partition))
+            .get(&(Arc::clone(&r.topic), r.partition))
             .is_some_and(|t| t.epoch == r.epoch && t.outstanding.get(&r.offset) == Some(&false))
     }
 
     /// Marks the delivery settled; false when it was not held.
     pub fn settle(&self, r: &KafkaReceipt) -> bool {
         let mut st = self.state.lock().unwrap();
-        match st.parts.get_mut(&(r.topic.clone(), r.partition)) {
+        match st.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
             Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
                 Some(settled) if !*settled => {
                     *settled = true;
