@@ -178,6 +178,68 @@ async fn killed_consumer_messages_reach_another() {
     }
 }
 
+/// A dead letter on the topic itself, as any Kafka tool reads it: keyed by
+/// message id, with the reason and where the message was read from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_records_carry_reason_partition_and_offset() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::{Headers, Message as _};
+
+    let topic = unique("dlq");
+    let broker = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, vec![Message::new("doomed")]).await.unwrap();
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &topic,
+            group: "g",
+            consumer: "c",
+            max: 1,
+            wait: Duration::from_secs(20),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    let now = std::time::SystemTime::now();
+    let reason = pillarbox::DeadLetterReason {
+        topic: topic.clone(),
+        group: "g".into(),
+        attempts: 1,
+        cause: "not_retryable".into(),
+        error_kind: "Test".into(),
+        error_message: "raw check".into(),
+        first_failed_at: now,
+        last_failed_at: now,
+    };
+    broker.dead_letter(&got[0], &reason).await.unwrap();
+
+    let servers = url("").trim_start_matches("kafka://").split('?').next().unwrap().to_string();
+    let raw: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", servers)
+        .set("group.id", "raw-dlq-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&format!("{topic}.g.dlq"), 0, rdkafka::Offset::Beginning).unwrap();
+    raw.assign(&tpl).unwrap();
+    let record = tokio::task::spawn_blocking(move || raw.poll(Duration::from_secs(20)).unwrap().unwrap().detach())
+        .await
+        .unwrap();
+    assert_eq!(record.key(), Some(got[0].message.id.as_bytes()));
+    let headers: HashMap<String, String> = record
+        .headers()
+        .unwrap()
+        .iter()
+        .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+        .collect();
+    assert_eq!(headers.get("pb-dl-cause").map(String::as_str), Some("not_retryable"));
+    assert!(headers.get("pb-dl-partition").is_some_and(|p| p.parse::<i32>().is_ok_and(|p| (0..6).contains(&p))));
+    assert_eq!(headers.get("pb-dl-offset").map(String::as_str), Some("0"));
+    assert_eq!(record.payload(), Some(&b"doomed"[..]));
+}
+
 /// Lag per partition as `kafka-consumer-groups --describe` shows it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lag_per_partition() {

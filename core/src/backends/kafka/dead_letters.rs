@@ -8,10 +8,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{err, Options};
+use super::{err, header_fields, Options};
 use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
 use crate::message::from_millis;
@@ -79,24 +79,11 @@ impl DeadLetterViews {
                 view.live.remove(&old);
             }
             let Some(payload) = m.payload() else { continue }; // tombstone: removed
-            let fields: Vec<(String, String)> = m
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_string(),
-                                h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let fields = header_fields(&m);
             let decoded = wire::decode(fields, Bytes::copy_from_slice(payload), 1);
             let at = m.timestamp().to_millis().filter(|t| *t >= 0).map_or(SystemTime::now(), |t| from_millis(t as u64));
-            let mut letter = dead_letter::from_stored(id, decoded.message, topic, group, at);
-            letter.message.headers.retain(|k, _| !k.starts_with("pb-dl-"));
-            view.live.insert(m.offset(), letter);
+            // (The reason headers, `pb-dl-partition` and `pb-dl-offset` included, become the reason.)
+            view.live.insert(m.offset(), dead_letter::from_stored(id, decoded.message, topic, group, at));
         }
         let _ = scanner.unassign();
         Ok(())

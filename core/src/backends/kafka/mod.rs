@@ -73,6 +73,16 @@ fn err(e: rdkafka::error::KafkaError) -> Error {
     Error::Backend { backend: BACKEND, reason: e.to_string() }
 }
 
+/// A record's headers as wire name/value pairs (values read as UTF-8).
+fn header_fields<M: rdkafka::Message>(m: &M) -> Vec<(String, String)> {
+    use rdkafka::message::Headers;
+    let Some(headers) = m.headers() else { return Vec::new() };
+    headers
+        .iter()
+        .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+        .collect()
+}
+
 /// A group name made safe to sit between dots in a topic name.
 fn encode_group(group: &str) -> String {
     group.replace('_', "__").replace('.', "_-")
@@ -354,5 +364,8 @@ mod tests {
         assert_eq!(opts("kafka://h:1?security_protocol=tls").unwrap_err().code(), "INVALID_OPTION");
         assert_eq!(opts("kafka://h:1?tls_ca_file=/nonexistent").unwrap_err().code(), "INVALID_OPTION");
         assert_eq!(opts("kafka://h:1?bogus=1").unwrap_err().code(), "INVALID_OPTION");
+        assert!(opts("kafka://h:1").unwrap().record_deliveries_first);
+        assert!(!opts("kafka://h:1?record_deliveries=async").unwrap().record_deliveries_first);
+        assert_eq!(opts("kafka://h:1?record_deliveries=later").unwrap_err().code(), "INVALID_OPTION");
     }
 }

@@ -9,12 +9,12 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::broker::Outbox;
-use super::{consumer_group, delay_topic, err, level_for, retry_topic, Options, BACKEND, LEVELS};
+use super::{consumer_group, delay_topic, err, header_fields, level_for, retry_topic, Options, BACKEND, LEVELS};
 use crate::broker::{Delivery, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{from_millis, to_millis};
@@ -323,19 +323,7 @@ impl Incoming {
     /// `None` for a topic this consumer does not read.
     fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<Incoming> {
         let (kind, topic) = kinds.get(m.topic())?;
-        let headers = m
-            .headers()
-            .map(|hs| {
-                hs.iter()
-                    .map(|h| {
-                        (
-                            h.key.to_string(),
-                            h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let headers = header_fields(m);
         Some(Incoming {
             kind: *kind,
             topic: Arc::clone(topic),
