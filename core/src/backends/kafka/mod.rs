@@ -38,7 +38,12 @@
 //! 5000), `record_deliveries` (`before`, the default: a received batch is
 //! handed out once the record of its delivery is committed, so even a crash
 //! at once counts as an attempt; `async`: recorded in the background, faster,
-//! but a consumer dying within milliseconds may leave no record); security: `security_protocol` (`plaintext`, `ssl`,
+//! but a consumer dying within milliseconds may leave no record),
+//! `assignment` (`roundrobin`, the default: every topic's partitions spread
+//! evenly over the group's consumers; `range`; `cooperative-sticky`: joins
+//! and leaves move only some partitions, but it balances partition counts
+//! over all the subscribed topics together, so a newcomer may get only
+//! retry and delay partitions while the main topic's stay elsewhere); security: `security_protocol` (`plaintext`, `ssl`,
 //! `sasl_plaintext`, `sasl_ssl`; default `plaintext`, or `sasl_plaintext`
 //! when the URL has a user), `sasl_mechanism` (`PLAIN`, `SCRAM-SHA-256`,
 //! `SCRAM-SHA-512`; default `PLAIN`), user and password from the URL,
@@ -161,6 +166,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "linger_ms",
     "connect_timeout_ms",
     "record_deliveries",
+    "assignment",
     "security_protocol",
     "sasl_mechanism",
     "tls_ca_file",
@@ -186,6 +192,8 @@ pub(crate) struct Options {
     /// `record_deliveries=before` (default): a received batch is handed out
     /// only once its delivery record is committed; `async`: in the background.
     pub record_deliveries_first: bool,
+    /// librdkafka's `partition.assignment.strategy`.
+    pub assignment: &'static str,
 }
 
 impl std::fmt::Debug for Options {
@@ -297,6 +305,14 @@ impl Options {
                 "async" => false,
                 _ => return Err(Error::invalid_option("record_deliveries", "expected before or async")),
             },
+            assignment: match url.param("assignment").unwrap_or("roundrobin") {
+                "roundrobin" => "roundrobin",
+                "range" => "range",
+                "cooperative-sticky" => "cooperative-sticky",
+                _ => {
+                    return Err(Error::invalid_option("assignment", "expected roundrobin, range or cooperative-sticky"))
+                }
+            },
         })
     }
 
@@ -367,5 +383,8 @@ mod tests {
         assert!(opts("kafka://h:1").unwrap().record_deliveries_first);
         assert!(!opts("kafka://h:1?record_deliveries=async").unwrap().record_deliveries_first);
         assert_eq!(opts("kafka://h:1?record_deliveries=later").unwrap_err().code(), "INVALID_OPTION");
+        assert_eq!(opts("kafka://h:1").unwrap().assignment, "roundrobin");
+        assert_eq!(opts("kafka://h:1?assignment=cooperative-sticky").unwrap().assignment, "cooperative-sticky");
+        assert_eq!(opts("kafka://h:1?assignment=sticky").unwrap_err().code(), "INVALID_OPTION");
     }
 }

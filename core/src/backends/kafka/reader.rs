@@ -169,6 +169,9 @@ pub(super) struct ReaderState {
     revoking: Vec<Part>,
     revoke_deadline: Option<Instant>,
     closing: bool,
+    /// The eager protocol: a rebalance takes every partition away and
+    /// assigns anew (otherwise only the partitions that move).
+    eager: bool,
     next_epoch: u64,
     /// The subscribed topics' names, shared by every message and receipt.
     names: HashMap<String, Arc<str>>,
@@ -224,7 +227,11 @@ fn add_commit(tpl: &mut TopicPartitionList, part: &Part, offset: i64, metadata: 
 /// Gives up revoked partitions: commits what they settled, then lets the
 /// group move them.
 fn finish_revocation<C: Consumer<ReaderContext>>(consumer: &C, state: &Mutex<ReaderState>, force: bool) {
-    let Some((parts, commits)) = state.lock().unwrap().take_revocation(force) else { return };
+    let (taken, eager) = {
+        let mut st = state.lock().unwrap();
+        (st.take_revocation(force), st.eager)
+    };
+    let Some((parts, commits)) = taken else { return };
     if commits.count() > 0 {
         if let Err(e) = consumer.commit(&commits, CommitMode::Sync) {
             tracing::warn!(error = %e, "commit before giving up partitions failed; their settled messages may come again");
@@ -234,9 +241,21 @@ fn finish_revocation<C: Consumer<ReaderContext>>(consumer: &C, state: &Mutex<Rea
     for (topic, partition) in &parts {
         tpl.add_partition(topic, *partition);
     }
-    if let Err(e) = consumer.incremental_unassign(&tpl) {
+    let given_up = if eager { consumer.unassign() } else { consumer.incremental_unassign(&tpl) };
+    if let Err(e) = given_up {
         tracing::warn!(error = %e, "could not give up revoked partitions");
     }
+}
+
+/// `topic[partition]`, for logs.
+fn names(tpl: &TopicPartitionList) -> String {
+    let names: Vec<String> = tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect();
+    names.join(" ")
+}
+
+/// A tenth of the session timeout, between 100 ms and librdkafka's 3 s.
+fn heartbeat_interval(session_timeout: Duration) -> Duration {
+    (session_timeout / 10).clamp(Duration::from_millis(100), Duration::from_secs(3))
 }
 
 /// Rebalance handling for a reader's consumer.
@@ -270,12 +289,22 @@ impl ConsumerContext for ReaderContext {
                         st.revoking.retain(|p| p != &part);
                     }
                 }
-                if let Err(e) = consumer.incremental_assign(tpl) {
+                tracing::debug!(partitions = %names(tpl), "assigned");
+                let eager = self.state.lock().unwrap().eager;
+                let taken = if eager { consumer.assign(tpl) } else { consumer.incremental_assign(tpl) };
+                if let Err(e) = taken {
                     tracing::warn!(error = %e, "could not take assigned partitions");
+                }
+                // A pause outlives an assignment in librdkafka: a partition
+                // paused when it was taken away (or while its head waited)
+                // would never be fetched again after coming back.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "could not resume assigned partitions");
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 let lost = consumer.assignment_lost();
+                tracing::debug!(partitions = %names(tpl), lost, "revoked");
                 {
                     let mut st = self.state.lock().unwrap();
                     for e in tpl.elements() {
@@ -292,7 +321,8 @@ impl ConsumerContext for ReaderContext {
             }
             _ => {
                 tracing::warn!(error = ?err, "rebalance error");
-                let _ = consumer.incremental_unassign(tpl);
+                let eager = self.state.lock().unwrap().eager;
+                let _ = if eager { consumer.unassign() } else { consumer.incremental_unassign(tpl) };
             }
         }
     }
@@ -360,6 +390,8 @@ impl Reader {
     /// Joins the group `group` for `topic` (its delay and retry topics exist already).
     pub fn new(options: &Options, topic: &str, group: &str, consumer_name: &str) -> Result<Reader> {
         let state = Arc::new(Mutex::new(ReaderState::default()));
+        let eager = options.assignment != "cooperative-sticky";
+        state.lock().unwrap().eager = eager;
         let context = ReaderContext { state: Arc::clone(&state), revoke_wait: options.revoke_wait };
         let mut config = options.client_config();
         config
@@ -369,11 +401,15 @@ impl Reader {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("partition.assignment.strategy", options.assignment)
             // Commits share the broker connection with fetches and wait
             // behind a fetch's long poll: keep that poll short.
             .set("fetch.wait.max.ms", "10")
             .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
+            // A rebalance waits for every member's next heartbeat, twice
+            // with the cooperative protocol: librdkafka's 3 s made a join
+            // take 5 s or more.
+            .set("heartbeat.interval.ms", heartbeat_interval(options.session_timeout).as_millis().to_string())
             .set("max.poll.interval.ms", options.max_poll_interval.as_millis().to_string());
         let consumer: StreamConsumer<ReaderContext> = config.create_with_context(context).map_err(err)?;
         let mut kinds = HashMap::new();
