@@ -108,6 +108,13 @@ async fn main() {
             continue;
         }
         let stream = format!("bench-raw-{run}-{round}");
+        if only == "raw-consume" {
+            raw_publish(&mut raw, &stream, n).await;
+            eprintln!("published; consuming");
+            rc = rc.max(rate(n, raw_consume(&mut raw, &stream, n).await));
+            println!("raw consume {rc:.0} msg/s");
+            continue;
+        }
         rp = rp.max(rate(n, raw_publish(&mut raw, &stream, n).await));
         rc = rc.max(rate(n, raw_consume(&mut raw, &stream, n).await));
         let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut raw).await.unwrap();

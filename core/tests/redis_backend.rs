@@ -130,3 +130,50 @@ async fn bad_urls_and_unreachable_servers() {
     assert!(!e.to_string().contains("hunter2"), "{e}");
     assert!(e.to_string().contains("user:***@127.0.0.1:1"), "{e}");
 }
+
+/// An ack settles exactly the deliveries given: another consumer's entries
+/// between them stay pending, and an id settled already is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_settle_exactly_their_batch() {
+    let broker = connect(&url()).await.unwrap();
+    let t = topic("acks");
+    broker.ensure_group(&t, "g").await.unwrap();
+    let take = |consumer: &'static str, max: usize| {
+        let broker = broker.clone();
+        let t = t.clone();
+        async move {
+            let req = ReceiveRequest {
+                topic: &t,
+                group: "g",
+                consumer,
+                max,
+                wait: Duration::from_secs(5),
+                lease: Duration::from_secs(30),
+            };
+            broker.receive(req).await.unwrap()
+        }
+    };
+    // a holds the first and the last entry, b the 200 between them.
+    broker.publish(&t, vec![Message::new("first")]).await.unwrap();
+    let mut a = take("a", 1).await;
+    broker.publish(&t, (0..200).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let b = take("b", 200).await;
+    assert_eq!(b.len(), 200);
+    broker.publish(&t, vec![Message::new("last")]).await.unwrap();
+    a.extend(take("a", 1).await);
+    assert_eq!(a.len(), 2);
+
+    // b's 200 entries lie between a's two: untouched.
+    broker.ack(&a).await.unwrap();
+    assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 200);
+    let again = broker.ack(&a[..1]).await.unwrap_err();
+    assert_eq!(again.code(), "LEASE_LOST", "{again}");
+
+    // One settled id in a batch: the rest are acked, that one is reported.
+    broker.ack(&b[10..11]).await.unwrap();
+    let err = broker.ack(&b[..20]).await.unwrap_err();
+    assert!(err.to_string().contains(&b[10].message.id), "{err}");
+    assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 180);
+    broker.ack(&b[20..]).await.unwrap();
+    assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 0);
+}

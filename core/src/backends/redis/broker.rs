@@ -693,6 +693,10 @@ impl Broker for RedisBroker {
         }
         let keys = TopicKeys::new(req.topic);
         let deadline = Instant::now() + req.wait;
+        // Set after a blocking read that found nothing: an idle consumer
+        // looks at its due stream on every wake-up, a busy one every
+        // CHECK_EVERY (not on every receive: that doubled the reads).
+        let mut woke_idle = false;
         loop {
             self.group_ready(&keys, req.topic, req.group).await?;
             let group_key = (req.topic.to_string(), req.group.to_string());
@@ -738,15 +742,15 @@ impl Broker for RedisBroker {
                     // Wake up to claim expired leases of dead consumers, too.
                     b = b.min((req.lease / 2).max(Duration::from_millis(50)));
                     block = Some(b);
-                    // An idle consumer watches its due stream on every wake-up.
-                    read_due = true;
                 }
+                read_due |= woke_idle;
                 let max = req.max - out.len();
                 out.extend(self.read_new(&keys, &req, max, block, read_due).await?);
             }
             if !out.is_empty() || Instant::now() >= deadline {
                 return Ok(out);
             }
+            woke_idle = true;
             self.check_open()?;
         }
     }
