@@ -9,12 +9,16 @@
 //! at a time, in batches of 100, and consumed by a worker (no-op handler)
 //! at concurrency 1 and 16.
 
+// Only the consume side of the shared helpers is used here.
+#[allow(dead_code)]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pillarbox::{connect, Broker, HandlerError, Job, Message, Worker, WorkerOptions};
+use pillarbox::{connect, Broker, Message, WorkerOptions};
 
-const PAYLOAD: [u8; 100] = [b'x'; 100];
+use common::PAYLOAD;
 
 fn rate(n: usize, took: Duration) -> String {
     format!("{:>9.0} msg/s  ({n} in {:.2} s)", n as f64 / took.as_secs_f64(), took.as_secs_f64())
@@ -36,32 +40,22 @@ async fn publish_batches(broker: &Arc<dyn Broker>, topic: &str, n: usize) -> Dur
     started.elapsed()
 }
 
+/// A worker with a no-op handler at `concurrency`, four slots ahead per handler.
 async fn consume(broker: &Arc<dyn Broker>, topic: &str, n: usize, concurrency: usize) -> Duration {
-    let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
     let options = WorkerOptions::default()
         .concurrency(concurrency)
         .prefetch(concurrency * 4)
         .poll_wait(Duration::from_millis(50));
-    let worker = Worker::new(Arc::clone(broker), topic, "bench", handler, options).unwrap();
-    let started = Instant::now();
-    let runner = worker.clone();
-    let task = tokio::spawn(async move { runner.run().await });
-    while worker.stats().succeeded < n as u64 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let took = started.elapsed();
-    worker.shutdown();
-    task.await.unwrap().unwrap();
-    took
+    common::sdk_consume(broker, topic, n, options).await
 }
 
 async fn bench(label: &str, url: &str, n: usize) {
     let broker = connect(url).await.unwrap();
     let singles = (n / 10).max(100);
     let t = format!("bench-{}", std::process::id());
-    broker.ensure_group(&format!("{t}-s"), "bench").await.unwrap();
-    broker.ensure_group(&format!("{t}-b"), "bench").await.unwrap();
-    broker.ensure_group(&format!("{t}-c"), "bench").await.unwrap();
+    broker.ensure_group(&format!("{t}-s"), "g").await.unwrap();
+    broker.ensure_group(&format!("{t}-b"), "g").await.unwrap();
+    broker.ensure_group(&format!("{t}-c"), "g").await.unwrap();
     println!(
         "{label:<8} publish, one per call     {}",
         rate(singles, publish_singles(&broker, &format!("{t}-s"), singles).await)

@@ -2,11 +2,13 @@
 //! test node (tests/brokers/start-rabbitmq.sh).
 #![cfg(feature = "amqp")]
 
+mod support;
+
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
-use pillarbox::{connect, Message, ReceiveRequest};
+use pillarbox::{connect, Message};
 
 const URL: &str = "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673";
 
@@ -19,17 +21,7 @@ async fn channel_errors_do_not_drop_held_deliveries() {
     let topic = format!("chanerr{}", std::process::id());
     broker.ensure_group(&topic, "g").await.unwrap();
     broker.publish(&topic, vec![Message::new("held")]).await.unwrap();
-    let held = broker
-        .receive(ReceiveRequest {
-            topic: &topic,
-            group: "g",
-            consumer: "c",
-            max: 1,
-            wait: Duration::from_secs(10),
-            lease: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let held = support::receive(&*broker, &topic, "c", 1, Duration::from_secs(10)).await;
     assert_eq!(held.len(), 1);
 
     // Nothing to purge for a group that does not exist.

@@ -2,9 +2,11 @@
 //! CA made by tests/brokers/start-rabbitmq.sh), and bad credentials.
 #![cfg(feature = "amqp")]
 
+mod support;
+
 use std::time::Duration;
 
-use pillarbox::{connect, Message, ReceiveRequest};
+use pillarbox::{connect, Message};
 
 fn ca() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,17 +22,7 @@ async fn amqps_with_a_private_ca() {
     let topic = format!("tls{}", std::process::id());
     broker.ensure_group(&topic, "g").await.unwrap();
     broker.publish(&topic, vec![Message::new("over TLS")]).await.unwrap();
-    let got = broker
-        .receive(ReceiveRequest {
-            topic: &topic,
-            group: "g",
-            consumer: "c",
-            max: 1,
-            wait: Duration::from_secs(10),
-            lease: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let got = support::receive(&*broker, &topic, "c", 1, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].message.payload[..], b"over TLS");
     broker.ack(&got).await.unwrap();

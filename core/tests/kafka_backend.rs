@@ -6,13 +6,15 @@
 //! the `PB_KAFKA_ROLE` environment variable.
 #![cfg(feature = "kafka")]
 
+mod support;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pillarbox::{connect, Broker, HandlerError, Job, Message, ReceiveRequest, Worker, WorkerOptions};
+use pillarbox::{connect, Broker, HandlerError, Job, Message, Worker, WorkerOptions};
 
 fn url(extra: &str) -> String {
     // RUST_LOG=pillarbox=debug shows assignments and revocations.
@@ -124,17 +126,7 @@ async fn doomed_consumer_process() {
     let mut held = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while held.len() < 5 && Instant::now() < deadline {
-        let got = broker
-            .receive(ReceiveRequest {
-                topic: &topic,
-                group: "g",
-                consumer: "doomed",
-                max: 5 - held.len(),
-                wait: Duration::from_secs(1),
-                lease: Duration::from_secs(30),
-            })
-            .await
-            .unwrap();
+        let got = support::receive(&*broker, &topic, "doomed", 5 - held.len(), Duration::from_secs(1)).await;
         held.extend(got);
     }
     let bodies: Vec<String> = held.iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect();
@@ -200,17 +192,7 @@ async fn dead_letter_records_carry_reason_partition_and_offset() {
     let broker = connect(&url("")).await.unwrap();
     broker.ensure_group(&topic, "g").await.unwrap();
     broker.publish(&topic, vec![Message::new("doomed")]).await.unwrap();
-    let got = broker
-        .receive(ReceiveRequest {
-            topic: &topic,
-            group: "g",
-            consumer: "c",
-            max: 1,
-            wait: Duration::from_secs(20),
-            lease: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let got = support::receive(&*broker, &topic, "c", 1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
     let now = std::time::SystemTime::now();
     let reason = pillarbox::DeadLetterReason {
@@ -289,17 +271,7 @@ async fn sasl_authentication() {
     let topic = unique("sasl");
     broker.ensure_group(&topic, "g").await.unwrap();
     broker.publish(&topic, vec![Message::new("over sasl")]).await.unwrap();
-    let got = broker
-        .receive(ReceiveRequest {
-            topic: &topic,
-            group: "g",
-            consumer: "c",
-            max: 1,
-            wait: Duration::from_secs(20),
-            lease: Duration::from_secs(30),
-        })
-        .await
-        .unwrap();
+    let got = support::receive(&*broker, &topic, "c", 1, Duration::from_secs(20)).await;
     assert_eq!(got.len(), 1);
     assert_eq!(&got[0].message.payload[..], b"over sasl");
     broker.ack(&got).await.unwrap();

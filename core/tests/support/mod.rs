@@ -1,12 +1,12 @@
-//! What the restart tests share: publishing through an outage, and waiting
-//! until every acknowledged message has been handled.
+//! What the backend tests share: receiving directly, publishing through an
+//! outage, and waiting until every acknowledged message has been handled.
 #![allow(dead_code)] // each test binary uses its own part
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pillarbox::{Broker, HandlerError, Job, Message};
+use pillarbox::{Broker, Delivery, HandlerError, Job, Message, ReceiveRequest};
 
 /// Bodies of the messages a handler has seen.
 pub type Seen = Arc<Mutex<HashSet<String>>>;
@@ -60,4 +60,11 @@ pub async fn wait_all_seen(seen: &Seen, taken: &[String], patience: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Receives up to `max` messages of `topic` for group `g` as `consumer`
+/// (30 s lease), waiting up to `wait` for the first.
+pub async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, max: usize, wait: Duration) -> Vec<Delivery> {
+    let request = ReceiveRequest { topic, group: "g", consumer, max, wait, lease: Duration::from_secs(30) };
+    broker.receive(request).await.unwrap()
 }
