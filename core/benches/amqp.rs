@@ -61,10 +61,11 @@ async fn raw_consume(conn: &Connection, queue: &str, n: usize) -> Duration {
         .await
         .unwrap();
     let mut done = 0;
+    let ack_every = env_number("PB_BENCH_ACK_EVERY", BATCH);
     while done < n {
         let d = consumer.next().await.unwrap().unwrap();
         done += 1;
-        if done % BATCH == 0 || done == n {
+        if done % ack_every == 0 || done == n {
             channel.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await.unwrap();
         }
     }
@@ -75,7 +76,10 @@ async fn raw_consume(conn: &Connection, queue: &str, n: usize) -> Duration {
 
 /// The SDK worker: concurrency 16 and 100 receive slots, like the raw prefetch.
 fn worker_options() -> WorkerOptions {
-    WorkerOptions::default().concurrency(16).prefetch(BATCH - 16).poll_wait(Duration::from_millis(200))
+    WorkerOptions::default()
+        .concurrency(16)
+        .prefetch(env_number("PB_BENCH_PREFETCH", BATCH - 16))
+        .poll_wait(Duration::from_millis(200))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -107,6 +111,14 @@ async fn main() {
             .queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
             .await
             .unwrap();
+        if only == "raw-consume" {
+            raw_publish(&conn, &queue, n).await;
+            eprintln!("published; consuming");
+            rc = rc.max(rate(n, raw_consume(&conn, &queue, n).await));
+            println!("raw consume {rc:.0} msg/s");
+            admin.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+            continue;
+        }
         rp = rp.max(rate(n, raw_publish(&conn, &queue, n).await));
         rc = rc.max(rate(n, raw_consume(&conn, &queue, n).await));
         admin.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();

@@ -36,9 +36,10 @@ pub struct Capabilities {
     /// In-flight messages are held by a lease that expires unless renewed
     /// ([`Broker::extend_leases`]); otherwise by the connection.
     pub leases: bool,
-    /// The broker pushes messages to a consumer ahead of `receive` calls, up
-    /// to what the consumer may hold (AMQP's prefetch); those count as in
-    /// flight until received and settled.
+    /// Messages are delivered to a consumer ahead of `receive` calls, up to
+    /// what the consumer may hold (AMQP's prefetch; on Kafka, the delivery
+    /// record's lead); those count as in flight until received and settled,
+    /// and a receive returns at once what is already there.
     pub pushes_ahead: bool,
     /// [`GroupStats::oldest_age`] is reported.
     pub oldest_age: bool,

@@ -321,7 +321,9 @@ impl Broker for KafkaBroker {
             ordered_delivery: true,
             replay_for_new_groups: true,
             leases: false,
-            pushes_ahead: false,
+            // The delivery record claims messages ahead of receive calls;
+            // inspection counts them in flight.
+            pushes_ahead: self.options.record_deliveries_first,
             oldest_age: false,
             stats_delay: Duration::from_secs(2),
         }

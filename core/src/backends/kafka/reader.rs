@@ -2,7 +2,7 @@
 //! which partitions wait for their head to be due, and rebalances.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -44,6 +44,11 @@ const COMMIT_LINGER: Duration = Duration::from_millis(10);
 
 /// Segments kept in the metadata (older ones merge into the last).
 const MAX_MARKS: usize = 16;
+
+/// How many receives' worth the delivery record claims past what was
+/// handed out. A commit takes about a millisecond; at one receive's worth
+/// the handlers often caught up with the record and waited for it.
+const RECORD_AHEAD: i64 = 2;
 
 impl Marks {
     pub fn parse(s: &str) -> Marks {
@@ -100,6 +105,14 @@ impl Marks {
     }
 }
 
+/// A commit a partition needs: offset and metadata, and the offset its
+/// delivery record claims.
+#[derive(Debug, PartialEq, Eq)]
+struct Wanted {
+    commit: (i64, String),
+    claim: Option<i64>,
+}
+
 /// One assigned partition.
 #[derive(Debug)]
 struct Track {
@@ -108,6 +121,10 @@ struct Track {
     base: Marks,
     /// Highest offset this consumer handed out.
     handed_through: Option<i64>,
+    /// Highest offset the last committed delivery record claims: up to
+    /// `RECORD_AHEAD` receives' worth past `handed_through`, so that handing
+    /// out rarely waits for a commit.
+    recorded_through: Option<i64>,
     /// One past the highest offset handed out or settled here.
     next: Option<i64>,
     /// Handed out and not yet committed: settled (true) or not (false).
@@ -123,6 +140,7 @@ impl Track {
             epoch,
             base,
             handed_through: None,
+            recorded_through: None,
             next: committed,
             outstanding: BTreeMap::new(),
             committed: committed.map(|c| (c, metadata.to_string())),
@@ -140,18 +158,36 @@ impl Track {
         self.next
     }
 
-    fn marks(&self) -> Marks {
-        match self.handed_through {
+    /// The offset a delivery record written now claims: what was handed
+    /// out, plus `ahead` more.
+    fn claim(&self, ahead: i64) -> Option<i64> {
+        self.handed_through.map(|t| t + ahead)
+    }
+
+    fn marks(&self, ahead: i64) -> Marks {
+        match self.claim(ahead) {
             Some(t) => self.base.with_prefix(t),
             None => self.base.clone(),
         }
     }
 
-    /// The commit this partition needs, if it differs from the last one.
-    fn wanted(&mut self) -> Option<(i64, String)> {
+    /// The commit this partition needs, if it differs from the last one,
+    /// with the offset its record claims. `ahead` 0 records exactly what was
+    /// handed out (when giving partitions up).
+    fn wanted(&mut self, ahead: i64) -> Option<Wanted> {
         let point = self.commit_point()?;
-        let wanted = (point, self.marks().from(point).encode());
-        (self.committed.as_ref() != Some(&wanted)).then_some(wanted)
+        let wanted = (point, self.marks(ahead).from(point).encode());
+        (self.committed.as_ref() != Some(&wanted)).then_some(Wanted { commit: wanted, claim: self.claim(ahead) })
+    }
+
+    /// Whether everything handed out is in the committed record; and whether
+    /// the record's lead has shrunk below half of `ahead`.
+    fn recorded(&self, ahead: i64) -> (bool, bool) {
+        match (self.handed_through, self.recorded_through) {
+            (None, _) => (true, false),
+            (Some(_), None) => (false, true),
+            (Some(h), Some(r)) => (r >= h, r - h < ahead / 2),
+        }
     }
 
     fn unsettled(&self) -> bool {
@@ -206,7 +242,8 @@ impl ReaderState {
         for p in &parts {
             self.paused.remove(p);
             if let Some(mut t) = self.parts.remove(p) {
-                if let Some((offset, meta)) = t.wanted() {
+                // Given up: the record says exactly what was handed out.
+                if let Some(Wanted { commit: (offset, meta), .. }) = t.wanted(0) {
                     add_commit(&mut commits, p, offset, meta);
                 }
             }
@@ -383,6 +420,12 @@ pub(super) struct Reader {
     commit_queued: AtomicBool,
     /// Commit the record of deliveries before handing them out.
     record_first: bool,
+    /// How far past what was handed out a delivery record claims, per
+    /// partition: the largest receive so far (a worker's first receive asks
+    /// for its whole capacity).
+    ahead: AtomicI64,
+    /// A commit that moves the record ahead is on its way.
+    record_queued: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -435,6 +478,8 @@ impl Reader {
             commit_lock: tokio::sync::Mutex::new(()),
             commit_queued: AtomicBool::new(false),
             record_first: options.record_deliveries_first,
+            ahead: AtomicI64::new(0),
+            record_queued: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         })
     }
@@ -481,12 +526,29 @@ impl Reader {
         if out.is_empty() {
             // Idle: a good moment to retry a commit that failed earlier.
             self.commit_soon();
-        } else if self.record_first {
+            return Ok(out);
+        }
+        if !self.record_first {
+            self.commit_soon();
+            return Ok(out);
+        }
+        // The record runs ahead of what is handed out, so most batches are
+        // covered already and only move it on in the background; a batch
+        // past it waits for the commit. The price: after a crash, messages
+        // claimed and never handed out count one attempt more (as a read
+        // does on Redis, or a prefetched message on RabbitMQ).
+        let ahead = i64::try_from(max).unwrap_or(i64::MAX / RECORD_AHEAD) * RECORD_AHEAD;
+        let ahead = self.ahead.fetch_max(ahead, Ordering::Relaxed).max(ahead);
+        let (covered, running_low) = {
+            let st = self.state.lock().unwrap();
+            st.parts.values().map(|t| t.recorded(ahead)).fold((true, false), |(c, l), (tc, tl)| (c && tc, l || tl))
+        };
+        if !covered {
             if let Err(e) = self.commit().await {
                 tracing::warn!(error = %e, "could not record deliveries; a crash now would not count as an attempt");
             }
-        } else {
-            self.commit_soon();
+        } else if running_low {
+            self.record_ahead();
         }
         Ok(out)
     }
@@ -622,10 +684,12 @@ impl Reader {
         let mut wanted = Vec::new();
         {
             let mut st = self.state.lock().unwrap();
+            // Leaving: the record says exactly what was handed out.
+            let ahead = if self.closed.load(Ordering::SeqCst) { 0 } else { self.ahead.load(Ordering::Relaxed) };
             for (part, t) in st.parts.iter_mut() {
-                if let Some((offset, meta)) = t.wanted() {
-                    add_commit(&mut tpl, part, offset, meta.clone());
-                    wanted.push((part.clone(), t.epoch, (offset, meta)));
+                if let Some(w) = t.wanted(ahead) {
+                    add_commit(&mut tpl, part, w.commit.0, w.commit.1.clone());
+                    wanted.push((part.clone(), t.epoch, w));
                 }
             }
         }
@@ -640,7 +704,8 @@ impl Reader {
         let mut st = self.state.lock().unwrap();
         for (part, epoch, done) in wanted {
             if let Some(t) = st.parts.get_mut(&part).filter(|t| t.epoch == epoch) {
-                t.committed = Some(done);
+                t.committed = Some(done.commit);
+                t.recorded_through = done.claim;
             }
         }
         drop(st);
@@ -658,6 +723,20 @@ impl Reader {
             // Settlements of the next few milliseconds share this commit.
             tokio::time::sleep(COMMIT_LINGER).await;
             this.commit_queued.store(false, Ordering::SeqCst);
+            if let Err(e) = this.commit().await {
+                tracing::debug!(error = %e, "commit failed; retried with the next one");
+            }
+        });
+    }
+
+    /// Moves the delivery record ahead in the background, at once.
+    fn record_ahead(self: &Arc<Self>) {
+        if self.record_queued.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            this.record_queued.store(false, Ordering::SeqCst);
             if let Err(e) = this.commit().await {
                 tracing::debug!(error = %e, "commit failed; retried with the next one");
             }
@@ -726,7 +805,7 @@ mod tests {
     #[test]
     fn commit_point_is_the_lowest_unsettled() {
         let mut t = Track::new(1, Some(10), "");
-        assert_eq!(t.wanted(), None);
+        assert_eq!(t.wanted(0), None);
         for o in 10..14 {
             t.outstanding.insert(o, false);
             t.handed_through = Some(o);
@@ -734,10 +813,36 @@ mod tests {
         }
         *t.outstanding.get_mut(&11).unwrap() = true;
         *t.outstanding.get_mut(&12).unwrap() = true;
-        assert_eq!(t.wanted(), Some((10, "pb1:13:1".to_string())));
+        let commit = |t: &mut Track| t.wanted(0).map(|w| w.commit);
+        assert_eq!(commit(&mut t), Some((10, "pb1:13:1".to_string())));
         *t.outstanding.get_mut(&10).unwrap() = true;
-        assert_eq!(t.wanted(), Some((13, "pb1:13:1".to_string())));
+        assert_eq!(commit(&mut t), Some((13, "pb1:13:1".to_string())));
         *t.outstanding.get_mut(&13).unwrap() = true;
-        assert_eq!(t.wanted(), Some((14, String::new())));
+        assert_eq!(commit(&mut t), Some((14, String::new())));
+    }
+
+    #[test]
+    fn the_record_runs_ahead_of_what_is_handed_out() {
+        let mut t = Track::new(1, Some(10), "pb1:11:2");
+        // Nothing handed out: nothing to record, nothing to wait for.
+        assert_eq!(t.recorded(4), (true, false));
+        t.outstanding.insert(10, false);
+        t.handed_through = Some(10);
+        t.next = Some(11);
+        assert_eq!(t.recorded(4), (false, true), "handed out, not recorded");
+        let w = t.wanted(4).unwrap();
+        // Offsets 10..=14 claimed once more; 10 and 11 had two deliveries before.
+        assert_eq!(w, Wanted { commit: (10, "pb1:11:3,14:1".to_string()), claim: Some(14) });
+        t.committed = Some(w.commit);
+        t.recorded_through = w.claim;
+        assert_eq!(t.wanted(4), None, "nothing moved");
+        assert_eq!(t.recorded(4), (true, false));
+        for o in 11..14 {
+            t.outstanding.insert(o, false);
+            t.handed_through = Some(o);
+        }
+        assert_eq!(t.recorded(4), (true, true), "covered, but less than half a receive ahead");
+        // Giving the partition up records exactly what was handed out.
+        assert_eq!(t.wanted(0).unwrap().commit, (10, "pb1:11:3,13:1".to_string()));
     }
 }
