@@ -10,6 +10,10 @@
 //! waiting for their confirms. Raw consume: prefetch 100, one ack with
 //! `multiple` per 100. Pillarbox: `publish` in batches of 100 (confirmed);
 //! a `Worker` with a no-op handler, concurrency 16 and 100 receive slots.
+//!
+//! For profiling: `PB_BENCH_ONLY=raw-consume` or `sdk-consume` (publish
+//! untimed, time the consumer alone), `PB_BENCH_PREFETCH` (the worker's
+//! prefetch, 84), `PB_BENCH_ACK_EVERY` (the raw consumer's ack interval, 100).
 
 mod common;
 

@@ -565,7 +565,7 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 /// Acks finished messages in batches: whatever is waiting, plus what
-/// arrives within a millisecond, up to `ACK_BATCH`.
+/// arrives within `ACK_LINGER`, up to `ACK_BATCH`.
 async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -574,6 +574,9 @@ async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
             match rx.try_recv() {
                 Ok(slot) => batch.push(slot),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
+                // Not even a timer set to now: it fires on the next
+                // millisecond tick, which held every ack batch that long.
+                Err(mpsc::error::TryRecvError::Empty) if ACK_LINGER.is_zero() => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
                     Ok(Some(slot)) => batch.push(slot),
                     Ok(None) | Err(_) => break,

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
@@ -630,11 +630,20 @@ impl Broker for AmqpBroker {
         let deadline = tokio::time::Instant::now() + req.wait;
         let mut out = Vec::new();
         while out.len() < req.max {
-            // Wait for the first; then take what is already here.
-            let until = if out.is_empty() { deadline } else { tokio::time::Instant::now() };
-            let next = match tokio::time::timeout_at(until, state.consumer.next()).await {
-                Err(_) => break,
-                Ok(None) => {
+            // Wait for the first; then take what is already here (polled
+            // once: a timer set to now fires on the next millisecond tick,
+            // which held every batch a millisecond).
+            let next = if out.is_empty() {
+                tokio::time::timeout_at(deadline, state.consumer.next()).await.ok()
+            } else {
+                match state.consumer.next().now_or_never() {
+                    Some(next) => Some(next),
+                    None => break,
+                }
+            };
+            let next = match next {
+                None => break,
+                Some(None) => {
                     *guard = None;
                     return if out.is_empty() {
                         Err(Error::Connect {
@@ -646,11 +655,11 @@ impl Broker for AmqpBroker {
                         Ok(out)
                     };
                 }
-                Ok(Some(Err(e))) => {
+                Some(Some(Err(e))) => {
                     *guard = None;
                     return if out.is_empty() { Err(err(e)) } else { Ok(out) };
                 }
-                Ok(Some(Ok(d))) => d,
+                Some(Some(Ok(d))) => d,
             };
             let delivery = self.to_delivery(&req, next, &state.channel, state.generation, &state.unsettled);
             // Not due yet: back to the wait queues (a hop, not an attempt).
