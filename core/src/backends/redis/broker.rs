@@ -650,17 +650,27 @@ impl Broker for RedisBroker {
             // The pipeline below calls the script by hash: make sure the server has it.
             scripts::publish_delayed().load_async(&mut conn).await.map_err(err)?;
         }
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(messages.len());
         for m in &messages {
             let due = to_millis(m.due_at());
             let headers = message_fields(m);
+            // Sized up front: growing each command's buffer argument by
+            // argument took an eighth of the publishing time.
+            let fields = 2 * headers.len() + 2;
+            let bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + PAYLOAD.len()
+                + m.payload.len()
+                + keys.delay_data.len().max(keys.stream.len())
+                + keys.delay.len()
+                + 64;
             let mut cmd = if due > now {
-                let mut c = redis::cmd("EVALSHA");
+                let mut c = redis::Cmd::with_capacity(fields + 6, bytes);
+                c.arg("EVALSHA");
                 c.arg(scripts::publish_delayed().get_hash()).arg(2).arg(&keys.delay_data).arg(&keys.delay).arg(due);
                 c
             } else {
-                let mut c = redis::cmd("XADD");
-                c.arg(&keys.stream).arg("*");
+                let mut c = redis::Cmd::with_capacity(fields + 3, bytes);
+                c.arg("XADD").arg(&keys.stream).arg("*");
                 c
             };
             add_fields(&mut cmd, &headers, &m.payload);
