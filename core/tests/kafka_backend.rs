@@ -57,6 +57,20 @@ fn start(
     (worker, task)
 }
 
+/// A fresh worker handles `expected` distinct messages (waiting a moment
+/// longer for any duplicate); returns each body's attempts.
+async fn handle_the_rest(broker: &Arc<dyn Broker>, topic: &str, expected: usize) -> HashMap<String, Vec<u32>> {
+    let handled: Handled = Arc::default();
+    let (w, t) = start(broker, topic, recorder(&handled, Duration::ZERO));
+    let ok = wait_until(Duration::from_secs(60), || handled.lock().unwrap().len() == expected).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.shutdown();
+    t.await.unwrap();
+    let handled = handled.lock().unwrap().clone();
+    assert!(ok, "handled {} of {expected}", handled.len());
+    handled
+}
+
 async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -169,14 +183,7 @@ async fn killed_consumer_messages_reach_another() {
     let held: Vec<String> = held.split(',').filter(|s| !s.is_empty()).map(String::from).collect();
     assert_eq!(held.len(), 5, "the doomed consumer held {held:?}");
 
-    let handled: Handled = Arc::default();
-    let (w, t) = start(&broker, &topic, recorder(&handled, Duration::ZERO));
-    let ok = wait_until(Duration::from_secs(60), || handled.lock().unwrap().len() == 20).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    w.shutdown();
-    t.await.unwrap();
-    let handled = handled.lock().unwrap().clone();
-    assert!(ok, "handled {} of 20", handled.len());
+    let handled = handle_the_rest(&broker, &topic, 20).await;
     for (body, attempts) in &handled {
         assert_eq!(attempts.len(), 1, "{body} handled {attempts:?}");
         if held.contains(body) {
@@ -204,14 +211,7 @@ async fn a_clean_leave_records_exactly_what_was_handed_out() {
     broker.ack(&first).await.unwrap();
     broker.stop_receiving(&topic, "g", "leaver").await.unwrap();
 
-    let handled: Handled = Arc::default();
-    let (w, t) = start(&broker, &topic, recorder(&handled, Duration::ZERO));
-    let ok = wait_until(Duration::from_secs(60), || handled.lock().unwrap().len() == 26).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    w.shutdown();
-    t.await.unwrap();
-    let handled = handled.lock().unwrap().clone();
-    assert!(ok, "handled {} of 26", handled.len());
+    let handled = handle_the_rest(&broker, &topic, 26).await;
     for (body, attempts) in &handled {
         assert_eq!(attempts, &vec![1], "{body}");
     }
