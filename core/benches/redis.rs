@@ -123,6 +123,10 @@ async fn main() {
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
+        // Left behind, every run's streams would grow the server (and its append-only file).
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("pb:{{{topic}}}:*")).query_async(&mut raw).await.unwrap();
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut raw).await.unwrap();
     }
     if !only.is_empty() {
         return;

@@ -71,64 +71,70 @@ pub fn is_reserved(name: &str) -> bool {
 /// Metadata and application headers of `m`, as wire name/value pairs.
 pub fn encode_headers(m: &Message) -> Vec<(String, String)> {
     let mut out = Vec::with_capacity(6 + m.headers.len());
-    out.push((ID.to_string(), m.id.clone()));
-    if let Some(k) = &m.key {
-        out.push((KEY.to_string(), k.clone()));
-    }
-    if let Some(k) = &m.idempotency_key {
-        out.push((IDEMPOTENCY_KEY.to_string(), k.clone()));
-    }
-    if let Some(c) = &m.content_type {
-        out.push((CONTENT_TYPE.to_string(), c.clone()));
-    }
-    if m.attempt != 1 {
-        // Absent means 1: the common case costs nothing on the wire.
-        out.push((ATTEMPT.to_string(), m.attempt.to_string()));
-    }
-    out.push((PUBLISHED_AT.to_string(), to_millis(m.published_at).to_string()));
-    if let Some(t) = m.deliver_at {
-        out.push((DELIVER_AT.to_string(), to_millis(t).to_string()));
-    }
-    if let Some(t) = &m.traceparent {
-        out.push((TRACEPARENT.to_string(), t.clone()));
-    }
-    if let Some(t) = &m.tracestate {
-        out.push((TRACESTATE.to_string(), t.clone()));
-    }
-    if let Some(f) = &m.failures {
-        out.push((FIRST_FAILED_AT.to_string(), to_millis(f.first_failed_at).to_string()));
-        out.push((LAST_FAILED_AT.to_string(), to_millis(f.last_failed_at).to_string()));
-        out.push((LAST_ERROR_KIND.to_string(), f.last_error_kind.clone()));
-        out.push((LAST_ERROR.to_string(), f.last_error.clone()));
-    }
-    for (k, v) in &m.headers {
-        out.push((k.clone(), v.clone()));
-    }
+    visit_headers(m, |name, value| out.push((name.to_string(), value.to_string())));
     out
 }
 
 /// Total length of the names and values [`encode_headers`] produces,
 /// computed without building them.
 pub fn encoded_headers_len(m: &Message) -> usize {
-    fn digits(n: u64) -> usize {
-        n.checked_ilog10().map_or(1, |d| d as usize + 1)
+    let mut n = 0;
+    visit_headers(m, |name, value| n += name.len() + value.len());
+    n
+}
+
+/// Calls `field` with each name/value pair [`encode_headers`] produces, in
+/// the same order, without allocating: for backends that write them
+/// straight into a command or a record.
+pub fn visit_headers(m: &Message, mut field: impl FnMut(&str, &str)) {
+    let mut digits = [0u8; 20];
+    field(ID, &m.id);
+    if let Some(k) = &m.key {
+        field(KEY, k);
     }
-    let opt = |name: &str, v: &Option<String>| v.as_ref().map_or(0, |v| name.len() + v.len());
-    let mut n = ID.len() + m.id.len() + PUBLISHED_AT.len() + digits(to_millis(m.published_at));
-    n += opt(KEY, &m.key) + opt(IDEMPOTENCY_KEY, &m.idempotency_key) + opt(CONTENT_TYPE, &m.content_type);
-    n += opt(TRACEPARENT, &m.traceparent) + opt(TRACESTATE, &m.tracestate);
+    if let Some(k) = &m.idempotency_key {
+        field(IDEMPOTENCY_KEY, k);
+    }
+    if let Some(c) = &m.content_type {
+        field(CONTENT_TYPE, c);
+    }
     if m.attempt != 1 {
-        n += ATTEMPT.len() + digits(u64::from(m.attempt));
+        // Absent means 1: the common case costs nothing on the wire.
+        field(ATTEMPT, decimal(u64::from(m.attempt), &mut digits));
     }
+    field(PUBLISHED_AT, decimal(to_millis(m.published_at), &mut digits));
     if let Some(t) = m.deliver_at {
-        n += DELIVER_AT.len() + digits(to_millis(t));
+        field(DELIVER_AT, decimal(to_millis(t), &mut digits));
+    }
+    if let Some(t) = &m.traceparent {
+        field(TRACEPARENT, t);
+    }
+    if let Some(t) = &m.tracestate {
+        field(TRACESTATE, t);
     }
     if let Some(f) = &m.failures {
-        n += FIRST_FAILED_AT.len() + digits(to_millis(f.first_failed_at));
-        n += LAST_FAILED_AT.len() + digits(to_millis(f.last_failed_at));
-        n += LAST_ERROR_KIND.len() + f.last_error_kind.len() + LAST_ERROR.len() + f.last_error.len();
+        field(FIRST_FAILED_AT, decimal(to_millis(f.first_failed_at), &mut digits));
+        field(LAST_FAILED_AT, decimal(to_millis(f.last_failed_at), &mut digits));
+        field(LAST_ERROR_KIND, &f.last_error_kind);
+        field(LAST_ERROR, &f.last_error);
     }
-    n + m.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+    for (k, v) in &m.headers {
+        field(k, v);
+    }
+}
+
+/// `n` in decimal, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).expect("ASCII digits")
 }
 
 /// The dead-letter reason as wire name/value pairs.
@@ -294,6 +300,14 @@ mod tests {
             encoded_headers_len(&plain),
             encode_headers(&plain).iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         );
+    }
+
+    #[test]
+    fn decimal_writes_every_width() {
+        let mut buf = [0u8; 20];
+        for n in [0, 7, 10, 1_795_503_046_950, u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
     }
 
     #[test]

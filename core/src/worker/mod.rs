@@ -12,28 +12,31 @@
 //!
 //! Tasks inside one worker:
 //! - the *fetcher* receives only when a slot is free (`concurrency +
-//!   prefetch` slots), and never abandons a receive half-way;
-//! - the *dispatcher* starts handlers, at most `concurrency` at once and one
-//!   at a time per message key, so a key's messages run in the order they
-//!   were received;
+//!   prefetch` slots), never abandons a receive half-way, and queues what
+//!   it receives;
+//! - `concurrency` *handler loops* take messages from the queue, one at a
+//!   time per message key, so a key's messages run in the order they were
+//!   received;
 //! - the *lease keeper* renews the leases of every held message (and its
 //!   idempotency claim) every third of the lease, from Rust, whatever the
 //!   handler's language runtime is doing;
 //! - the *acker* acks finished messages in batches.
 
 mod handler;
+mod queue;
 mod retry;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::{Handler, HandlerError, Job};
+use queue::{Keyed, Queue};
 pub use retry::RetryPolicy;
 
 use crate::broker::{Broker, Delivery, ReceiveRequest};
@@ -239,6 +242,19 @@ impl Slot {
     }
 }
 
+impl Keyed for Slot {
+    fn key(&self) -> Option<&str> {
+        self.delivery.message.key.as_deref()
+    }
+}
+
+/// Where the fetcher leaves messages for the handler loops.
+struct Dispatch {
+    queue: Mutex<Queue<Slot>>,
+    /// Wakes an idle handler loop when a message becomes ready.
+    ready: Notify,
+}
+
 struct Inner {
     broker: Arc<dyn Broker>,
     topic: String,
@@ -376,62 +392,39 @@ impl Worker {
         inner.broker.ensure_group(&inner.topic, &inner.group).await?;
         let opts = &inner.options;
         let slots = Arc::new(Semaphore::new(opts.concurrency + opts.prefetch));
-        let handler_slots = Arc::new(Semaphore::new(opts.concurrency));
-        let (slot_tx, mut slot_rx) = mpsc::channel::<Slot>(opts.concurrency + opts.prefetch);
+        let dispatch = Arc::new(Dispatch { queue: Mutex::new(Queue::new()), ready: Notify::new() });
+        // Handlers stop taking messages on shutdown, or when the fetcher stops for good.
+        let stop_taking = inner.cancel.child_token();
         // Bounded: if acks fall behind, finished handlers wait, which holds back receiving.
         let (ack_tx, ack_rx) = mpsc::channel::<Slot>(ACK_BATCH * 4);
         let background_stop = CancellationToken::new();
 
-        let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), slot_tx));
+        let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), Arc::clone(&dispatch)));
         let keeper = tokio::spawn(lease_loop(Arc::clone(&inner), background_stop.clone()));
         let acker = tokio::spawn(ack_loop(Arc::clone(&inner), ack_rx));
-
-        let mut tasks: JoinSet<Option<String>> = JoinSet::new();
-        let mut active_keys: HashSet<String> = HashSet::new();
-        let mut waiting_by_key: HashMap<String, VecDeque<Slot>> = HashMap::new();
-        let spawn = |tasks: &mut JoinSet<Option<String>>, slot: Slot| {
-            tasks.spawn(execute(Arc::clone(&inner), slot, Arc::clone(&handler_slots), ack_tx.clone()));
-        };
-
-        // Dispatch until the fetcher stops (shutdown or a fatal error).
-        loop {
-            tokio::select! {
-                received = slot_rx.recv() => {
-                    let Some(slot) = received else { break };
-                    match slot.delivery.message.key.clone() {
-                        Some(key) if active_keys.contains(&key) => waiting_by_key.entry(key).or_default().push_back(slot),
-                        Some(key) => {
-                            active_keys.insert(key);
-                            spawn(&mut tasks, slot);
-                        }
-                        None => spawn(&mut tasks, slot),
-                    }
-                }
-                Some(finished) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Ok(Some(key)) = finished {
-                        match waiting_by_key.get_mut(&key).and_then(VecDeque::pop_front) {
-                            Some(next) => spawn(&mut tasks, next),
-                            None => {
-                                waiting_by_key.remove(&key);
-                                active_keys.remove(&key);
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let fetch_result = fetcher.await.unwrap_or(Ok(()));
-
-        // Shutdown: what never started goes back at once.
-        let unstarted: Vec<Slot> = waiting_by_key.into_values().flatten().collect();
-        release_slots(&inner, unstarted).await;
-        let graceful =
-            tokio::time::timeout(opts.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if graceful.is_err() {
-            tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
-            tasks.shutdown().await;
+        let mut handlers = JoinSet::new();
+        for _ in 0..opts.concurrency {
+            handlers.spawn(handler_loop(
+                Arc::clone(&inner),
+                Arc::clone(&dispatch),
+                stop_taking.clone(),
+                ack_tx.clone(),
+            ));
         }
         drop(ack_tx);
+
+        let fetch_result = fetcher.await.unwrap_or(Ok(()));
+        stop_taking.cancel();
+
+        // Shutdown: what never started goes back at once.
+        let unstarted = dispatch.queue.lock().unwrap().drain();
+        release_slots(&inner, unstarted).await;
+        let graceful =
+            tokio::time::timeout(opts.shutdown_grace, async { while handlers.join_next().await.is_some() {} }).await;
+        if graceful.is_err() {
+            tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
+            handlers.shutdown().await;
+        }
         let _ = acker.await;
         // Anything still held (handlers stopped mid-way) goes back now.
         let leftovers: Vec<(u64, Held)> = inner.held.lock().unwrap().drain().collect();
@@ -461,7 +454,7 @@ impl Worker {
 
 /// Receives while there is room, until shutdown. A broker error is logged
 /// and retried with backoff; a closed broker ends the worker.
-async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<Slot>) -> Result<()> {
+async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, dispatch: Arc<Dispatch>) -> Result<()> {
     let capacity = inner.options.concurrency + inner.options.prefetch;
     let pushes_ahead = inner.broker.capabilities().pushes_ahead;
     let mut backoff = Duration::from_millis(100);
@@ -509,13 +502,27 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, out: mpsc::Sender<
                     }
                 }
                 bump(&inner.counters.received, deliveries.len() as u64);
-                for (delivery, permit) in deliveries.into_iter().zip(permits.drain(..)) {
-                    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-                    let delivery = Arc::new(delivery);
-                    inner.held.lock().unwrap().insert(id, Held { delivery: Arc::clone(&delivery), claim: None });
-                    if out.send(Slot { id, delivery, permit: Some(permit) }).await.is_err() {
-                        return Ok(());
+                let received: Vec<Slot> = deliveries
+                    .into_iter()
+                    .zip(permits.drain(..))
+                    .map(|(delivery, permit)| Slot {
+                        id: inner.next_id.fetch_add(1, Ordering::Relaxed),
+                        delivery: Arc::new(delivery),
+                        permit: Some(permit),
+                    })
+                    .collect();
+                {
+                    let mut held = inner.held.lock().unwrap();
+                    for slot in &received {
+                        held.insert(slot.id, Held { delivery: Arc::clone(&slot.delivery), claim: None });
                     }
+                }
+                let ready = {
+                    let mut queue = dispatch.queue.lock().unwrap();
+                    received.into_iter().filter_map(|slot| queue.push(slot).then_some(())).count()
+                };
+                for _ in 0..ready.min(inner.options.concurrency) {
+                    dispatch.ready.notify_one();
                 }
             }
             Err(Error::Closed) => return Err(Error::Closed),
@@ -621,26 +628,40 @@ fn claim_owner(inner: &Inner, d: &Delivery) -> String {
     format!("{}/{}", inner.consumer, d.message.id)
 }
 
-/// Waits for a handler slot (or hands the message back on shutdown), then
-/// processes it. Returns the message key, for the dispatcher.
-async fn execute(
-    inner: Arc<Inner>,
-    slot: Slot,
-    handler_slots: Arc<Semaphore>,
-    acks: mpsc::Sender<Slot>,
-) -> Option<String> {
-    let key = slot.delivery.message.key.clone();
-    let _running = tokio::select! {
-        biased;
-        _ = inner.cancel.cancelled() => {
-            release_slots(&inner, vec![slot]).await;
-            return key;
+/// One of `concurrency` handler loops: takes the next ready message, runs
+/// the policy on it, and again, until shutdown. Long-lived loops rather
+/// than a task per message: under load a loop goes from one message to the
+/// next without spawning or waking anything.
+async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: CancellationToken, acks: mpsc::Sender<Slot>) {
+    use futures_util::FutureExt;
+    loop {
+        // Listening before looking: a message queued after the look wakes this loop.
+        let woken = dispatch.ready.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if stop.is_cancelled() {
+            return;
         }
-        permit = handler_slots.acquire_owned() => permit.expect("semaphore never closed"),
-    };
-    // Boxed: the policy future is large, and tasks are moved when spawned.
-    Box::pin(process(&inner, slot, &acks)).await;
-    key
+        let next = dispatch.queue.lock().unwrap().take();
+        let Some(slot) = next else {
+            tokio::select! {
+                _ = woken => continue,
+                _ = stop.cancelled() => return,
+            }
+        };
+        let (id, key) = (slot.id, slot.delivery.message.key.clone());
+        // Handler panics are caught inside; this guards the loop and the
+        // key's order against a bug of ours.
+        if std::panic::AssertUnwindSafe(process(&inner, slot, &acks)).catch_unwind().await.is_err() {
+            tracing::error!("the worker's policy panicked (a bug); the message returns when its lease expires");
+            inner.held.lock().unwrap().remove(&id);
+        }
+        if let Some(key) = key {
+            dispatch.queue.lock().unwrap().finished(&key);
+        }
+        // A loop whose handlers never wait must still let other tasks run.
+        tokio::task::consume_budget().await;
+    }
 }
 
 /// The policy for one delivery.

@@ -653,11 +653,10 @@ impl Broker for RedisBroker {
         let mut pipe = redis::Pipeline::with_capacity(messages.len());
         for m in &messages {
             let due = to_millis(m.due_at());
-            let headers = message_fields(m);
             // Sized up front: growing each command's buffer argument by
             // argument took an eighth of the publishing time.
-            let fields = 2 * headers.len() + 2;
-            let bytes = headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            let fields = 2 * (6 + m.headers.len()) + 2;
+            let bytes = wire::encoded_headers_len(m)
                 + PAYLOAD.len()
                 + m.payload.len()
                 + keys.delay_data.len().max(keys.stream.len())
@@ -673,7 +672,11 @@ impl Broker for RedisBroker {
                 c.arg("XADD").arg(&keys.stream).arg("*");
                 c
             };
-            add_fields(&mut cmd, &headers, &m.payload);
+            // Straight from the message into the command: no header strings in between.
+            wire::visit_headers(m, |name, value| {
+                cmd.arg(name).arg(value);
+            });
+            cmd.arg(PAYLOAD).arg(&m.payload[..]);
             pipe.add_command(cmd);
         }
         pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
@@ -768,21 +771,29 @@ impl Broker for RedisBroker {
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
         self.check_open()?;
         // One script call per topic and group (a worker's batch has one of each).
-        let mut batches: HashMap<(&str, &str), Vec<&RedisReceipt>> = HashMap::new();
+        let mut batches: HashMap<(&str, &str), Vec<(&Delivery, &RedisReceipt)>> = HashMap::new();
         for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
-            batches.entry((d.topic.as_str(), d.group.as_str())).or_default().push(r);
+            batches.entry((d.topic.as_str(), d.group.as_str())).or_default().push((d, r));
         }
-        let mut lost: Vec<String> = Vec::new();
+        let mut lost: Option<Error> = None;
         let mut topics = HashSet::new();
-        for ((topic, group), receipts) in batches {
+        for ((topic, group), batch) in batches {
             let keys = TopicKeys::new(topic);
+            let (due, fresh): (Vec<_>, Vec<_>) = batch.iter().partition(|(_, r)| r.due);
             let mut inv = scripts::ack().key(&keys.stream);
-            inv.key(keys.due(group)).arg(group);
-            for r in &receipts {
-                inv.arg(if r.due { "d" } else { "s" }).arg(&r.id);
+            inv.key(keys.due(group)).arg(group).arg(fresh.len());
+            for (_, r) in fresh.iter().chain(&due) {
+                inv.arg(&r.id);
             }
-            let not_owned: Vec<String> = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
-            lost.extend(not_owned);
+            let acked: usize = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
+            if acked < batch.len() && lost.is_none() {
+                // Which ones were settled already, one XACK for the batch cannot tell.
+                let message_id = match batch.as_slice() {
+                    [(d, _)] => d.message.id.clone(),
+                    _ => format!("{} of the {} acked together", batch.len() - acked, batch.len()),
+                };
+                lost = Some(Error::LeaseLost { message_id });
+            }
             topics.insert(topic);
         }
         for topic in topics {
@@ -790,17 +801,7 @@ impl Broker for RedisBroker {
                 tracing::debug!(error = %e, "trimming consumed entries failed; will try again");
             }
         }
-        match lost.first() {
-            None => Ok(()),
-            Some(id) => {
-                let message_id = deliveries
-                    .iter()
-                    .find(|d| d.receipt.get::<RedisReceipt>().is_some_and(|r| &r.id == id))
-                    .map(|d| d.message.id.clone())
-                    .unwrap_or_else(|| id.clone());
-                Err(Error::LeaseLost { message_id })
-            }
-        }
+        lost.map_or(Ok(()), Err)
     }
 
     async fn extend_leases(&self, deliveries: &[Delivery], _lease: Duration) -> Result<()> {
