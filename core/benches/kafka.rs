@@ -13,6 +13,10 @@
 //! commit of the position after every 100 messages (the usual at-least-once
 //! loop), a synchronous one at the end. Pillarbox: `publish` in batches
 //! of 100; a `Worker` with a no-op handler, concurrency 16 and 100 slots.
+//!
+//! `PB_BENCH_ONLY=raw|sdk` runs one side; `sdk-consume` (or
+//! `sdk-consume-async`) publishes untimed and then times the consumer
+//! alone, for profiling. `PB_BENCH_N`, `PB_BENCH_ROUNDS`: messages, rounds.
 
 mod common;
 
@@ -102,6 +106,17 @@ async fn main() {
     let (mut rp, mut rc, mut sp, mut sc, mut sf) = (0f64, 0f64, 0f64, 0f64, 0f64);
     let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
+        if only == "sdk-consume" || only == "sdk-consume-async" {
+            // For profiling: publish untimed, then time the consumer alone.
+            let b = if only == "sdk-consume" { &broker } else { &fast };
+            let topic = format!("bench-prof-{run}-{round}");
+            b.ensure_group(&topic, "g").await.unwrap();
+            sdk_publish(b, &topic, n).await;
+            eprintln!("published; consuming");
+            sc = sc.max(rate(n, sdk_consume(b, &topic, n, worker_options()).await));
+            println!("sdk consume {sc:.0} msg/s");
+            continue;
+        }
         if only.is_empty() || only.starts_with("raw") {
             let topic = format!("bench-raw-{run}-{round}");
             let new = NewTopic::new(&topic, 3, TopicReplication::Fixed(1));
@@ -120,6 +135,9 @@ async fn main() {
             sdk_publish(&fast, &topic, n).await;
             sf = sf.max(rate(n, sdk_consume(&fast, &topic, n, worker_options()).await));
         }
+    }
+    if only.starts_with("sdk-consume") {
+        return;
     }
     println!("kafka, {n} messages of 100 bytes, best of {rounds} rounds");
     println!("  publish  raw rdkafka {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);

@@ -50,6 +50,11 @@ const MAX_MARKS: usize = 16;
 /// the handlers often caught up with the record and waited for it.
 const RECORD_AHEAD: i64 = 2;
 
+/// How far a partition's lead may grow, in multiples of `RECORD_AHEAD`
+/// receives: its handlers outran the record (librdkafka hands a fetched
+/// partition out in bursts of thousands), so it leads by twice as much.
+const MAX_LEAD_GROWTH: i64 = 8;
+
 impl Marks {
     pub fn parse(s: &str) -> Marks {
         let Some(body) = s.strip_prefix("pb1:") else { return Marks::default() };
@@ -122,9 +127,11 @@ struct Track {
     /// Highest offset this consumer handed out.
     handed_through: Option<i64>,
     /// Highest offset the last committed delivery record claims: up to
-    /// `RECORD_AHEAD` receives' worth past `handed_through`, so that handing
-    /// out rarely waits for a commit.
+    /// `RECORD_AHEAD` receives' worth past `handed_through` (or this
+    /// partition's `lead`), so that handing out rarely waits for a commit.
     recorded_through: Option<i64>,
+    /// The lead this partition earned by outrunning its record (0: none).
+    lead: i64,
     /// One past the highest offset handed out or settled here.
     next: Option<i64>,
     /// Handed out and not yet committed: settled (true) or not (false).
@@ -141,6 +148,7 @@ impl Track {
             base,
             handed_through: None,
             recorded_through: None,
+            lead: 0,
             next: committed,
             outstanding: BTreeMap::new(),
             committed: committed.map(|c| (c, metadata.to_string())),
@@ -158,10 +166,20 @@ impl Track {
         self.next
     }
 
+    /// How far past what was handed out the record claims: `ahead`, or
+    /// the lead this partition earned; nothing when `ahead` is 0.
+    fn lead(&self, ahead: i64) -> i64 {
+        if ahead == 0 {
+            0
+        } else {
+            ahead.max(self.lead)
+        }
+    }
+
     /// The offset a delivery record written now claims: what was handed
-    /// out, plus `ahead` more.
+    /// out, plus the lead.
     fn claim(&self, ahead: i64) -> Option<i64> {
-        self.handed_through.map(|t| t + ahead)
+        self.handed_through.map(|t| t + self.lead(ahead))
     }
 
     fn marks(&self, ahead: i64) -> Marks {
@@ -181,12 +199,19 @@ impl Track {
     }
 
     /// Whether everything handed out is in the committed record; and whether
-    /// the record's lead has shrunk below half of `ahead`.
-    fn recorded(&self, ahead: i64) -> (bool, bool) {
+    /// the record's lead has shrunk below half. Handlers that outran the
+    /// record double this partition's lead (up to `MAX_LEAD_GROWTH` times
+    /// `ahead`): a slow consumer keeps a short lead, a fast one stops waiting.
+    fn check_record(&mut self, ahead: i64) -> (bool, bool) {
+        let lead = self.lead(ahead);
         match (self.handed_through, self.recorded_through) {
             (None, _) => (true, false),
             (Some(_), None) => (false, true),
-            (Some(h), Some(r)) => (r >= h, r - h < ahead / 2),
+            (Some(h), Some(r)) if r < h => {
+                self.lead = (lead * 2).min(ahead * MAX_LEAD_GROWTH);
+                (false, true)
+            }
+            (Some(h), Some(r)) => (true, r - h < lead / 2),
         }
     }
 
@@ -448,6 +473,10 @@ impl Reader {
             // Commits share the broker connection with fetches and wait
             // behind a fetch's long poll: keep that poll short.
             .set("fetch.wait.max.ms", "10")
+            // Once its local queue passed librdkafka's thresholds, the next
+            // fetch waited 1 s by default, long after a fast consumer had
+            // drained the queue: half a second idle every 120,000 messages.
+            .set("fetch.queue.backoff.ms", "10")
             .set("session.timeout.ms", options.session_timeout.as_millis().to_string())
             // A rebalance waits for every member's next heartbeat, twice
             // with the cooperative protocol: librdkafka's 3 s made a join
@@ -540,8 +569,11 @@ impl Reader {
         let ahead = i64::try_from(max).unwrap_or(i64::MAX / RECORD_AHEAD) * RECORD_AHEAD;
         let ahead = self.ahead.fetch_max(ahead, Ordering::Relaxed).max(ahead);
         let (covered, running_low) = {
-            let st = self.state.lock().unwrap();
-            st.parts.values().map(|t| t.recorded(ahead)).fold((true, false), |(c, l), (tc, tl)| (c && tc, l || tl))
+            let mut st = self.state.lock().unwrap();
+            st.parts
+                .values_mut()
+                .map(|t| t.check_record(ahead))
+                .fold((true, false), |(c, l), (tc, tl)| (c && tc, l || tl))
         };
         if !covered {
             if let Err(e) = self.commit().await {
@@ -825,24 +857,61 @@ mod tests {
     fn the_record_runs_ahead_of_what_is_handed_out() {
         let mut t = Track::new(1, Some(10), "pb1:11:2");
         // Nothing handed out: nothing to record, nothing to wait for.
-        assert_eq!(t.recorded(4), (true, false));
+        assert_eq!(t.check_record(4), (true, false));
         t.outstanding.insert(10, false);
         t.handed_through = Some(10);
         t.next = Some(11);
-        assert_eq!(t.recorded(4), (false, true), "handed out, not recorded");
+        assert_eq!(t.check_record(4), (false, true), "handed out, not recorded");
         let w = t.wanted(4).unwrap();
         // Offsets 10..=14 claimed once more; 10 and 11 had two deliveries before.
         assert_eq!(w, Wanted { commit: (10, "pb1:11:3,14:1".to_string()), claim: Some(14) });
         t.committed = Some(w.commit);
         t.recorded_through = w.claim;
         assert_eq!(t.wanted(4), None, "nothing moved");
-        assert_eq!(t.recorded(4), (true, false));
+        assert_eq!(t.check_record(4), (true, false));
         for o in 11..14 {
             t.outstanding.insert(o, false);
             t.handed_through = Some(o);
         }
-        assert_eq!(t.recorded(4), (true, true), "covered, but less than half a receive ahead");
+        assert_eq!(t.check_record(4), (true, true), "covered, but less than half a receive ahead");
         // Giving the partition up records exactly what was handed out.
         assert_eq!(t.wanted(0).unwrap().commit, (10, "pb1:11:3,13:1".to_string()));
+    }
+
+    #[test]
+    fn a_partition_that_outruns_its_record_earns_a_longer_lead() {
+        let mut t = Track::new(1, Some(0), "");
+        let hand_out = |t: &mut Track, through: i64| {
+            for o in t.next.unwrap()..=through {
+                t.outstanding.insert(o, false);
+            }
+            t.handed_through = Some(through);
+            t.next = Some(through + 1);
+        };
+        let record = |t: &mut Track, ahead: i64| {
+            let w = t.wanted(ahead).unwrap();
+            t.committed = Some(w.commit);
+            t.recorded_through = w.claim;
+        };
+        hand_out(&mut t, 9);
+        assert_eq!(t.check_record(10), (false, true), "the first hand-out is never covered");
+        record(&mut t, 10);
+        assert_eq!(t.recorded_through, Some(19), "the usual lead");
+        hand_out(&mut t, 14);
+        assert_eq!(t.check_record(10), (true, false));
+        hand_out(&mut t, 15);
+        assert_eq!(t.check_record(10), (true, true), "less than half the lead left");
+        hand_out(&mut t, 29);
+        assert_eq!(t.check_record(10), (false, true), "outran the record");
+        record(&mut t, 10);
+        assert_eq!(t.recorded_through, Some(49), "twice the lead");
+        for through in [79, 150, 300, 500] {
+            hand_out(&mut t, through);
+            assert!(!t.check_record(10).0);
+            record(&mut t, 10);
+        }
+        assert_eq!(t.recorded_through, Some(580), "at most {MAX_LEAD_GROWTH} times the usual lead");
+        // Giving the partition up still records exactly what was handed out.
+        assert_eq!(t.wanted(0).unwrap().claim, Some(500));
     }
 }
