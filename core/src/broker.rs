@@ -76,10 +76,10 @@ impl fmt::Debug for Receipt {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Delivery {
-    /// Topic it was received from.
-    pub topic: String,
+    /// Topic it was received from (shared: every delivery of a receive names the same one).
+    pub topic: Arc<str>,
     /// Group it was received for.
-    pub group: String,
+    pub group: Arc<str>,
     /// The message, with `attempt` counting this delivery.
     pub message: Message,
     /// Set when the metadata was present but malformed; the runtime
@@ -90,9 +90,16 @@ pub struct Delivery {
 }
 
 impl Delivery {
-    /// Builds a delivery (for backends).
-    pub fn new(topic: &str, group: &str, message: Message, malformed: Option<String>, receipt: Receipt) -> Self {
-        Delivery { topic: topic.to_string(), group: group.to_string(), message, malformed, receipt }
+    /// Builds a delivery (for backends). A backend that hands out many
+    /// passes the same `Arc<str>` names to each rather than copies.
+    pub fn new(
+        topic: impl Into<Arc<str>>,
+        group: impl Into<Arc<str>>,
+        message: Message,
+        malformed: Option<String>,
+        receipt: Receipt,
+    ) -> Self {
+        Delivery { topic: topic.into(), group: group.into(), message, malformed, receipt }
     }
 
     /// The backend's receipt as `T`, or a backend error if it belongs to another backend.

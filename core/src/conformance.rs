@@ -307,7 +307,7 @@ async fn round_trip_with_all_metadata(ctx: Ctx) -> Result<Outcome, Failure> {
     check!(m.traceparent == sent.traceparent, "traceparent {:?}", m.traceparent);
     check!(m.attempt == 1, "attempt {}", m.attempt);
     check!(to_millis(m.published_at) == to_millis(sent.published_at), "published_at changed");
-    check!(d.topic == ctx.topic && d.group == "g", "topic/group {} {}", d.topic, d.group);
+    check!(*d.topic == *ctx.topic && &*d.group == "g", "topic/group {} {}", d.topic, d.group);
     ctx.broker.ack(&got).await.map_err(fail("ack"))?;
     check!(settled(&ctx, "g").await?, "not settled after ack: {:?}", stats(&ctx, "g").await?);
     Ok(Outcome::Passed)

@@ -188,8 +188,14 @@ pub struct Decoded {
 /// as its attempt, and one with the header gets `attempt + delivery_count - 1`,
 /// so a redelivery after a crash counts as an attempt on every backend.
 /// Dead-letter reason fields (`pb-dl-*`) are left in `headers` for
-/// [`decode_reason`]; other reserved names are consumed.
-pub fn decode(fields: impl IntoIterator<Item = (String, String)>, payload: Bytes, delivery_count: u32) -> Decoded {
+/// [`decode_reason`]; other reserved names are consumed. Names and values
+/// may be borrowed (a backend reading its client's buffers): only those
+/// the message keeps are copied.
+pub fn decode<N, V>(fields: impl IntoIterator<Item = (N, V)>, payload: Bytes, delivery_count: u32) -> Decoded
+where
+    N: AsRef<str> + Into<String>,
+    V: AsRef<str> + Into<String>,
+{
     let mut problems: Vec<String> = Vec::new();
     let mut headers = BTreeMap::new();
     // Built field by field: no id is generated unless the message lacks one.
@@ -221,25 +227,26 @@ pub fn decode(fields: impl IntoIterator<Item = (String, String)>, payload: Bytes
     };
 
     for (name, value) in fields {
-        match name.as_str() {
-            ID => id = Some(value),
-            KEY => m.key = Some(value),
-            IDEMPOTENCY_KEY => m.idempotency_key = Some(value),
-            CONTENT_TYPE => m.content_type = Some(value),
-            ATTEMPT => match value.trim().parse::<u32>() {
+        let text = value.as_ref();
+        match name.as_ref() {
+            ID => id = Some(value.into()),
+            KEY => m.key = Some(value.into()),
+            IDEMPOTENCY_KEY => m.idempotency_key = Some(value.into()),
+            CONTENT_TYPE => m.content_type = Some(value.into()),
+            ATTEMPT => match text.trim().parse::<u32>() {
                 Ok(n) if n >= 1 => attempt = Some(n),
-                _ => problems.push(format!("`{ATTEMPT}` is not a positive whole number: `{}`", truncate(&value))),
+                _ => problems.push(format!("`{ATTEMPT}` is not a positive whole number: `{}`", truncate(text))),
             },
-            PUBLISHED_AT => published_at = millis(PUBLISHED_AT, &value, &mut problems),
-            DELIVER_AT => m.deliver_at = millis(DELIVER_AT, &value, &mut problems),
-            TRACEPARENT => m.traceparent = Some(value),
-            TRACESTATE => m.tracestate = Some(value),
-            FIRST_FAILED_AT => first_failed = millis(FIRST_FAILED_AT, &value, &mut problems),
-            LAST_FAILED_AT => last_failed = millis(LAST_FAILED_AT, &value, &mut problems),
-            LAST_ERROR_KIND => last_kind = Some(value),
-            LAST_ERROR => last_error = Some(value),
+            PUBLISHED_AT => published_at = millis(PUBLISHED_AT, text, &mut problems),
+            DELIVER_AT => m.deliver_at = millis(DELIVER_AT, text, &mut problems),
+            TRACEPARENT => m.traceparent = Some(value.into()),
+            TRACESTATE => m.tracestate = Some(value.into()),
+            FIRST_FAILED_AT => first_failed = millis(FIRST_FAILED_AT, text, &mut problems),
+            LAST_FAILED_AT => last_failed = millis(LAST_FAILED_AT, text, &mut problems),
+            LAST_ERROR_KIND => last_kind = Some(value.into()),
+            LAST_ERROR => last_error = Some(value.into()),
             _ => {
-                headers.insert(name, value);
+                headers.insert(name.into(), value.into());
             }
         }
     }
@@ -312,7 +319,7 @@ mod tests {
 
     #[test]
     fn foreign_message_gets_defaults() {
-        let d = decode(vec![("x-custom".into(), "1".into())], Bytes::from_static(b"raw"), 1);
+        let d = decode(vec![("x-custom", "1")], Bytes::from_static(b"raw"), 1);
         assert!(d.malformed.is_none());
         assert_eq!(d.message.attempt, 1);
         assert!(!d.message.id.is_empty());
@@ -321,14 +328,13 @@ mod tests {
 
     #[test]
     fn redelivery_counts_as_attempt() {
-        let d = decode(vec![(ATTEMPT.into(), "2".into())], Bytes::new(), 3);
+        let d = decode(vec![(ATTEMPT, "2")], Bytes::new(), 3);
         assert_eq!(d.message.attempt, 4);
     }
 
     #[test]
     fn malformed_metadata_is_reported_not_fatal() {
-        let d =
-            decode(vec![(ATTEMPT.into(), "zero".into()), (PUBLISHED_AT.into(), "yesterday".into())], Bytes::new(), 1);
+        let d = decode(vec![(ATTEMPT, "zero"), (PUBLISHED_AT, "yesterday")], Bytes::new(), 1);
         let why = d.malformed.unwrap();
         assert!(why.contains("pb-attempt") && why.contains("pb-published-at"), "{why}");
         assert_eq!(d.message.attempt, 1);

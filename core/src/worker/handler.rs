@@ -1,6 +1,7 @@
 //! What a handler is given and what it returns.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,9 +15,9 @@ pub struct Job {
     /// The message.
     pub message: Message,
     /// Topic it came from.
-    pub topic: String,
+    pub topic: Arc<str>,
     /// Group it is handled for.
-    pub group: String,
+    pub group: Arc<str>,
     /// Attempts the retry budget allows in all.
     pub max_attempts: u32,
 }

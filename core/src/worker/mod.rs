@@ -718,7 +718,8 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
         }
     }
 
-    let job = Job { message: message.clone(), topic: inner.topic.clone(), group: inner.group.clone(), max_attempts };
+    let (topic, group) = (Arc::clone(&delivery.topic), Arc::clone(&delivery.group));
+    let job = Job { message: message.clone(), topic, group, max_attempts };
     let outcome = run_handler(inner, job).await;
 
     match outcome {

@@ -386,21 +386,21 @@ impl Broker for KafkaBroker {
     }
 
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+        let receipts = deliveries.iter().map(|d| self.receipt(d)).collect::<Result<Vec<_>>>()?;
         let mut lost = None;
-        let mut readers: Vec<Arc<Reader>> = Vec::new();
-        for d in deliveries {
-            let r = self.receipt(d)?;
-            if !r.reader.settle(r) {
-                lost.get_or_insert_with(|| d.message.id.clone());
+        // A worker's batch comes from one reader: settled under one lock.
+        let mut rest: &[&KafkaReceipt] = &receipts;
+        let mut offset = 0;
+        while let Some(first) = rest.first() {
+            let n = rest.iter().take_while(|r| Arc::ptr_eq(&r.reader, &first.reader)).count();
+            if let Some(i) = first.reader.settle_all(&rest[..n]) {
+                lost.get_or_insert_with(|| deliveries[offset + i].message.id.clone());
             }
-            if !readers.iter().any(|x| Arc::ptr_eq(x, &r.reader)) {
-                readers.push(Arc::clone(&r.reader));
-            }
-        }
-        // Committed in the background, like any Kafka consumer's offsets: a
-        // crash before the commit lands redelivers (at-least-once).
-        for reader in readers {
-            reader.commit_soon();
+            // Committed in the background, like any Kafka consumer's offsets: a
+            // crash before the commit lands redelivers (at-least-once).
+            first.reader.commit_soon();
+            rest = &rest[n..];
+            offset += n;
         }
         match lost {
             Some(message_id) => Err(Error::LeaseLost { message_id }),

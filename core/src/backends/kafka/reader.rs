@@ -220,6 +220,21 @@ impl Track {
     }
 }
 
+impl ReaderState {
+    fn settle(&mut self, r: &KafkaReceipt) -> bool {
+        match self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
+            Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
+                Some(settled) if !*settled => {
+                    *settled = true;
+                    true
+                }
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct ReaderState {
     parts: HashMap<Part, Track>,
@@ -407,15 +422,36 @@ struct Incoming {
     offset: i64,
     timestamp_ms: Option<i64>,
     key: Option<Bytes>,
-    headers: Vec<(String, String)>,
-    payload: Bytes,
+    body: Body,
+}
+
+// The large variant is the common one: boxing it would allocate per message.
+#[allow(clippy::large_enum_variant)]
+enum Body {
+    /// A main topic message, decoded straight from the client's buffers
+    /// (its attempt counts this delivery only, until its record is known).
+    Decoded(wire::Decoded),
+    /// A waiting message, kept in its wire form: it may move on as it is.
+    Wire { headers: Vec<(String, String)>, payload: Bytes },
 }
 
 impl Incoming {
     /// `None` for a topic this consumer does not read.
     fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<Incoming> {
+        use rdkafka::message::Headers;
         let (kind, topic) = kinds.get(m.topic())?;
-        let headers = header_fields(m);
+        let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
+        let body = match kind {
+            Kind::Main => {
+                let fields = m
+                    .headers()
+                    .into_iter()
+                    .flat_map(|h| h.iter())
+                    .map(|h| (h.key, h.value.map(String::from_utf8_lossy).unwrap_or_default()));
+                Body::Decoded(wire::decode(fields, payload, 1))
+            }
+            Kind::Delay(_) | Kind::Retry(_) => Body::Wire { headers: header_fields(m), payload },
+        };
         Some(Incoming {
             kind: *kind,
             topic: Arc::clone(topic),
@@ -423,13 +459,17 @@ impl Incoming {
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(Bytes::copy_from_slice),
-            headers,
-            payload: m.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+            body,
         })
     }
 
     fn deliver_at_ms(&self) -> Option<u64> {
-        self.headers.iter().find(|(k, _)| k == wire::DELIVER_AT).and_then(|(_, v)| v.trim().parse().ok())
+        match &self.body {
+            Body::Decoded(d) => d.message.deliver_at.map(to_millis),
+            Body::Wire { headers, .. } => {
+                headers.iter().find(|(k, _)| k == wire::DELIVER_AT).and_then(|(_, v)| v.trim().parse().ok())
+            }
+        }
     }
 }
 
@@ -438,8 +478,8 @@ pub(super) struct Reader {
     consumer: StreamConsumer<ReaderContext>,
     state: Arc<Mutex<ReaderState>>,
     kinds: HashMap<String, (Kind, Arc<str>)>,
-    pub topic: String,
-    pub group: String,
+    pub topic: Arc<str>,
+    pub group: Arc<str>,
     commit_lock: tokio::sync::Mutex<()>,
     /// A background commit is on its way (later settlements ride along).
     commit_queued: AtomicBool,
@@ -502,8 +542,8 @@ impl Reader {
             consumer,
             state,
             kinds,
-            topic: topic.to_string(),
-            group: group.to_string(),
+            topic: Arc::from(topic),
+            group: Arc::from(group),
             commit_lock: tokio::sync::Mutex::new(()),
             commit_queued: AtomicBool::new(false),
             record_first: options.record_deliveries_first,
@@ -521,7 +561,8 @@ impl Reader {
         }
         finish_revocation(&self.consumer, &self.state, false);
         let deadline = Instant::now() + wait;
-        let mut out = Vec::new();
+        // Deliveries are large: growing the vector moved each one several times.
+        let mut out = Vec::with_capacity(max.min(1024));
         let mut messages = self.consumer.stream();
         loop {
             let incoming = if out.is_empty() {
@@ -640,7 +681,14 @@ impl Reader {
             self.wait_for_due(m, part, outbox).await?;
             return Ok(None);
         };
-        let mut decoded = wire::decode(m.headers, m.payload, count + 1);
+        let mut decoded = match m.body {
+            Body::Decoded(mut d) => {
+                // Decoded as a first delivery: add the earlier ones.
+                d.message.attempt = d.message.attempt.saturating_add(count);
+                d
+            }
+            Body::Wire { headers, payload } => wire::decode(headers, payload, count + 1),
+        };
         if decoded.message.key.is_none() {
             decoded.message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
         }
@@ -651,7 +699,13 @@ impl Reader {
         }
         let receipt =
             KafkaReceipt { reader: Arc::clone(self), topic: m.topic, partition: m.partition, offset: m.offset, epoch };
-        Ok(Some(Delivery::new(&self.topic, &self.group, decoded.message, decoded.malformed, Receipt::new(receipt))))
+        Ok(Some(Delivery::new(
+            Arc::clone(&self.topic),
+            Arc::clone(&self.group),
+            decoded.message,
+            decoded.malformed,
+            Receipt::new(receipt),
+        )))
     }
 
     /// A waiting message at the head of its partition that is not due:
@@ -662,13 +716,14 @@ impl Reader {
             Kind::Delay(level) | Kind::Retry(level) => level,
             Kind::Main => return Ok(()),
         };
-        let now = to_millis(SystemTime::now());
         let due = m.deliver_at_ms().unwrap_or(0);
+        let Body::Wire { headers, payload } = &m.body else { return Ok(()) };
+        let now = to_millis(SystemTime::now());
         let waited = m.timestamp_ms.map_or(u64::MAX, |ts| (ts.max(0) as u64).saturating_add(level));
         if level > 0 && now >= waited {
             // Waited its level's time: on to the level that fits what remains.
             let target = retry_topic(&self.topic, &self.group, level_for(due.saturating_sub(now)));
-            outbox.send(&target, m.key.as_deref(), &m.headers, &m.payload).await?;
+            outbox.send(&target, m.key.as_deref(), headers, payload).await?;
             let mut st = self.state.lock().unwrap();
             let t = st.track(&part);
             t.outstanding.insert(m.offset, true);
@@ -694,17 +749,14 @@ impl Reader {
 
     /// Marks the delivery settled; false when it was not held.
     pub fn settle(&self, r: &KafkaReceipt) -> bool {
+        self.state.lock().unwrap().settle(r)
+    }
+
+    /// Marks deliveries settled under one look at the state; returns the
+    /// position of the first that was not held.
+    pub fn settle_all(&self, receipts: &[&KafkaReceipt]) -> Option<usize> {
         let mut st = self.state.lock().unwrap();
-        match st.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
-            Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
-                Some(settled) if !*settled => {
-                    *settled = true;
-                    true
-                }
-                _ => false,
-            },
-            _ => false,
-        }
+        receipts.iter().enumerate().fold(None, |lost, (i, r)| if st.settle(r) { lost } else { lost.or(Some(i)) })
     }
 
     /// Commits every partition whose commit point or delivery record moved.

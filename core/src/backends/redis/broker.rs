@@ -773,7 +773,7 @@ impl Broker for RedisBroker {
         // One script call per topic and group (a worker's batch has one of each).
         let mut batches: HashMap<(&str, &str), Vec<(&Delivery, &RedisReceipt)>> = HashMap::new();
         for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
-            batches.entry((d.topic.as_str(), d.group.as_str())).or_default().push((d, r));
+            batches.entry((&*d.topic, &*d.group)).or_default().push((d, r));
         }
         let mut lost: Option<Error> = None;
         let mut topics = HashSet::new();
@@ -808,7 +808,7 @@ impl Broker for RedisBroker {
         self.check_open()?;
         let mut batches: HashMap<(&str, &str, &str), Vec<&RedisReceipt>> = HashMap::new();
         for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
-            batches.entry((d.topic.as_str(), d.group.as_str(), r.consumer.as_str())).or_default().push(r);
+            batches.entry((&*d.topic, &*d.group, r.consumer.as_str())).or_default().push(r);
         }
         for ((topic, group, consumer), receipts) in batches {
             let keys = TopicKeys::new(topic);
@@ -826,7 +826,7 @@ impl Broker for RedisBroker {
         self.check_open()?;
         let r = delivery.receipt_as::<RedisReceipt>(BACKEND)?;
         let keys = TopicKeys::new(&delivery.topic);
-        let group = delivery.group.as_str();
+        let group = &*delivery.group;
         let source = if r.due { keys.due(group) } else { keys.stream.clone() };
         let due = to_millis(next.due_at());
         let mut inv = scripts::retry().key(&source);
@@ -844,7 +844,7 @@ impl Broker for RedisBroker {
         self.check_open()?;
         let r = delivery.receipt_as::<RedisReceipt>(BACKEND)?;
         let keys = TopicKeys::new(&delivery.topic);
-        let group = delivery.group.as_str();
+        let group = &*delivery.group;
         let source = if r.due { keys.due(group) } else { keys.stream.clone() };
         let mut headers = message_fields(&delivery.message);
         headers.extend(wire::encode_reason(reason));
