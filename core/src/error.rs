@@ -112,7 +112,8 @@ pub enum Error {
     /// another consumer); the ack, retry or dead-letter was not applied.
     #[error("the lease on message {message_id} was lost; it will be delivered again")]
     LeaseLost {
-        /// Id of the message whose lease was lost.
+        /// Id of the message whose lease was lost (a Redis ack of a batch
+        /// says how many of it were settled already, not which).
         message_id: String,
     },
 
