@@ -176,6 +176,23 @@ async fn acks_settle_exactly_their_batch() {
     assert_eq!(err.code(), "LEASE_LOST", "{err}");
     assert!(err.to_string().contains("1 of the 20 acked together"), "{err}");
     assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 180);
-    broker.ack(&b[20..]).await.unwrap();
+
+    // A batch mixing topic-stream entries and the group's due stream (two
+    // retries due now): every one is acked, and the due entries are deleted.
+    for d in &b[20..22] {
+        let mut again = d.message.clone();
+        again.deliver_at = None;
+        broker.retry(d, again).await.unwrap();
+    }
+    let mut retried = take("b", 2).await;
+    assert_eq!(retried.len(), 2);
+    let due_key = format!("pb:{{{t}}}:due:g");
+    let mut raw = redis::Client::open(url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let due_len: usize = redis::cmd("XLEN").arg(&due_key).query_async(&mut raw).await.unwrap();
+    assert_eq!(due_len, 2);
+    retried.extend(b[22..].iter().cloned());
+    broker.ack(&retried).await.unwrap();
     assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 0);
+    let due_len: usize = redis::cmd("XLEN").arg(&due_key).query_async(&mut raw).await.unwrap();
+    assert_eq!(due_len, 0, "acked due entries are deleted");
 }

@@ -47,17 +47,13 @@ impl<T: Keyed> Queue<T> {
     }
 
     /// A handler is done with a message of `key`: the next one of that key
-    /// becomes ready (true if there is one).
-    pub(super) fn finished(&mut self, key: &str) -> bool {
-        let Some(behind) = self.busy_keys.get_mut(key) else { return false };
+    /// becomes ready, or the key is free again.
+    pub(super) fn finished(&mut self, key: &str) {
+        let Some(behind) = self.busy_keys.get_mut(key) else { return };
         match behind.pop_front() {
-            Some(next) => {
-                self.ready.push_back(next);
-                true
-            }
+            Some(next) => self.ready.push_back(next),
             None => {
                 self.busy_keys.remove(key);
-                false
             }
         }
     }
@@ -94,13 +90,15 @@ mod tests {
         assert!(!q.push((5, Some("a"))));
         assert_eq!(ids(std::iter::from_fn(|| q.take())), [1, 3, 4]);
         // b is done and nothing waits behind it: a new b is ready at once.
-        assert!(!q.finished("b"));
+        q.finished("b");
+        assert!(q.take().is_none());
         assert!(q.push((6, Some("b"))));
-        assert!(q.finished("a"));
+        q.finished("a");
         assert_eq!(ids(std::iter::from_fn(|| q.take())), [6, 2]);
-        assert!(q.finished("a"));
-        assert_eq!(ids(q.take()), [5]);
-        assert!(!q.finished("a"));
+        q.finished("a");
+        assert_eq!(ids(std::iter::from_fn(|| q.take())), [5]);
+        q.finished("a");
+        assert!(q.take().is_none());
         assert!(q.push((7, Some("a"))), "a is free again");
     }
 

@@ -11,7 +11,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{err, header_fields, Options};
+use super::{err, header_pairs, Options};
 use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
 use crate::message::from_millis;
@@ -79,8 +79,7 @@ impl DeadLetterViews {
                 view.live.remove(&old);
             }
             let Some(payload) = m.payload() else { continue }; // tombstone: removed
-            let fields = header_fields(&m);
-            let decoded = wire::decode(fields, Bytes::copy_from_slice(payload), 1);
+            let decoded = wire::decode(header_pairs(&m), Bytes::copy_from_slice(payload), 1);
             let at = m.timestamp().to_millis().filter(|t| *t >= 0).map_or(SystemTime::now(), |t| from_millis(t as u64));
             // (The reason headers, `pb-dl-partition` and `pb-dl-offset` included, become the reason.)
             view.live.insert(m.offset(), dead_letter::from_stored(id, decoded.message, topic, group, at));

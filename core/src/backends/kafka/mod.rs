@@ -78,14 +78,20 @@ fn err(e: rdkafka::error::KafkaError) -> Error {
     Error::Backend { backend: BACKEND, reason: e.to_string() }
 }
 
-/// A record's headers as wire name/value pairs (values read as UTF-8).
-fn header_fields<M: rdkafka::Message>(m: &M) -> Vec<(String, String)> {
+/// A record's headers as wire name/value pairs (values read as UTF-8),
+/// borrowed from the client's buffers: for [`wire::decode`], which copies
+/// only what the message keeps.
+fn header_pairs<M: rdkafka::Message>(m: &M) -> impl Iterator<Item = (&str, std::borrow::Cow<'_, str>)> {
     use rdkafka::message::Headers;
-    let Some(headers) = m.headers() else { return Vec::new() };
-    headers
-        .iter()
-        .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
-        .collect()
+    m.headers()
+        .into_iter()
+        .flat_map(|h| h.iter())
+        .map(|h| (h.key, h.value.map(String::from_utf8_lossy).unwrap_or_default()))
+}
+
+/// A record's headers as owned wire name/value pairs.
+fn header_fields<M: rdkafka::Message>(m: &M) -> Vec<(String, String)> {
+    header_pairs(m).map(|(name, value)| (name.to_string(), value.into_owned())).collect()
 }
 
 /// A group name made safe to sit between dots in a topic name.

@@ -14,7 +14,9 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use super::broker::Outbox;
-use super::{consumer_group, delay_topic, err, header_fields, level_for, retry_topic, Options, BACKEND, LEVELS};
+use super::{
+    consumer_group, delay_topic, err, header_fields, header_pairs, level_for, retry_topic, Options, BACKEND, LEVELS,
+};
 use crate::broker::{Delivery, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{from_millis, to_millis};
@@ -438,18 +440,10 @@ enum Body {
 impl Incoming {
     /// `None` for a topic this consumer does not read.
     fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<Incoming> {
-        use rdkafka::message::Headers;
         let (kind, topic) = kinds.get(m.topic())?;
         let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
         let body = match kind {
-            Kind::Main => {
-                let fields = m
-                    .headers()
-                    .into_iter()
-                    .flat_map(|h| h.iter())
-                    .map(|h| (h.key, h.value.map(String::from_utf8_lossy).unwrap_or_default()));
-                Body::Decoded(wire::decode(fields, payload, 1))
-            }
+            Kind::Main => Body::Decoded(wire::decode(header_pairs(m), payload, 1)),
             Kind::Delay(_) | Kind::Retry(_) => Body::Wire { headers: header_fields(m), payload },
         };
         Some(Incoming {

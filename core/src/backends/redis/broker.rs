@@ -422,17 +422,11 @@ impl RedisBroker {
     }
 }
 
-/// A message's stream fields, but for the payload: its wire headers.
-fn message_fields(m: &Message) -> Vec<(String, String)> {
-    wire::encode_headers(m)
-}
-
-/// Appends `headers` and the payload as field arguments.
-fn add_fields<C: FieldArgs>(cmd: &mut C, headers: &[(String, String)], payload: &[u8]) {
-    for (k, v) in headers {
-        cmd.field(k.as_bytes(), v.as_bytes());
-    }
-    cmd.field(PAYLOAD.as_bytes(), payload);
+/// Appends a message's stream fields (its wire headers, then the payload),
+/// straight from the message: no header strings in between.
+fn add_message<C: FieldArgs>(cmd: &mut C, m: &Message) {
+    wire::visit_headers(m, |name, value| cmd.field(name.as_bytes(), value.as_bytes()));
+    cmd.field(PAYLOAD.as_bytes(), &m.payload);
 }
 
 /// Commands and script invocations both take field arguments.
@@ -672,11 +666,7 @@ impl Broker for RedisBroker {
                 c.arg("XADD").arg(&keys.stream).arg("*");
                 c
             };
-            // Straight from the message into the command: no header strings in between.
-            wire::visit_headers(m, |name, value| {
-                cmd.arg(name).arg(value);
-            });
-            cmd.arg(PAYLOAD).arg(&m.payload[..]);
+            add_message(&mut cmd, m);
             pipe.add_command(cmd);
         }
         pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
@@ -832,7 +822,7 @@ impl Broker for RedisBroker {
         let mut inv = scripts::retry().key(&source);
         inv.key(keys.park(group)).key(keys.retry(group)).key(keys.due(group));
         inv.arg(group).arg(&r.consumer).arg(&r.id).arg(due).arg(now_ms()).arg(if r.due { "1" } else { "0" });
-        add_fields(&mut inv, &message_fields(&next), &next.payload);
+        add_message(&mut inv, &next);
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
@@ -846,11 +836,12 @@ impl Broker for RedisBroker {
         let keys = TopicKeys::new(&delivery.topic);
         let group = &*delivery.group;
         let source = if r.due { keys.due(group) } else { keys.stream.clone() };
-        let mut headers = message_fields(&delivery.message);
-        headers.extend(wire::encode_reason(reason));
         let mut inv = scripts::dead_letter().key(&source);
         inv.key(keys.dlq(group)).arg(group).arg(&r.consumer).arg(&r.id).arg(if r.due { "1" } else { "0" });
-        add_fields(&mut inv, &headers, &delivery.message.payload);
+        add_message(&mut inv, &delivery.message);
+        for (name, value) in wire::encode_reason(reason) {
+            inv.field(name.as_bytes(), value.as_bytes());
+        }
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
@@ -1004,7 +995,7 @@ impl Broker for RedisBroker {
             let message = dead_letter::redriven(wire::decode(headers, payload, 1).message);
             let mut inv = scripts::redrive().key(keys.dlq(group));
             inv.key(keys.due(group)).arg(id);
-            add_fields(&mut inv, &message_fields(&message), &message.payload);
+            add_message(&mut inv, &message);
             let done: i64 = inv.invoke_async(&mut conn).await.map_err(err)?;
             moved += done as usize;
         }
