@@ -458,55 +458,18 @@ impl Broker for KafkaBroker {
         let producer = self.outbox.producer.clone();
         let (topic_s, group_s) = (topic.to_string(), group.to_string());
         let mut stats = blocking(move || {
-            let (topic, group) = (topic_s.as_str(), group_s.as_str());
-            let t = Duration::from_secs(10);
-            let md = producer.client().fetch_metadata(None, t).map_err(err)?;
-            let partitions: HashMap<&str, usize> =
-                md.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
-            // Which figure each topic's messages count towards.
-            let mut sources: Vec<(String, bool)> =
-                vec![(topic.to_string(), true), (retry_topic(topic, group, 0), true)];
-            for level in LEVELS {
-                sources.push((delay_topic(topic, level), false));
-                if level > 0 {
-                    sources.push((retry_topic(topic, group, level), false));
-                }
-            }
-            let mut tpl = TopicPartitionList::new();
-            for (name, _) in &sources {
-                for p in 0..partitions.get(name.as_str()).copied().unwrap_or(0) {
-                    tpl.add_partition(name, p as i32);
-                }
-            }
-            let committed = inspector.committed_offsets(tpl, t).map_err(err)?;
-            let mut stats = GroupStats { topic: topic.to_string(), group: group.to_string(), ..Default::default() };
-            for (name, ready_now) in &sources {
-                for p in 0..partitions.get(name.as_str()).copied().unwrap_or(0) {
-                    let p = p as i32;
-                    let (low, high) = inspector.fetch_watermarks(name, p, t).map_err(err)?;
-                    let elem = committed.find_partition(name, p);
-                    let offset = elem.as_ref().and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
-                    let start = offset.unwrap_or(low).max(low).min(high);
-                    let marks = elem.as_ref().map(|e| Marks::parse(e.metadata())).unwrap_or_default();
-                    let handed = marks.through().map_or(0, |t| (t + 1).clamp(start, high) - start);
-                    let rest = (high - start - handed).max(0) as u64;
-                    stats.in_flight += handed as u64;
-                    if *ready_now {
-                        stats.ready += rest;
-                    } else {
-                        stats.waiting += rest;
+            // Right after a topic is created its partitions may have no
+            // leader yet: such answers are transient, so look again.
+            let mut tries = 0;
+            loop {
+                match group_figures(&producer, &inspector, &topic_s, &group_s) {
+                    Err(e) if tries < 10 && leader_unknown(&e) => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(200));
                     }
-                    if name == topic {
-                        stats.partitions.push(PartitionLag {
-                            partition: p,
-                            committed: offset,
-                            end: high,
-                            lag: high - start,
-                        });
-                    }
+                    figures => return figures.map_err(err),
                 }
             }
-            Ok(stats)
         })
         .await?;
         let views = Arc::clone(&self.dead_letters);
@@ -613,4 +576,69 @@ impl Broker for KafkaBroker {
         let _ = blocking(move || producer.flush(Duration::from_secs(10)).map_err(err)).await;
         Ok(())
     }
+}
+
+/// A group's figures from the broker: committed offsets and delivery
+/// records beside each partition's watermarks, over the topic and its
+/// retry and delay topics.
+fn group_figures(
+    producer: &FutureProducer,
+    inspector: &BaseConsumer,
+    topic: &str,
+    group: &str,
+) -> std::result::Result<GroupStats, KafkaError> {
+    let t = Duration::from_secs(10);
+    let md = producer.client().fetch_metadata(None, t)?;
+    let partitions: HashMap<&str, usize> = md.topics().iter().map(|t| (t.name(), t.partitions().len())).collect();
+    // Which figure each topic's messages count towards.
+    let mut sources: Vec<(String, bool)> = vec![(topic.to_string(), true), (retry_topic(topic, group, 0), true)];
+    for level in LEVELS {
+        sources.push((delay_topic(topic, level), false));
+        if level > 0 {
+            sources.push((retry_topic(topic, group, level), false));
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (name, _) in &sources {
+        for p in 0..partitions.get(name.as_str()).copied().unwrap_or(0) {
+            tpl.add_partition(name, p as i32);
+        }
+    }
+    let committed = inspector.committed_offsets(tpl, t)?;
+    let mut stats = GroupStats { topic: topic.to_string(), group: group.to_string(), ..Default::default() };
+    for (name, ready_now) in &sources {
+        for p in 0..partitions.get(name.as_str()).copied().unwrap_or(0) {
+            let p = p as i32;
+            let (low, high) = inspector.fetch_watermarks(name, p, t)?;
+            let elem = committed.find_partition(name, p);
+            let offset = elem.as_ref().and_then(|e| e.offset().to_raw()).filter(|o| *o >= 0);
+            let start = offset.unwrap_or(low).max(low).min(high);
+            let marks = elem.as_ref().map(|e| Marks::parse(e.metadata())).unwrap_or_default();
+            let handed = marks.through().map_or(0, |t| (t + 1).clamp(start, high) - start);
+            let rest = (high - start - handed).max(0) as u64;
+            stats.in_flight += handed as u64;
+            if *ready_now {
+                stats.ready += rest;
+            } else {
+                stats.waiting += rest;
+            }
+            if name == topic {
+                stats.partitions.push(PartitionLag { partition: p, committed: offset, end: high, lag: high - start });
+            }
+        }
+    }
+    Ok(stats)
+}
+
+/// A partition without a known leader (a topic just created, a leader
+/// moving): worth asking again in a moment.
+fn leader_unknown(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotLeaderForPartition
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::UnknownTopicOrPartition
+        )
+    )
 }
