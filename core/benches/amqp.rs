@@ -78,6 +78,25 @@ async fn raw_consume(conn: &Connection, queue: &str, n: usize) -> Duration {
     took
 }
 
+/// Deletes what the SDK declared for `topic` and group `g` (its queue, wait
+/// queues, dead-letter queue and exchanges), so rounds do not pile up
+/// quorum queues on the broker.
+async fn delete_sdk_topic(conn: &Connection, topic: &str) {
+    let admin = conn.create_channel().await.unwrap();
+    let mut queues = vec![format!("{topic}.g"), format!("{topic}.g.dlq")];
+    queues.extend(WAIT_LEVELS.iter().map(|l| format!("{topic}.g.wait.{l}")));
+    for q in queues {
+        admin.queue_delete(q.as_str().into(), Default::default()).await.unwrap();
+    }
+    for e in [topic.to_string(), format!("{topic}.delay")] {
+        admin.exchange_delete(e.as_str().into(), Default::default()).await.unwrap();
+    }
+    let _ = admin.close(200, "cleaned".into()).await;
+}
+
+/// The delay levels (ms) of the AMQP backend (`LEVELS` there): one wait queue each per group.
+const WAIT_LEVELS: [u64; 9] = [10, 100, 1_000, 10_000, 60_000, 600_000, 3_600_000, 21_600_000, 86_400_000];
+
 /// The SDK worker: concurrency 16 and 100 receive slots, like the raw prefetch.
 fn worker_options() -> WorkerOptions {
     WorkerOptions::default()
@@ -105,6 +124,7 @@ async fn main() {
             eprintln!("published; consuming");
             sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
             println!("sdk consume {sc:.0} msg/s");
+            delete_sdk_topic(&conn, &topic).await;
             continue;
         }
         let queue = format!("bench-raw-{run}-{round}");
@@ -131,6 +151,7 @@ async fn main() {
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
+        delete_sdk_topic(&conn, &topic).await;
     }
     if !only.is_empty() {
         return;

@@ -209,10 +209,10 @@ struct Counters {
 
 /// Most deliveries acked in one call.
 const ACK_BATCH: usize = 256;
-/// How long the acker waits for more finished messages to join a batch
-/// (none: while one ack call is out, the next batch gathers by itself, and
-/// a push broker sends more only once acks arrive).
-const ACK_LINGER: Duration = Duration::ZERO;
+/// How long the acker waits for a batch to fill where the broker pushes
+/// ahead. Elsewhere it does not wait: while one ack call (a round trip) is
+/// out, the next batch gathers by itself.
+const ACK_LINGER: Duration = Duration::from_millis(1);
 /// How long the fetcher waits for free slots to gather into one receive.
 const GATHER: Duration = Duration::from_millis(2);
 
@@ -571,9 +571,18 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
     }
 }
 
-/// Acks finished messages in batches: whatever is waiting, plus what
-/// arrives within `ACK_LINGER`, up to `ACK_BATCH`.
+/// Acks finished messages in batches: whatever is waiting, up to
+/// `ACK_BATCH`. Where the broker pushes ahead, an ack costs it work per
+/// call (on RabbitMQ each ack frame is a quorum-queue command) rather than
+/// a round trip here: the batch waits up to `ACK_LINGER` to reach half the
+/// worker's capacity, so the broker refills half the window at a time
+/// while the other half is handled.
 async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
+    let fill = if inner.broker.capabilities().pushes_ahead {
+        ((inner.options.concurrency + inner.options.prefetch) / 2).clamp(1, ACK_BATCH)
+    } else {
+        1
+    };
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let linger_until = tokio::time::Instant::now() + ACK_LINGER;
@@ -581,9 +590,7 @@ async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
             match rx.try_recv() {
                 Ok(slot) => batch.push(slot),
                 Err(mpsc::error::TryRecvError::Disconnected) => break,
-                // Not even a timer set to now: it fires on the next
-                // millisecond tick, which held every ack batch that long.
-                Err(mpsc::error::TryRecvError::Empty) if ACK_LINGER.is_zero() => break,
+                Err(mpsc::error::TryRecvError::Empty) if batch.len() >= fill => break,
                 Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
                     Ok(Some(slot)) => batch.push(slot),
                     Ok(None) | Err(_) => break,

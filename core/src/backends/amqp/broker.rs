@@ -1,5 +1,6 @@
 //! The AMQP `Broker`.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -79,17 +80,33 @@ struct Link {
 
 /// A group's consumer on this handle.
 struct GroupConsumer {
-    channel: Channel,
     consumer: lapin::Consumer,
     tag: String,
-    unsettled: Unsettled,
     prefetch: u16,
-    generation: u64,
+    link: Arc<ConsumerLink>,
 }
 
-/// Delivery tags a consumer channel has handed out and not yet settled, so
-/// a batch of acks can go as one `multiple` ack where that is exact.
-type Unsettled = Arc<Mutex<std::collections::BTreeSet<u64>>>;
+/// What every delivery of one consumer channel shares (one `Arc` per
+/// message rather than a channel handle and two names).
+#[derive(Debug)]
+struct ConsumerLink {
+    channel: Channel,
+    /// The connection it was opened on: a delivery from an older one
+    /// cannot be settled any more.
+    generation: u64,
+    /// Delivery tags handed out and not yet settled, so a batch of acks can
+    /// go as one `multiple` ack where that is exact.
+    unsettled: Mutex<std::collections::BTreeSet<u64>>,
+    topic: Arc<str>,
+    group: Arc<str>,
+}
+
+impl ConsumerLink {
+    /// Whether its deliveries can still be settled: same connection, channel open.
+    fn live(&self, generation: u64) -> bool {
+        self.generation == generation && self.channel.status().connected()
+    }
+}
 
 /// A group's consumer on this handle, created on first receive.
 type ConsumerSlot = Arc<tokio::sync::Mutex<Option<GroupConsumer>>>;
@@ -99,13 +116,11 @@ type Outgoing = (String, String, Vec<(String, String)>, Bytes, Option<String>);
 
 #[derive(Debug)]
 struct AmqpReceipt {
-    channel: Channel,
+    link: Arc<ConsumerLink>,
     tag: u64,
-    generation: u64,
     /// Acking a tag twice is a channel error that would close the channel
     /// and give back every other message on it: settle once, here.
     settled: AtomicBool,
-    unsettled: Unsettled,
 }
 
 /// A RabbitMQ connection for one URL.
@@ -359,15 +374,8 @@ impl AmqpBroker {
         Arc::clone(consumers.entry((topic.to_string(), group.to_string(), consumer.to_string())).or_default())
     }
 
-    fn to_delivery(
-        &self,
-        req: &ReceiveRequest<'_>,
-        d: lapin::message::Delivery,
-        channel: &Channel,
-        generation: u64,
-        unsettled: &Unsettled,
-    ) -> Delivery {
-        unsettled.lock().unwrap().insert(d.delivery_tag);
+    fn to_delivery(link: &Arc<ConsumerLink>, d: lapin::message::Delivery) -> Delivery {
+        link.unsettled.lock().unwrap().insert(d.delivery_tag);
         let (headers, delivery_count) = read_headers(&d.properties);
         let mut decoded = wire::decode(headers, Bytes::from(d.data), delivery_count);
         if decoded.message.content_type.is_none() {
@@ -378,29 +386,23 @@ impl AmqpBroker {
                 d.properties.timestamp().map(|t| from_millis(t * 1000)).unwrap_or_else(crate::message::now_millis);
         }
         Delivery::new(
-            req.topic,
-            req.group,
+            Arc::clone(&link.topic),
+            Arc::clone(&link.group),
             decoded.message,
             decoded.malformed,
-            Receipt::new(AmqpReceipt {
-                channel: channel.clone(),
-                tag: d.delivery_tag,
-                generation,
-                settled: AtomicBool::new(false),
-                unsettled: Arc::clone(unsettled),
-            }),
+            Receipt::new(AmqpReceipt { link: Arc::clone(link), tag: d.delivery_tag, settled: AtomicBool::new(false) }),
         )
     }
 
     async fn settle(&self, delivery: &Delivery) -> Result<()> {
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
-        let gone = r.generation != self.generation.load(Ordering::Acquire) || !r.channel.status().connected();
         // A closed channel means the broker has put the message back.
-        if gone || r.settled.swap(true, Ordering::AcqRel) {
+        if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.swap(true, Ordering::AcqRel) {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
         }
-        r.unsettled.lock().unwrap().remove(&r.tag);
-        r.channel
+        r.link.unsettled.lock().unwrap().remove(&r.tag);
+        r.link
+            .channel
             .basic_ack(r.tag, BasicAckOptions::default())
             .await
             .map_err(|_| Error::LeaseLost { message_id: delivery.message.id.clone() })
@@ -483,12 +485,14 @@ fn decode(s: &str) -> String {
     url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
-/// Headers as strings, and the delivery count (the quorum queue's
-/// `x-delivery-count` counts earlier deliveries).
-fn read_headers(props: &BasicProperties) -> (Vec<(String, String)>, u32) {
+/// Headers as text (borrowed from the delivery where they already are),
+/// and the delivery count (the quorum queue's `x-delivery-count` counts
+/// earlier deliveries).
+fn read_headers(props: &BasicProperties) -> (Vec<(&str, Cow<'_, str>)>, u32) {
     let mut out = Vec::new();
     let mut count = 1;
     if let Some(table) = props.headers() {
+        out.reserve(table.inner().len());
         for (k, v) in table.inner() {
             let name = k.as_str();
             if name == "x-delivery-count" {
@@ -499,33 +503,33 @@ fn read_headers(props: &BasicProperties) -> (Vec<(String, String)>, u32) {
                 continue; // the broker's own bookkeeping
             }
             if let Some(s) = value_string(v) {
-                out.push((name.to_string(), s));
+                out.push((name, s));
             }
         }
     }
-    if !out.iter().any(|(k, _)| k == wire::ID) {
+    if !out.iter().any(|(k, _)| *k == wire::ID) {
         if let Some(id) = props.message_id() {
-            out.push((wire::ID.to_string(), id.to_string()));
+            out.push((wire::ID, Cow::Borrowed(id.as_str())));
         }
     }
     (out, count)
 }
 
-fn value_string(v: &AMQPValue) -> Option<String> {
+fn value_string(v: &AMQPValue) -> Option<Cow<'_, str>> {
     Some(match v {
-        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-        AMQPValue::ShortString(s) => s.to_string(),
-        AMQPValue::Boolean(b) => b.to_string(),
-        AMQPValue::ShortShortInt(n) => n.to_string(),
-        AMQPValue::ShortShortUInt(n) => n.to_string(),
-        AMQPValue::ShortInt(n) => n.to_string(),
-        AMQPValue::ShortUInt(n) => n.to_string(),
-        AMQPValue::LongInt(n) => n.to_string(),
-        AMQPValue::LongUInt(n) => n.to_string(),
-        AMQPValue::LongLongInt(n) => n.to_string(),
-        AMQPValue::Float(n) => n.to_string(),
-        AMQPValue::Double(n) => n.to_string(),
-        AMQPValue::Timestamp(n) => n.to_string(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()),
+        AMQPValue::ShortString(s) => Cow::Borrowed(s.as_str()),
+        AMQPValue::Boolean(b) => b.to_string().into(),
+        AMQPValue::ShortShortInt(n) => n.to_string().into(),
+        AMQPValue::ShortShortUInt(n) => n.to_string().into(),
+        AMQPValue::ShortInt(n) => n.to_string().into(),
+        AMQPValue::ShortUInt(n) => n.to_string().into(),
+        AMQPValue::LongInt(n) => n.to_string().into(),
+        AMQPValue::LongUInt(n) => n.to_string().into(),
+        AMQPValue::LongLongInt(n) => n.to_string().into(),
+        AMQPValue::Float(n) => n.to_string().into(),
+        AMQPValue::Double(n) => n.to_string().into(),
+        AMQPValue::Timestamp(n) => n.to_string().into(),
         _ => return None,
     })
 }
@@ -598,13 +602,14 @@ impl Broker for AmqpBroker {
         if req.max == 0 {
             return Ok(Vec::new());
         }
-        self.declare_group(req.topic, req.group).await?;
         let slot = self.consumer_for(req.topic, req.group, req.consumer).await;
         let mut guard = slot.lock().await;
         let generation = self.generation.load(Ordering::Acquire);
         let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
-        let stale = guard.as_ref().is_none_or(|c| c.generation != generation || !c.channel.status().connected());
+        let stale = guard.as_ref().is_none_or(|c| !c.link.live(generation));
         if stale {
+            // Declared once per consumer (and again after a reconnect), not per receive.
+            self.declare_group(req.topic, req.group).await?;
             let channel = self.fresh_channel().await?;
             // The prefetch is what this consumer may hold unacked: the worker's capacity.
             channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
@@ -618,13 +623,18 @@ impl Broker for AmqpBroker {
                 )
                 .await
                 .map_err(err)?;
-            let generation = self.generation.load(Ordering::Acquire);
-            let unsettled = Unsettled::default();
-            *guard = Some(GroupConsumer { channel, consumer, tag, unsettled, prefetch: wanted, generation });
+            let link = Arc::new(ConsumerLink {
+                channel,
+                generation: self.generation.load(Ordering::Acquire),
+                unsettled: Mutex::default(),
+                topic: req.topic.into(),
+                group: req.group.into(),
+            });
+            *guard = Some(GroupConsumer { consumer, tag, prefetch: wanted, link });
         }
         let state = guard.as_mut().expect("consumer set above");
         if wanted > state.prefetch {
-            state.channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
+            state.link.channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
             state.prefetch = wanted;
         }
         let deadline = tokio::time::Instant::now() + req.wait;
@@ -661,7 +671,7 @@ impl Broker for AmqpBroker {
                 }
                 Some(Some(Ok(d))) => d,
             };
-            let delivery = self.to_delivery(&req, next, &state.channel, state.generation, &state.unsettled);
+            let delivery = AmqpBroker::to_delivery(&state.link, next);
             // Not due yet: back to the wait queues (a hop, not an attempt).
             if let Some(due) = delivery.message.deliver_at {
                 let remaining = to_millis(due).saturating_sub(to_millis(SystemTime::now()));
@@ -688,22 +698,32 @@ impl Broker for AmqpBroker {
         let current = self.generation.load(Ordering::Acquire);
         // Per consumer channel: the tags of this batch below every tag still
         // unsettled on it go as one `multiple` ack; the others one by one.
-        let mut by_channel: HashMap<usize, (&AmqpReceipt, Vec<u64>)> = HashMap::new();
+        let mut by_channel: Vec<(&Arc<ConsumerLink>, Vec<&Delivery>)> = Vec::new();
         for d in deliveries {
             let r = d.receipt_as::<AmqpReceipt>(BACKEND)?;
-            let gone = r.generation != current || !r.channel.status().connected();
-            if gone || r.settled.swap(true, Ordering::AcqRel) {
-                lost.get_or_insert(Error::LeaseLost { message_id: d.message.id.clone() });
+            match by_channel.iter_mut().find(|(link, _)| Arc::ptr_eq(link, &r.link)) {
+                Some((_, batch)) => batch.push(d),
+                None => by_channel.push((&r.link, vec![d])),
+            }
+        }
+        for (link, batch) in by_channel {
+            // A closed channel (or connection) has given these back already.
+            let live = link.live(current);
+            let mut tags = Vec::with_capacity(batch.len());
+            for d in batch {
+                let r = d.receipt_as::<AmqpReceipt>(BACKEND)?;
+                if !live || r.settled.swap(true, Ordering::AcqRel) {
+                    lost.get_or_insert(Error::LeaseLost { message_id: d.message.id.clone() });
+                } else {
+                    tags.push(r.tag);
+                }
+            }
+            if tags.is_empty() {
                 continue;
             }
-            // Keyed by the set's address: one set per consumer channel.
-            let key = Arc::as_ptr(&r.unsettled) as usize;
-            by_channel.entry(key).or_insert((r, Vec::new())).1.push(r.tag);
-        }
-        for (_, (r, mut tags)) in by_channel {
             tags.sort_unstable();
             let floor = {
-                let mut unsettled = r.unsettled.lock().unwrap();
+                let mut unsettled = link.unsettled.lock().unwrap();
                 for t in &tags {
                     unsettled.remove(t);
                 }
@@ -716,7 +736,7 @@ impl Broker for AmqpBroker {
             }
             acks.extend(tags[split..].iter().map(|t| (*t, false)));
             for (tag, multiple) in acks {
-                if let Err(e) = r.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
+                if let Err(e) = link.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
                     lost.get_or_insert(Error::LeaseLost { message_id: e.to_string() });
                 }
             }
@@ -731,10 +751,7 @@ impl Broker for AmqpBroker {
     async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
         self.check_open()?;
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
-        if r.generation != self.generation.load(Ordering::Acquire)
-            || !r.channel.status().connected()
-            || r.settled.load(Ordering::Acquire)
-        {
+        if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.load(Ordering::Acquire) {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
         }
         let queue = AmqpBroker::route_for_group(&delivery.topic, &delivery.group, to_millis(next.due_at()));
@@ -746,10 +763,7 @@ impl Broker for AmqpBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
         self.check_open()?;
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
-        if r.generation != self.generation.load(Ordering::Acquire)
-            || !r.channel.status().connected()
-            || r.settled.load(Ordering::Acquire)
-        {
+        if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.load(Ordering::Acquire) {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
         }
         let (mut headers, payload, ct) = headers_of(&delivery.message);
@@ -852,7 +866,7 @@ impl Broker for AmqpBroker {
         let slot = self.consumers.lock().unwrap().remove(&key);
         let Some(slot) = slot else { return Ok(()) };
         let Some(mut state) = slot.lock().await.take() else { return Ok(()) };
-        if !state.channel.status().connected() {
+        if !state.link.channel.status().connected() {
             return Ok(()); // the broker has them back already
         }
         // Take what was pushed and never received, without acking (so the
@@ -860,10 +874,9 @@ impl Broker for AmqpBroker {
         // back in the queue, stop the consumer, then ack the originals.
         // Closing the channel on them instead would give them back as a
         // new attempt.
-        let req = ReceiveRequest { topic, group, consumer: "", max: 0, wait: Duration::ZERO, lease: Duration::ZERO };
         let mut pushed = Vec::new();
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(50), state.consumer.next()).await {
-            pushed.push(self.to_delivery(&req, d, &state.channel, state.generation, &state.unsettled));
+            pushed.push(AmqpBroker::to_delivery(&state.link, d));
         }
         let copies = pushed
             .iter()
@@ -873,11 +886,11 @@ impl Broker for AmqpBroker {
             })
             .collect();
         self.publish_confirmed(copies).await?;
-        state.channel.basic_cancel(state.tag.as_str().into(), BasicCancelOptions::default()).await.map_err(err)?;
+        state.link.channel.basic_cancel(state.tag.as_str().into(), BasicCancelOptions::default()).await.map_err(err)?;
         for d in &pushed {
             self.settle(d).await?;
         }
-        let _ = state.channel.close(200, "stopped receiving".into()).await;
+        let _ = state.link.channel.close(200, "stopped receiving".into()).await;
         Ok(())
     }
 
