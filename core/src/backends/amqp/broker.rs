@@ -606,7 +606,11 @@ impl Broker for AmqpBroker {
         let mut guard = slot.lock().await;
         let generation = self.generation.load(Ordering::Acquire);
         let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
-        let stale = guard.as_ref().is_none_or(|c| !c.link.live(generation));
+        // A consumer from an older connection is replaced. A closed channel
+        // shows as the end of its stream (below), not by asking its status
+        // on every receive: that lock is taken by lapin's reader on every
+        // frame, and asking here contended with it.
+        let stale = guard.as_ref().is_none_or(|c| c.link.generation != generation);
         if stale {
             // Declared once per consumer (and again after a reconnect), not per receive.
             self.declare_group(req.topic, req.group).await?;
