@@ -14,9 +14,10 @@
 //! loop), a synchronous one at the end. Pillarbox: `publish` in batches
 //! of 100; a `Worker` with a no-op handler, concurrency 16 and 100 slots.
 //!
-//! `PB_BENCH_ONLY=raw|sdk` runs one side; `sdk-consume` (or
-//! `sdk-consume-async`) publishes untimed and then times the consumer
-//! alone, for profiling. `PB_BENCH_N`, `PB_BENCH_ROUNDS`: messages, rounds.
+//! `PB_BENCH_ONLY=raw|sdk` runs one side; `raw-consume`, `sdk-consume` (or
+//! `sdk-consume-async`) publish untimed and then time the consumer alone,
+//! for profiling. `PB_BENCH_N`, `PB_BENCH_ROUNDS`: messages, rounds;
+//! `PB_BENCH_PREFETCH`: the worker's prefetch (84).
 
 mod common;
 
@@ -85,7 +86,10 @@ async fn raw_consume(topic: &str, group: &str, n: usize) -> Duration {
 }
 
 fn worker_options() -> WorkerOptions {
-    WorkerOptions::default().concurrency(16).prefetch(BATCH - 16).poll_wait(Duration::from_millis(200))
+    WorkerOptions::default()
+        .concurrency(16)
+        .prefetch(env_number("PB_BENCH_PREFETCH", BATCH - 16))
+        .poll_wait(Duration::from_millis(200))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -123,7 +127,14 @@ async fn main() {
             admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(500)).await;
             rp = rp.max(rate(n, raw_publish(&producer, &topic, n).await));
+            if only == "raw-consume" {
+                eprintln!("published; consuming");
+            }
             rc = rc.max(rate(n, raw_consume(&topic, &format!("raw-{run}-{round}"), n).await));
+            if only == "raw-consume" {
+                println!("raw consume {rc:.0} msg/s");
+                continue;
+            }
         }
         if only.is_empty() || only.starts_with("sdk") {
             let topic = format!("bench-sdk-{run}-{round}");
@@ -136,7 +147,7 @@ async fn main() {
             sf = sf.max(rate(n, sdk_consume(&fast, &topic, n, worker_options()).await));
         }
     }
-    if only.starts_with("sdk-consume") {
+    if only.starts_with("sdk-consume") || only == "raw-consume" {
         return;
     }
     println!("kafka, {n} messages of 100 bytes, best of {rounds} rounds");

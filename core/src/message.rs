@@ -61,14 +61,17 @@ pub struct FailureHistory {
 impl Message {
     /// A new message with a fresh id, attempt 1 and `published_at` now.
     pub fn new(payload: impl Into<Bytes>) -> Self {
+        // One reading of the clock for both: the id then carries the
+        // publish time, which spares the wire a header (see `wire`).
+        let now = now_millis();
         Message {
-            id: new_message_id(),
+            id: message_id_at(to_millis(now)),
             key: None,
             idempotency_key: None,
             content_type: None,
             headers: BTreeMap::new(),
             attempt: 1,
-            published_at: now_millis(),
+            published_at: now,
             deliver_at: None,
             traceparent: None,
             tracestate: None,
@@ -170,9 +173,14 @@ impl Message {
 /// per-thread generator (ids need uniqueness, not secrecy; the OS random
 /// source costs a system call per id).
 pub fn new_message_id() -> String {
+    message_id_at(to_millis(SystemTime::now()))
+}
+
+/// [`new_message_id`] for the millisecond `now`. More than 4,096 ids in one
+/// millisecond run the id's time ahead of `now` rather than repeat one.
+fn message_id_at(now: u64) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static LAST: AtomicU64 = AtomicU64::new(0);
-    let now = to_millis(SystemTime::now());
     let mut prev = LAST.load(Ordering::Relaxed);
     let stamp = loop {
         // Millisecond in the high bits, sequence in the low 12.
@@ -190,6 +198,22 @@ pub fn new_message_id() -> String {
     bytes[8..].copy_from_slice(&fastrand::u64(..).to_be_bytes());
     bytes[8] = (bytes[8] & 0x3f) | 0x80; // RFC 9562 variant
     uuid::Uuid::from_bytes(bytes).to_string()
+}
+
+/// The creation time (ms since the epoch) of a UUIDv7 id in its canonical
+/// text form; `None` for any other id.
+pub(crate) fn uuid7_millis(id: &str) -> Option<u64> {
+    let b = id.as_bytes();
+    let canonical = b.len() == 36
+        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
+        && b[14] == b'7'
+        && matches!(b[19], b'8' | b'9' | b'a' | b'b' | b'A' | b'B');
+    if !canonical {
+        return None;
+    }
+    let high = u64::from_str_radix(id.get(..8)?, 16).ok()?;
+    let low = u64::from_str_radix(id.get(9..13)?, 16).ok()?;
+    Some(high << 16 | low)
 }
 
 /// Now, at millisecond precision: the precision every wire format carries.
@@ -240,6 +264,19 @@ mod tests {
         let ms = parsed.get_timestamp().unwrap().to_unix();
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         assert!(ms.0.abs_diff(now) < 5, "timestamp {ms:?} is not now");
+    }
+
+    #[test]
+    fn uuid7_ids_tell_their_millisecond() {
+        let before = to_millis(SystemTime::now());
+        let ms = uuid7_millis(&new_message_id()).expect("a UUIDv7");
+        assert!(ms >= before && ms <= to_millis(SystemTime::now()) + 1, "{before} {ms}");
+        assert_eq!(uuid7_millis("0190a8c4-5e1f-7abc-8def-0123456789ab"), Some(0x0190_a8c4_5e1f));
+        for other in ["order-42", "0190a8c4-5e1f-4abc-8def-0123456789ab", "0190a8c4-5e1f-7abc-cdef-0123456789ab", ""] {
+            assert_eq!(uuid7_millis(other), None, "{other}");
+        }
+        let m = Message::new("x");
+        assert_eq!(uuid7_millis(&m.id), Some(to_millis(m.published_at)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use crate::dead_letter::DeadLetterReason;
-use crate::message::{from_millis, new_message_id, to_millis, FailureHistory, Message};
+use crate::message::{from_millis, new_message_id, to_millis, uuid7_millis, FailureHistory, Message};
 
 /// Prefix reserved for Pillarbox metadata.
 pub const RESERVED_PREFIX: &str = "pb-";
@@ -102,7 +102,12 @@ pub fn visit_headers(m: &Message, mut field: impl FnMut(&str, &str)) {
         // Absent means 1: the common case costs nothing on the wire.
         field(ATTEMPT, decimal(u64::from(m.attempt), &mut digits));
     }
-    field(PUBLISHED_AT, decimal(to_millis(m.published_at), &mut digits));
+    let published = to_millis(m.published_at);
+    if uuid7_millis(&m.id) != Some(published) {
+        // Absent when the id (a UUIDv7, as `Message::new` makes them)
+        // carries the same millisecond: one field fewer on every message.
+        field(PUBLISHED_AT, decimal(published, &mut digits));
+    }
     if let Some(t) = m.deliver_at {
         field(DELIVER_AT, decimal(to_millis(t), &mut digits));
     }
@@ -250,6 +255,7 @@ where
             }
         }
     }
+    let from_wire = id.as_ref().is_some_and(|s: &String| !s.is_empty());
     if let Some(id) = id.filter(|s| !s.is_empty()) {
         m.id = id;
     } else {
@@ -257,7 +263,8 @@ where
     }
     let redeliveries = delivery_count.saturating_sub(1);
     m.attempt = attempt.unwrap_or(1).saturating_add(redeliveries);
-    if let Some(p) = published_at {
+    // Without the header, a UUIDv7 id from the wire carries the publish time.
+    if let Some(p) = published_at.or_else(|| uuid7_millis(&m.id).filter(|_| from_wire).map(from_millis)) {
         m.published_at = p;
     }
     if let (Some(first), Some(last)) = (first_failed, last_failed) {
@@ -307,6 +314,28 @@ mod tests {
             encoded_headers_len(&plain),
             encode_headers(&plain).iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         );
+    }
+
+    #[test]
+    fn publish_time_rides_in_the_id_when_it_can() {
+        // A fresh message: its UUIDv7 id carries the millisecond.
+        let fresh = Message::new("x");
+        let headers = encode_headers(&fresh);
+        assert!(headers.iter().all(|(k, _)| k != PUBLISHED_AT), "{headers:?}");
+        assert_eq!(decode(headers, fresh.payload.clone(), 1).message, fresh);
+        // Any other id, or a time the id does not carry: the header goes.
+        let mut custom = Message::new("x");
+        custom.id = "order-42".into();
+        let mut older = Message::new("x");
+        older.published_at = from_millis(to_millis(older.published_at) - 1);
+        for m in [custom, older] {
+            let headers = encode_headers(&m);
+            assert!(headers.iter().any(|(k, _)| k == PUBLISHED_AT), "{headers:?}");
+            assert_eq!(decode(headers, m.payload.clone(), 1).message, m);
+        }
+        // A message with no id on the wire gets a fresh one, not a publish time from it.
+        let d = decode(Vec::<(String, String)>::new(), Bytes::new(), 1);
+        assert_eq!(d.message.published_at, SystemTime::UNIX_EPOCH, "left for the backend's own time");
     }
 
     #[test]

@@ -49,3 +49,22 @@ async fn channel_errors_do_not_drop_held_deliveries() {
     broker.ack(&held).await.unwrap();
     let _ = raw.close(200, "done".into()).await;
 }
+
+/// The id travels as AMQP's message-id property, a short string; an id
+/// longer than its 255 bytes travels as a header instead, and both arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_of_every_length_arrive() {
+    let broker = connect(URL).await.unwrap();
+    let topic = format!("ids{}", std::process::id());
+    broker.ensure_group(&topic, "g").await.unwrap();
+    let short = Message::new("short");
+    let mut long = Message::new("long");
+    long.id = "x".repeat(300);
+    broker.publish(&topic, vec![short.clone(), long.clone()]).await.unwrap();
+    let got = support::receive(&*broker, &topic, "c", 2, Duration::from_secs(10)).await;
+    let ids: Vec<&str> = got.iter().map(|d| d.message.id.as_str()).collect();
+    assert_eq!(ids, [short.id.as_str(), long.id.as_str()]);
+    assert_eq!(got[0].message.published_at, short.published_at, "carried by the id");
+    assert_eq!(got[1].message.published_at, long.published_at, "carried by its header");
+    broker.ack(&got).await.unwrap();
+}

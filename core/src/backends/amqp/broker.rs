@@ -310,12 +310,19 @@ impl AmqpBroker {
             let mut table = FieldTable::default();
             let mut id = None;
             for (k, v) in headers {
-                if k == wire::ID {
-                    id = Some(v.clone());
+                // The id travels as the standard message-id property (a
+                // short string: up to 255 bytes), not twice; a plain
+                // message then has no header table for either side to parse.
+                if k == wire::ID && v.len() <= 255 {
+                    id = Some(v.as_str());
+                    continue;
                 }
                 table.insert(k.as_str().into(), AMQPValue::LongString(v.as_str().into()));
             }
-            let mut props = BasicProperties::default().with_delivery_mode(2).with_headers(table);
+            let mut props = BasicProperties::default().with_delivery_mode(2);
+            if !table.inner().is_empty() {
+                props = props.with_headers(table);
+            }
             if let Some(id) = id {
                 props = props.with_message_id(id.into());
             }
