@@ -222,7 +222,38 @@ impl Track {
     }
 }
 
+/// What to do with a message just read.
+enum Admission {
+    /// Read before a pause, a seek or a revocation, or handed out already:
+    /// it comes again, or came.
+    Stale,
+    /// Hand it out; it was delivered `earlier` times before this assignment.
+    HandOut { earlier: u32, epoch: u64 },
+    /// A waiting message that is not due.
+    NotDue,
+}
+
 impl ReaderState {
+    /// Decides about one message and, when it is handed out, records it.
+    fn admit(&mut self, m: &Incoming) -> Admission {
+        let part: Part = (Arc::clone(&m.topic), m.partition);
+        if self.paused.contains_key(&part) || self.revoking.contains(&part) {
+            return Admission::Stale; // fetched before the pause: it comes again
+        }
+        let t = self.track(&part);
+        if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
+            return Admission::Stale;
+        }
+        let waits = matches!(m.kind, Kind::Delay(_) | Kind::Retry(_));
+        if waits && m.deliver_at_ms().is_some_and(|due| due > to_millis(SystemTime::now())) {
+            return Admission::NotDue;
+        }
+        t.outstanding.insert(m.offset, false);
+        t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+        t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
+        Admission::HandOut { earlier: t.base.count_at(m.offset), epoch: t.epoch }
+    }
+
     fn settle(&mut self, r: &KafkaReceipt) -> bool {
         match self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
             Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
@@ -416,6 +447,28 @@ pub(super) struct KafkaReceipt {
     epoch: u64,
 }
 
+/// The kind of the topic a message came from, remembered for the next
+/// message (most come from the same topic as the one before): one string
+/// comparison instead of a hash lookup per message.
+#[derive(Default)]
+struct KindCache {
+    last: Option<(String, Kind, Arc<str>)>,
+}
+
+impl KindCache {
+    /// `None` for a topic this consumer does not read.
+    fn get(&mut self, topic: &str, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<(Kind, Arc<str>)> {
+        match &self.last {
+            Some((name, kind, shared)) if name == topic => Some((*kind, Arc::clone(shared))),
+            _ => {
+                let (kind, shared) = kinds.get(topic)?;
+                self.last = Some((topic.to_string(), *kind, Arc::clone(shared)));
+                Some((*kind, Arc::clone(shared)))
+            }
+        }
+    }
+}
+
 /// A message copied out of the consumer.
 struct Incoming {
     kind: Kind,
@@ -438,23 +491,22 @@ enum Body {
 }
 
 impl Incoming {
-    /// `None` for a topic this consumer does not read.
-    fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kinds: &HashMap<String, (Kind, Arc<str>)>) -> Option<Incoming> {
-        let (kind, topic) = kinds.get(m.topic())?;
+    /// Copies a message of `topic`, of kind `kind`, out of the client's buffers.
+    fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kind: Kind, topic: Arc<str>) -> Incoming {
         let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
         let body = match kind {
             Kind::Main => Body::Decoded(wire::decode(header_pairs(m), payload, 1)),
             Kind::Delay(_) | Kind::Retry(_) => Body::Wire { headers: header_fields(m), payload },
         };
-        Some(Incoming {
-            kind: *kind,
-            topic: Arc::clone(topic),
+        Incoming {
+            kind,
+            topic,
             partition: m.partition(),
             offset: m.offset(),
             timestamp_ms: m.timestamp().to_millis(),
             key: m.key().map(Bytes::copy_from_slice),
             body,
-        })
+        }
     }
 
     fn deliver_at_ms(&self) -> Option<u64> {
@@ -558,32 +610,41 @@ impl Reader {
         // Deliveries are large: growing the vector moved each one several times.
         let mut out = Vec::with_capacity(max.min(1024));
         let mut messages = self.consumer.stream();
-        loop {
-            let incoming = if out.is_empty() {
-                let next_wake = self.resume_due();
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
+        let mut kinds = KindCache::default();
+        while out.len() < max {
+            // Wait for the first message; then take what is already here.
+            let mut incoming = Vec::with_capacity((max - out.len()).min(1024));
+            while incoming.len() < max - out.len() {
+                let m = if incoming.is_empty() && out.is_empty() {
+                    let next_wake = self.resume_due();
+                    let now = Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    let until = next_wake.map_or(deadline, |w| w.min(deadline));
+                    match tokio::time::timeout(until.saturating_duration_since(now), messages.next()).await {
+                        Err(_) => continue,
+                        Ok(None) => return Err(Error::Closed),
+                        Ok(Some(Err(e))) => return Err(err(e)),
+                        Ok(Some(Ok(m))) => m,
+                    }
+                } else {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(m))) => m,
+                        _ => break,
+                    }
+                };
+                if let Some((kind, topic)) = kinds.get(m.topic(), &self.kinds) {
+                    incoming.push(Incoming::copy(&m, kind, topic));
                 }
-                let until = next_wake.map_or(deadline, |w| w.min(deadline));
-                match tokio::time::timeout(until.saturating_duration_since(now), messages.next()).await {
-                    Err(_) => continue,
-                    Ok(None) => return Err(Error::Closed),
-                    Ok(Some(Err(e))) => return Err(err(e)),
-                    Ok(Some(Ok(m))) => Incoming::copy(&m, &self.kinds),
-                }
-            } else {
-                match messages.next().now_or_never() {
-                    Some(Some(Ok(m))) => Incoming::copy(&m, &self.kinds),
-                    _ => break,
-                }
-            };
-            let Some(incoming) = incoming else { continue };
-            if let Some(d) = self.admit(incoming, outbox).await? {
-                out.push(d);
-                if out.len() >= max {
-                    break;
-                }
+            }
+            if incoming.is_empty() {
+                break;
+            }
+            let before = out.len();
+            self.admit(incoming, outbox, &mut out).await?;
+            if out.len() == before && !out.is_empty() {
+                break; // only stale or waiting messages: hand out what we have
             }
         }
         // The record of what was handed out: a crash from here on counts.
@@ -646,42 +707,47 @@ impl Reader {
         next
     }
 
-    /// Decides what to do with one message: hand it out, move it on, or
-    /// pause its partition until it is due.
-    async fn admit(self: &Arc<Self>, m: Incoming, outbox: &Outbox) -> Result<Option<Delivery>> {
-        let part: Part = (Arc::clone(&m.topic), m.partition);
-        let waits = matches!(m.kind, Kind::Delay(_) | Kind::Retry(_));
-        // One look at the state for a message that can be handed out at once.
-        let (count, epoch) = {
-            let mut st = self.state.lock().unwrap();
-            if st.paused.contains_key(&part) || st.revoking.contains(&part) {
-                return Ok(None); // fetched before the pause: it comes again
+    /// Decides what to do with each message, in order: hand it out (into
+    /// `out`), move it on, or pause its partition until it is due. The
+    /// state is looked at once for a run of messages, not once each (the
+    /// acker settles under the same lock), and left while a waiting message
+    /// is moved on or its partition paused.
+    async fn admit(self: &Arc<Self>, incoming: Vec<Incoming>, outbox: &Outbox, out: &mut Vec<Delivery>) -> Result<()> {
+        let mut rest = incoming.into_iter();
+        loop {
+            let mut handed = Vec::new();
+            let mut waiting = None;
+            {
+                let mut st = self.state.lock().unwrap();
+                for m in rest.by_ref() {
+                    match st.admit(&m) {
+                        Admission::Stale => {}
+                        Admission::HandOut { earlier, epoch } => handed.push((m, earlier, epoch)),
+                        Admission::NotDue => {
+                            waiting = Some(m);
+                            break;
+                        }
+                    }
+                }
             }
-            let t = st.track(&part);
-            if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
-                return Ok(None);
+            out.extend(handed.into_iter().map(|(m, earlier, epoch)| self.delivery(m, earlier, epoch)));
+            match waiting {
+                Some(m) => self.wait_for_due(m, outbox).await?,
+                None => return Ok(()),
             }
-            let not_due = waits && m.deliver_at_ms().is_some_and(|due| due > to_millis(SystemTime::now()));
-            if not_due {
-                (0, None)
-            } else {
-                t.outstanding.insert(m.offset, false);
-                t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
-                t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
-                (t.base.count_at(m.offset), Some(t.epoch))
-            }
-        };
-        let Some(epoch) = epoch else {
-            self.wait_for_due(m, part, outbox).await?;
-            return Ok(None);
-        };
+        }
+    }
+
+    /// The delivery of a message handed out in `epoch`, delivered `earlier`
+    /// times before this assignment.
+    fn delivery(self: &Arc<Self>, m: Incoming, earlier: u32, epoch: u64) -> Delivery {
         let mut decoded = match m.body {
             Body::Decoded(mut d) => {
                 // Decoded as a first delivery: add the earlier ones.
-                d.message.attempt = d.message.attempt.saturating_add(count);
+                d.message.attempt = d.message.attempt.saturating_add(earlier);
                 d
             }
-            Body::Wire { headers, payload } => wire::decode(headers, payload, count + 1),
+            Body::Wire { headers, payload } => wire::decode(headers, payload, earlier + 1),
         };
         if decoded.message.key.is_none() {
             decoded.message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
@@ -693,19 +759,20 @@ impl Reader {
         }
         let receipt =
             KafkaReceipt { reader: Arc::clone(self), topic: m.topic, partition: m.partition, offset: m.offset, epoch };
-        Ok(Some(Delivery::new(
+        Delivery::new(
             Arc::clone(&self.topic),
             Arc::clone(&self.group),
             decoded.message,
             decoded.malformed,
             Receipt::new(receipt),
-        )))
+        )
     }
 
     /// A waiting message at the head of its partition that is not due:
     /// moves it on if it waited its level's time, else pauses the
     /// partition until it is due.
-    async fn wait_for_due(&self, m: Incoming, part: Part, outbox: &Outbox) -> Result<()> {
+    async fn wait_for_due(&self, m: Incoming, outbox: &Outbox) -> Result<()> {
+        let part: Part = (Arc::clone(&m.topic), m.partition);
         let level = match m.kind {
             Kind::Delay(level) | Kind::Retry(level) => level,
             Kind::Main => return Ok(()),
