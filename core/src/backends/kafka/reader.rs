@@ -713,29 +713,29 @@ impl Reader {
     /// acker settles under the same lock), and left while a waiting message
     /// is moved on or its partition paused.
     async fn admit(self: &Arc<Self>, incoming: Vec<Incoming>, outbox: &Outbox, out: &mut Vec<Delivery>) -> Result<()> {
-        let mut rest = incoming.into_iter();
-        loop {
-            let mut handed = Vec::new();
-            let mut waiting = None;
+        // Decided in place (messages are large: not moved more than once).
+        let mut decided: Vec<Admission> = Vec::with_capacity(incoming.len());
+        while decided.len() < incoming.len() {
             {
                 let mut st = self.state.lock().unwrap();
-                for m in rest.by_ref() {
-                    match st.admit(&m) {
-                        Admission::Stale => {}
-                        Admission::HandOut { earlier, epoch } => handed.push((m, earlier, epoch)),
-                        Admission::NotDue => {
-                            waiting = Some(m);
-                            break;
-                        }
+                for m in &incoming[decided.len()..] {
+                    let admission = st.admit(m);
+                    let not_due = matches!(admission, Admission::NotDue);
+                    decided.push(admission);
+                    if not_due {
+                        break;
                     }
                 }
             }
-            out.extend(handed.into_iter().map(|(m, earlier, epoch)| self.delivery(m, earlier, epoch)));
-            match waiting {
-                Some(m) => self.wait_for_due(m, outbox).await?,
-                None => return Ok(()),
+            if let Some(Admission::NotDue) = decided.last() {
+                self.wait_for_due(&incoming[decided.len() - 1], outbox).await?;
             }
         }
+        out.extend(incoming.into_iter().zip(decided).filter_map(|(m, admission)| match admission {
+            Admission::HandOut { earlier, epoch } => Some(self.delivery(m, earlier, epoch)),
+            Admission::Stale | Admission::NotDue => None,
+        }));
+        Ok(())
     }
 
     /// The delivery of a message handed out in `epoch`, delivered `earlier`
@@ -771,7 +771,7 @@ impl Reader {
     /// A waiting message at the head of its partition that is not due:
     /// moves it on if it waited its level's time, else pauses the
     /// partition until it is due.
-    async fn wait_for_due(&self, m: Incoming, outbox: &Outbox) -> Result<()> {
+    async fn wait_for_due(&self, m: &Incoming, outbox: &Outbox) -> Result<()> {
         let part: Part = (Arc::clone(&m.topic), m.partition);
         let level = match m.kind {
             Kind::Delay(level) | Kind::Retry(level) => level,
@@ -781,17 +781,26 @@ impl Reader {
         let Body::Wire { headers, payload } = &m.body else { return Ok(()) };
         let now = to_millis(SystemTime::now());
         let waited = m.timestamp_ms.map_or(u64::MAX, |ts| (ts.max(0) as u64).saturating_add(level));
+        let mut wake = if level == 0 { due } else { due.min(waited) };
         if level > 0 && now >= waited {
             // Waited its level's time: on to the level that fits what remains.
             let target = retry_topic(&self.topic, &self.group, level_for(due.saturating_sub(now)));
-            outbox.send(&target, m.key.as_deref(), headers, payload).await?;
-            let mut st = self.state.lock().unwrap();
-            let t = st.track(&part);
-            t.outstanding.insert(m.offset, true);
-            t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
-            return Ok(());
+            match outbox.send(&target, m.key.as_deref(), headers, payload).await {
+                Ok(()) => {
+                    let mut st = self.state.lock().unwrap();
+                    let t = st.track(&part);
+                    t.outstanding.insert(m.offset, true);
+                    t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+                    return Ok(());
+                }
+                // It stays where it is and is looked at again in a second;
+                // what else this receive read is handed out meanwhile.
+                Err(e) => {
+                    tracing::warn!(error = %e, topic = %target, "could not move a waiting message on; trying again in 1 s");
+                    wake = now + 1_000;
+                }
+            }
         }
-        let wake = if level == 0 { due } else { due.min(waited) };
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(&m.topic, m.partition);
         self.consumer.pause(&tpl).map_err(err)?;
