@@ -655,7 +655,11 @@ impl Broker for AmqpBroker {
             // once: a timer set to now fires on the next millisecond tick,
             // which held every batch a millisecond).
             let next = if out.is_empty() {
-                tokio::time::timeout_at(deadline, state.consumer.next()).await.ok()
+                // A timer only when nothing is here yet (under load, rarely).
+                match state.consumer.next().now_or_never() {
+                    Some(next) => Some(next),
+                    None => tokio::time::timeout_at(deadline, state.consumer.next()).await.ok(),
+                }
             } else {
                 match state.consumer.next().now_or_never() {
                     Some(next) => Some(next),
