@@ -305,6 +305,7 @@ impl AmqpBroker {
     /// unroutable message is an error rather than silently dropped.
     async fn publish_confirmed(&self, items: Vec<Outgoing>) -> Result<()> {
         let (publish, _, _) = self.link().await?;
+        let mut sends = Vec::with_capacity(items.len());
         let mut confirms = Vec::with_capacity(items.len());
         for (exchange, routing_key, headers, payload, content_type) in &items {
             let mut table = FieldTable::default();
@@ -329,17 +330,28 @@ impl AmqpBroker {
             if let Some(ct) = content_type {
                 props = props.with_content_type(ct.as_str().into());
             }
-            let confirm = publish
-                .basic_publish(
-                    exchange.as_str().into(),
-                    routing_key.as_str().into(),
-                    BasicPublishOptions { mandatory: true, ..Default::default() },
-                    payload,
-                    props,
-                )
-                .await
-                .map_err(err)?;
-            confirms.push((confirm, exchange.clone()));
+            let mut send = Box::pin(publish.basic_publish(
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions { mandatory: true, ..Default::default() },
+                payload,
+                props,
+            ));
+            // The first poll queues the frames, in this order; what is left
+            // is waiting for lapin's writer to send them, which the batch
+            // shares: one hand-off to the writer per message, in sequence,
+            // held publishing to about 20,000 a second.
+            let first =
+                std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(send.as_mut(), cx))).await;
+            sends.push((first, send, exchange.as_str()));
+        }
+        for (first, send, exchange) in sends {
+            let confirm = match first {
+                std::task::Poll::Ready(sent) => sent,
+                std::task::Poll::Pending => send.await,
+            }
+            .map_err(err)?;
+            confirms.push((confirm, exchange));
         }
         for (confirm, exchange) in confirms {
             match confirm.await.map_err(err)? {
