@@ -357,7 +357,7 @@ impl AmqpBroker {
             match confirm.await.map_err(err)? {
                 Confirmation::Ack(None) | Confirmation::NotRequested => {}
                 Confirmation::Ack(Some(_)) => {
-                    let topic = exchange.strip_suffix(".delay").unwrap_or(&exchange).to_string();
+                    let topic = exchange.strip_suffix(".delay").unwrap_or(exchange).to_string();
                     return Err(Error::Unsupported {
                         backend: BACKEND,
                         capability: if exchange.is_empty() {
