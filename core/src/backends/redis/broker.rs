@@ -118,7 +118,21 @@ struct RedisReceipt {
     /// From the group's due stream (else the topic stream).
     due: bool,
     id: String,
-    consumer: String,
+    consumer: Arc<str>,
+}
+
+/// A read's topic, group and consumer names, shared by the deliveries it
+/// makes rather than copied into each.
+struct Names {
+    topic: Arc<str>,
+    group: Arc<str>,
+    consumer: Arc<str>,
+}
+
+impl Names {
+    fn of(req: &ReceiveRequest<'_>) -> Names {
+        Names { topic: req.topic.into(), group: req.group.into(), consumer: req.consumer.into() }
+    }
 }
 
 /// A Redis connection for one URL.
@@ -271,10 +285,11 @@ impl RedisBroker {
                 pipe.cmd("XPENDING").arg(&stream).arg(req.group).arg(id).arg(id).arg(1);
             }
             let pending: Vec<Value> = pipe.query_async(&mut conn).await.map_err(err)?;
+            let names = Names::of(req);
             for ((id, fields), p) in entries.into_iter().zip(pending) {
                 let Some(fields) = fields else { continue };
                 let count = pending_count(&p).unwrap_or(2);
-                out.push(self.delivery(req, due, id, fields, count));
+                out.push(self.delivery(&names, due, id, fields, count));
             }
             if out.len() >= req.max {
                 break;
@@ -283,25 +298,18 @@ impl RedisBroker {
         Ok(out)
     }
 
-    fn delivery(
-        &self,
-        req: &ReceiveRequest<'_>,
-        due: bool,
-        id: String,
-        fields: Vec<(String, Vec<u8>)>,
-        count: u32,
-    ) -> Delivery {
+    fn delivery(&self, names: &Names, due: bool, id: String, fields: Vec<(String, Vec<u8>)>, count: u32) -> Delivery {
         let (headers, payload) = split_fields(fields);
         let mut decoded = wire::decode(headers, payload, count);
         if decoded.message.published_at == SystemTime::UNIX_EPOCH {
             decoded.message.published_at = id_time(&id);
         }
         Delivery::new(
-            req.topic,
-            req.group,
+            Arc::clone(&names.topic),
+            Arc::clone(&names.group),
             decoded.message,
             decoded.malformed,
-            Receipt::new(RedisReceipt { due, id, consumer: req.consumer.to_string() }),
+            Receipt::new(RedisReceipt { due, id, consumer: Arc::clone(&names.consumer) }),
         )
     }
 
@@ -362,10 +370,11 @@ impl RedisBroker {
             err(e)
         })?;
         let mut out = Vec::new();
+        let names = Names::of(req);
         for (_, entries) in parse_read_reply(reply) {
             for (id, fields) in entries {
                 if let Some(fields) = fields {
-                    out.push(self.delivery(req, due, id, fields, 1));
+                    out.push(self.delivery(&names, due, id, fields, 1));
                 }
             }
         }
@@ -798,7 +807,7 @@ impl Broker for RedisBroker {
         self.check_open()?;
         let mut batches: HashMap<(&str, &str, &str), Vec<&RedisReceipt>> = HashMap::new();
         for (d, r) in deliveries.iter().zip(self.receipts(deliveries)?) {
-            batches.entry((&*d.topic, &*d.group, r.consumer.as_str())).or_default().push(r);
+            batches.entry((&*d.topic, &*d.group, &*r.consumer)).or_default().push(r);
         }
         for ((topic, group, consumer), receipts) in batches {
             let keys = TopicKeys::new(topic);
@@ -821,7 +830,7 @@ impl Broker for RedisBroker {
         let due = to_millis(next.due_at());
         let mut inv = scripts::retry().key(&source);
         inv.key(keys.park(group)).key(keys.retry(group)).key(keys.due(group));
-        inv.arg(group).arg(&r.consumer).arg(&r.id).arg(due).arg(now_ms()).arg(if r.due { "1" } else { "0" });
+        inv.arg(group).arg(&*r.consumer).arg(&r.id).arg(due).arg(now_ms()).arg(if r.due { "1" } else { "0" });
         add_message(&mut inv, &next);
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
@@ -837,7 +846,7 @@ impl Broker for RedisBroker {
         let group = &*delivery.group;
         let source = if r.due { keys.due(group) } else { keys.stream.clone() };
         let mut inv = scripts::dead_letter().key(&source);
-        inv.key(keys.dlq(group)).arg(group).arg(&r.consumer).arg(&r.id).arg(if r.due { "1" } else { "0" });
+        inv.key(keys.dlq(group)).arg(group).arg(&*r.consumer).arg(&r.id).arg(if r.due { "1" } else { "0" });
         add_message(&mut inv, &delivery.message);
         for (name, value) in wire::encode_reason(reason) {
             inv.field(name.as_bytes(), value.as_bytes());
