@@ -663,20 +663,13 @@ impl Broker for AmqpBroker {
         let deadline = tokio::time::Instant::now() + req.wait;
         let mut out = Vec::new();
         while out.len() < req.max {
-            // Wait for the first; then take what is already here (polled
-            // once: a timer set to now fires on the next millisecond tick,
-            // which held every batch a millisecond).
-            let next = if out.is_empty() {
-                // A timer only when nothing is here yet (under load, rarely).
-                match state.consumer.next().now_or_never() {
-                    Some(next) => Some(next),
-                    None => tokio::time::timeout_at(deadline, state.consumer.next()).await.ok(),
-                }
-            } else {
-                match state.consumer.next().now_or_never() {
-                    Some(next) => Some(next),
-                    None => break,
-                }
+            // Take what is already here (polled once: a timer set to now
+            // fires on the next millisecond tick, which held every batch a
+            // millisecond); wait, with a timer, only for the first.
+            let next = match state.consumer.next().now_or_never() {
+                Some(next) => Some(next),
+                None if out.is_empty() => tokio::time::timeout_at(deadline, state.consumer.next()).await.ok(),
+                None => break,
             };
             let next = match next {
                 None => break,
@@ -725,20 +718,19 @@ impl Broker for AmqpBroker {
         let current = self.generation.load(Ordering::Acquire);
         // Per consumer channel: the tags of this batch below every tag still
         // unsettled on it go as one `multiple` ack; the others one by one.
-        let mut by_channel: Vec<(&Arc<ConsumerLink>, Vec<&Delivery>)> = Vec::new();
+        let mut by_channel: Vec<(&Arc<ConsumerLink>, Vec<(&Delivery, &AmqpReceipt)>)> = Vec::new();
         for d in deliveries {
             let r = d.receipt_as::<AmqpReceipt>(BACKEND)?;
             match by_channel.iter_mut().find(|(link, _)| Arc::ptr_eq(link, &r.link)) {
-                Some((_, batch)) => batch.push(d),
-                None => by_channel.push((&r.link, vec![d])),
+                Some((_, batch)) => batch.push((d, r)),
+                None => by_channel.push((&r.link, vec![(d, r)])),
             }
         }
         for (link, batch) in by_channel {
             // A closed channel (or connection) has given these back already.
             let live = link.live(current);
             let mut tags = Vec::with_capacity(batch.len());
-            for d in batch {
-                let r = d.receipt_as::<AmqpReceipt>(BACKEND)?;
+            for (d, r) in batch {
                 if !live || r.settled.swap(true, Ordering::AcqRel) {
                     lost.get_or_insert(Error::LeaseLost { message_id: d.message.id.clone() });
                 } else {
