@@ -36,6 +36,7 @@ pub const DL_PARTITION: &str = "pb-dl-partition";
 pub const DL_OFFSET: &str = "pb-dl-offset";
 
 /// The producer, and how long a publish may take.
+#[derive(Clone)]
 pub(super) struct Outbox {
     producer: FutureProducer,
     timeout: Duration,
@@ -575,6 +576,16 @@ impl Broker for KafkaBroker {
         let producer = self.outbox.producer.clone();
         let _ = blocking(move || producer.flush(Duration::from_secs(10)).map_err(err)).await;
         Ok(())
+    }
+}
+
+impl Drop for KafkaBroker {
+    /// Dropped without `close`: the readers' tasks stop (each consumer
+    /// then leaves the group once the deliveries it handed out are dropped).
+    fn drop(&mut self) {
+        for r in self.readers.get_mut().map(|m| m.values()).into_iter().flatten() {
+            r.abandon();
+        }
     }
 }
 

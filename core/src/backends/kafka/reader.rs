@@ -1,8 +1,8 @@
 //! One Kafka consumer per worker: what it handed out, what it may commit,
 //! which partitions wait for their head to be due, and rebalances.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +12,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Str
 use rdkafka::message::Message as _;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use super::broker::Outbox;
 use super::{
@@ -217,6 +220,17 @@ impl Track {
         }
     }
 
+    /// Takes back an offset admitted and never handed out: it no longer
+    /// counts as handed out, and the commit point stays below it. Only for a
+    /// partition nothing more is admitted from (being given up, or the
+    /// reader closing): the consumer's position is past it.
+    fn withdraw(&mut self, offset: i64) {
+        if self.outstanding.remove(&offset) == Some(false) {
+            self.next = Some(self.next.map_or(offset, |n| n.min(offset)));
+            self.handed_through = self.handed_through.map(|h| h.min(offset - 1));
+        }
+    }
+
     fn unsettled(&self) -> bool {
         self.outstanding.values().any(|settled| !settled)
     }
@@ -240,7 +254,9 @@ impl ReaderState {
         if self.paused.contains_key(&part) || self.revoking.contains(&part) {
             return Admission::Stale; // fetched before the pause: it comes again
         }
-        let t = self.track(&part);
+        // Only from a partition assigned now: one given up since this
+        // message was read is someone else's (a commit would move their offset).
+        let Some(t) = self.parts.get_mut(&part) else { return Admission::Stale };
         if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
             return Admission::Stale;
         }
@@ -252,6 +268,13 @@ impl ReaderState {
         t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
         t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
         Admission::HandOut { earlier: t.base.count_at(m.offset), epoch: t.epoch }
+    }
+
+    /// Takes back a delivery admitted and never handed out (see `Track::withdraw`).
+    fn withdraw(&mut self, part: &Part, r: &KafkaReceipt) {
+        if let Some(t) = self.parts.get_mut(part).filter(|t| t.epoch == r.epoch) {
+            t.withdraw(r.offset);
+        }
     }
 
     fn settle(&mut self, r: &KafkaReceipt) -> bool {
@@ -289,14 +312,6 @@ pub(super) struct ReaderState {
 impl ReaderState {
     fn part(&self, topic: &str, partition: i32) -> Part {
         (self.names.get(topic).cloned().unwrap_or_else(|| Arc::from(topic)), partition)
-    }
-
-    fn track(&mut self, part: &Part) -> &mut Track {
-        if !self.parts.contains_key(part) {
-            self.next_epoch += 1;
-            self.parts.insert(part.clone(), Track::new(self.next_epoch, None, ""));
-        }
-        self.parts.get_mut(part).expect("inserted above")
     }
 
     /// Takes the revocation if it may complete now.
@@ -538,6 +553,27 @@ pub(super) struct Reader {
     /// A commit that moves the record ahead is on its way.
     record_queued: AtomicBool,
     closed: AtomicBool,
+    /// Admitted by the reading task, waiting for a receive.
+    ready: Mutex<Ready>,
+    /// Something arrived in `ready`.
+    arrived: Notify,
+    /// A receive took from `ready`: there may be room to read on.
+    room_freed: Notify,
+    /// How many admitted deliveries may wait in `ready`: the largest
+    /// receive so far (nothing is read before the first receive).
+    room: AtomicUsize,
+    /// The reading task, once started.
+    reading: Mutex<Option<JoinHandle<()>>>,
+    /// Stops the reading task.
+    stop: CancellationToken,
+}
+
+/// What the reading task leaves for the next receive.
+#[derive(Default)]
+struct Ready {
+    deliveries: VecDeque<Delivery>,
+    /// An error it met, reported once there is nothing else to take.
+    error: Option<Error>,
 }
 
 impl Reader {
@@ -596,57 +632,61 @@ impl Reader {
             ahead: AtomicI64::new(0),
             record_queued: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            ready: Mutex::new(Ready::default()),
+            arrived: Notify::new(),
+            room_freed: Notify::new(),
+            room: AtomicUsize::new(0),
+            reading: Mutex::new(None),
+            stop: CancellationToken::new(),
         })
     }
 
     /// Receives up to `max` deliveries, waiting up to `wait` for the first.
     /// Hands nothing out before the group's record of it is committed.
+    ///
+    /// The reading task (started by the first receive) reads, decodes and
+    /// admits messages while the worker handles the previous batch: a
+    /// receive takes what it admitted.
     pub async fn receive(self: &Arc<Self>, outbox: &Outbox, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
+        self.room.fetch_max(max, Ordering::Relaxed);
+        self.start_reading(outbox);
         finish_revocation(&self.consumer, &self.state, false);
-        let deadline = Instant::now() + wait;
-        // Deliveries are large: growing the vector moved each one several times.
-        let mut out = Vec::with_capacity(max.min(1024));
-        let mut messages = self.consumer.stream();
-        let mut kinds = KindCache::default();
-        while out.len() < max {
-            // Wait for the first message; then take what is already here.
-            let mut incoming = Vec::with_capacity((max - out.len()).min(1024));
-            while incoming.len() < max - out.len() {
-                let m = if incoming.is_empty() && out.is_empty() {
-                    let next_wake = self.resume_due();
-                    let now = Instant::now();
-                    if now >= deadline {
-                        break;
+        let deadline = tokio::time::Instant::now() + wait;
+        let out = loop {
+            // Listening before looking: what arrives after the look wakes us.
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            let taken = {
+                let mut ready = self.ready.lock().unwrap();
+                if ready.deliveries.is_empty() {
+                    if let Some(e) = ready.error.take() {
+                        return Err(e);
                     }
-                    let until = next_wake.map_or(deadline, |w| w.min(deadline));
-                    match tokio::time::timeout(until.saturating_duration_since(now), messages.next()).await {
-                        Err(_) => continue,
-                        Ok(None) => return Err(Error::Closed),
-                        Ok(Some(Err(e))) => return Err(err(e)),
-                        Ok(Some(Ok(m))) => m,
-                    }
+                    None
                 } else {
-                    match messages.next().now_or_never() {
-                        Some(Some(Ok(m))) => m,
-                        _ => break,
-                    }
-                };
-                if let Some((kind, topic)) = kinds.get(m.topic(), &self.kinds) {
-                    incoming.push(Incoming::copy(&m, kind, topic));
+                    let n = max.min(ready.deliveries.len());
+                    Some(ready.deliveries.drain(..n).collect::<Vec<_>>())
                 }
+            };
+            if let Some(taken) = taken {
+                self.room_freed.notify_one();
+                let out = self.keep_held(taken);
+                if !out.is_empty() {
+                    break out;
+                }
+                continue;
             }
-            if incoming.is_empty() {
-                break;
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
             }
-            let before = out.len();
-            self.admit(incoming, outbox, &mut out).await?;
-            if out.len() == before && !out.is_empty() {
-                break; // only stale or waiting messages: hand out what we have
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                break Vec::new();
             }
-        }
+        };
         // The record of what was handed out: a crash from here on counts.
         if out.is_empty() {
             // Idle: a good moment to retry a commit that failed earlier.
@@ -679,6 +719,184 @@ impl Reader {
             self.record_ahead();
         }
         Ok(out)
+    }
+
+    /// Of deliveries admitted earlier, those still this consumer's to hand
+    /// out. The rest are withdrawn: their partition went away or is being
+    /// given up meanwhile (they come again to whoever reads it next).
+    fn keep_held(&self, admitted: Vec<Delivery>) -> Vec<Delivery> {
+        let mut st = self.state.lock().unwrap();
+        admitted
+            .into_iter()
+            .filter(|d| {
+                let r = d.receipt_as::<KafkaReceipt>(BACKEND).expect("admitted by this reader");
+                let part: Part = (Arc::clone(&r.topic), r.partition);
+                if st.revoking.contains(&part) {
+                    st.withdraw(&part, r);
+                    return false;
+                }
+                st.parts.get(&part).is_some_and(|t| t.epoch == r.epoch)
+            })
+            .collect()
+    }
+
+    /// Starts the reading task once.
+    fn start_reading(self: &Arc<Self>, outbox: &Outbox) {
+        let mut task = self.reading.lock().unwrap();
+        if task.is_none() && !self.closed.load(Ordering::SeqCst) {
+            *task = Some(tokio::spawn(Arc::clone(self).read(outbox.clone())));
+        }
+    }
+
+    /// The reading task: reads what there is room for (what the largest
+    /// receive asked for, minus what waits already), admits it, and leaves
+    /// it for the next receive; until the reader closes. It alone reads from
+    /// the consumer, so rebalance callbacks, pauses and seeks happen between
+    /// its reads, never during one.
+    async fn read(self: Arc<Self>, outbox: Outbox) {
+        self.read_until_stopped(&outbox).await;
+        // Whatever no receive will take now is withdrawn (the close that
+        // stopped this task commits without it).
+        self.withdraw_ready();
+    }
+
+    async fn read_until_stopped(self: &Arc<Self>, outbox: &Outbox) {
+        let mut kinds = KindCache::default();
+        let mut backoff = Duration::from_millis(100);
+        while !self.stop.is_cancelled() {
+            // A rebalance (served inside the last read) may be giving up
+            // partitions some waiting deliveries came from.
+            self.withdraw_revoked();
+            finish_revocation(&self.consumer, &self.state, false);
+            let room_freed = self.room_freed.notified();
+            tokio::pin!(room_freed);
+            room_freed.as_mut().enable();
+            let room = self.room.load(Ordering::Relaxed).saturating_sub(self.ready.lock().unwrap().deliveries.len());
+            if room == 0 {
+                tokio::select! {
+                    _ = room_freed => continue,
+                    // The lease keeper's tick may complete a revocation meanwhile.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = self.stop.cancelled() => return,
+                }
+            }
+            // Wake for a paused partition's head, and every second for a
+            // revocation's deadline.
+            let now = Instant::now();
+            let wake = self.resume_due().map_or(now + Duration::from_secs(1), |w| w.min(now + Duration::from_secs(1)));
+            let mut messages = self.consumer.stream();
+            let first = tokio::select! {
+                first = tokio::time::timeout(wake.saturating_duration_since(now), messages.next()) => first,
+                _ = self.stop.cancelled() => return,
+            };
+            let first = match first {
+                Err(_) => continue,
+                Ok(Some(Ok(m))) => m,
+                Ok(None) => {
+                    self.report(Error::Closed);
+                    return;
+                }
+                Ok(Some(Err(e))) => {
+                    self.report(err(e));
+                    drop(messages);
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            // Then what is already here, up to the room.
+            let mut incoming = Vec::with_capacity(room.min(1024));
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                if let Some((kind, topic)) = kinds.get(m.topic(), &self.kinds) {
+                    incoming.push(Incoming::copy(&m, kind, topic));
+                }
+                drop(m);
+                if incoming.len() < room {
+                    next = match messages.next().now_or_never() {
+                        Some(Some(Ok(m))) => Some(m),
+                        _ => None,
+                    };
+                }
+            }
+            drop(messages);
+            let mut admitted = Vec::with_capacity(incoming.len());
+            let result = self.admit(incoming, outbox, &mut admitted).await;
+            let mut ready = self.ready.lock().unwrap();
+            ready.deliveries.extend(admitted);
+            if let Err(e) = result {
+                ready.error.get_or_insert(e);
+            }
+            drop(ready);
+            self.arrived.notify_one();
+        }
+    }
+
+    /// Leaves an error for the next receive.
+    fn report(&self, e: Error) {
+        self.ready.lock().unwrap().error.get_or_insert(e);
+        self.arrived.notify_one();
+    }
+
+    /// Stops the reading task and withdraws what it admitted and no receive
+    /// took: it was never handed out, and comes again.
+    async fn stop_reading(&self) {
+        self.abandon();
+        let task = self.reading.lock().unwrap().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        self.withdraw_ready();
+    }
+
+    /// Withdraws waiting deliveries of partitions being given up, so the
+    /// revocation need not wait for them.
+    fn withdraw_revoked(&self) {
+        let revoking = {
+            let st = self.state.lock().unwrap();
+            if st.revoking.is_empty() {
+                return;
+            }
+            st.revoking.clone()
+        };
+        let withdrawn: VecDeque<Delivery> = {
+            let mut ready = self.ready.lock().unwrap();
+            let (gone, kept) = std::mem::take(&mut ready.deliveries).into_iter().partition(|d| {
+                d.receipt_as::<KafkaReceipt>(BACKEND)
+                    .is_ok_and(|r| revoking.iter().any(|p| p.1 == r.partition && p.0 == r.topic))
+            });
+            ready.deliveries = kept;
+            gone
+        };
+        let mut st = self.state.lock().unwrap();
+        for d in &withdrawn {
+            if let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) {
+                st.withdraw(&(Arc::clone(&r.topic), r.partition), r);
+            }
+        }
+    }
+
+    /// Stops the reading task without waiting for it (the broker was dropped
+    /// without being closed): it withdraws what it admitted as it ends.
+    pub fn abandon(&self) {
+        self.stop.cancel();
+        self.withdraw_ready();
+    }
+
+    /// Withdraws what waits for a receive (also breaks the cycle of its
+    /// receipts holding this reader).
+    fn withdraw_ready(&self) {
+        let waiting: Vec<Delivery> = self.ready.lock().unwrap().deliveries.drain(..).collect();
+        let mut st = self.state.lock().unwrap();
+        for d in &waiting {
+            if let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) {
+                st.withdraw(&(Arc::clone(&r.topic), r.partition), r);
+            }
+        }
     }
 
     /// Resumes partitions whose head is due; returns the next wake-up.
@@ -788,9 +1006,10 @@ impl Reader {
             match outbox.send(&target, m.key.as_deref(), headers, payload).await {
                 Ok(()) => {
                     let mut st = self.state.lock().unwrap();
-                    let t = st.track(&part);
-                    t.outstanding.insert(m.offset, true);
-                    t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+                    if let Some(t) = st.parts.get_mut(&part) {
+                        t.outstanding.insert(m.offset, true);
+                        t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+                    }
                     return Ok(());
                 }
                 // It stays where it is and is looked at again in a second;
@@ -907,6 +1126,7 @@ impl Reader {
         if self.closed.swap(true, Ordering::SeqCst) {
             return;
         }
+        self.stop_reading().await;
         if let Err(e) = self.commit().await {
             tracing::warn!(error = %e, "final commit failed; settled messages may come again");
         }
@@ -998,6 +1218,26 @@ mod tests {
         assert_eq!(t.check_record(4), (true, true), "covered, but less than half a receive ahead");
         // Giving the partition up records exactly what was handed out.
         assert_eq!(t.wanted(0).unwrap().commit, (10, "pb1:11:3,13:1".to_string()));
+    }
+
+    #[test]
+    fn withdrawn_offsets_are_neither_recorded_nor_committed() {
+        let mut t = Track::new(1, Some(10), "");
+        for o in 10..15 {
+            t.outstanding.insert(o, false);
+        }
+        t.handed_through = Some(14);
+        t.next = Some(15);
+        // 10..=12 reached a handler, 13 and 14 waited for a receive.
+        *t.outstanding.get_mut(&10).unwrap() = true;
+        *t.outstanding.get_mut(&11).unwrap() = true;
+        t.withdraw(13);
+        t.withdraw(14);
+        t.withdraw(11); // settled already: stays as it is
+        assert_eq!(t.wanted(0).unwrap().commit, (12, "pb1:12:1".to_string()));
+        *t.outstanding.get_mut(&12).unwrap() = true;
+        // Everything handed out settled: the commit stops at the first withdrawn.
+        assert_eq!(t.wanted(0).unwrap().commit, (13, String::new()));
     }
 
     #[test]
