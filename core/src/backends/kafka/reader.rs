@@ -1221,6 +1221,28 @@ mod tests {
     }
 
     #[test]
+    fn only_assigned_partitions_are_admitted() {
+        let topic: Arc<str> = Arc::from("t");
+        let message = |partition: i32, offset: i64| Incoming {
+            kind: Kind::Main,
+            topic: Arc::clone(&topic),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            body: Body::Decoded(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1)),
+        };
+        let mut st = ReaderState::default();
+        st.parts.insert((Arc::clone(&topic), 0), Track::new(7, Some(5), ""));
+        assert!(matches!(st.admit(&message(0, 5)), Admission::HandOut { earlier: 0, epoch: 7 }));
+        assert!(matches!(st.admit(&message(0, 5)), Admission::Stale), "handed out already");
+        // Read before partition 1 was given up: someone else's now, and a
+        // commit for it would move their offset.
+        assert!(matches!(st.admit(&message(1, 0)), Admission::Stale));
+        assert!(!st.parts.contains_key(&(Arc::clone(&topic), 1)));
+    }
+
+    #[test]
     fn withdrawn_offsets_are_neither_recorded_nor_committed() {
         let mut t = Track::new(1, Some(10), "");
         for o in 10..15 {
