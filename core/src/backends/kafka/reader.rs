@@ -885,6 +885,8 @@ impl Reader {
     pub fn abandon(&self) {
         self.stop.cancel();
         self.withdraw_ready();
+        // A receive waiting for the task sees the reader closed now.
+        self.arrived.notify_waiters();
     }
 
     /// Withdraws what waits for a receive (also breaks the cycle of its
