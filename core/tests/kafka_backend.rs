@@ -217,6 +217,62 @@ async fn a_clean_leave_records_exactly_what_was_handed_out() {
     }
 }
 
+/// A receive waiting on an empty topic when its consumer stops returns at
+/// once, not when its wait runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stopping_ends_a_waiting_receive() {
+    let topic = unique("stop");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    let receiving = {
+        let (broker, topic) = (Arc::clone(&broker), topic.clone());
+        tokio::spawn(async move {
+            let request = pillarbox::ReceiveRequest {
+                topic: &topic,
+                group: "g",
+                consumer: "c",
+                max: 10,
+                wait: Duration::from_secs(30),
+                lease: Duration::from_secs(30),
+            };
+            let started = Instant::now();
+            let got = broker.receive(request).await;
+            (got.map(|d| d.len()), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    broker.stop_receiving(&topic, "g", "c").await.unwrap();
+    let (got, took) = receiving.await.unwrap();
+    assert!(matches!(got, Ok(0) | Err(pillarbox::Error::Closed)), "{got:?}");
+    assert!(took < Duration::from_secs(10), "the receive waited {took:?}");
+}
+
+/// A broker dropped without `close` while its consumer reads: the consumer
+/// leaves the group, so another takes its partitions at once rather than
+/// never (its heartbeats would have kept it a member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_broker_leaves_the_group() {
+    let topic = unique("dropped");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, (0..20).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let first = {
+        let dropped: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 4 && Instant::now() < deadline {
+            got.extend(support::receive(&*dropped, &topic, "dropped", 4 - got.len(), Duration::from_secs(1)).await);
+        }
+        dropped.ack(&got).await.unwrap();
+        got.len()
+    };
+    assert_eq!(first, 4);
+    let started = Instant::now();
+    let handled = handle_the_rest(&broker, &topic, 16).await;
+    assert!(started.elapsed() < Duration::from_secs(30), "took {:?}", started.elapsed());
+    assert!(handled.values().all(|a| a.len() == 1), "{handled:?}");
+}
+
 /// A dead letter on the topic itself, as any Kafka tool reads it: keyed by
 /// message id, with the reason and where the message was read from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

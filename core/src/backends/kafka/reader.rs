@@ -270,10 +270,13 @@ impl ReaderState {
         Admission::HandOut { earlier: t.base.count_at(m.offset), epoch: t.epoch }
     }
 
-    /// Takes back a delivery admitted and never handed out (see `Track::withdraw`).
-    fn withdraw(&mut self, part: &Part, r: &KafkaReceipt) {
-        if let Some(t) = self.parts.get_mut(part).filter(|t| t.epoch == r.epoch) {
-            t.withdraw(r.offset);
+    /// Takes back deliveries admitted and never handed out (see `Track::withdraw`).
+    fn withdraw<'a>(&mut self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
+        for d in deliveries {
+            let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) else { continue };
+            if let Some(t) = self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)).filter(|t| t.epoch == r.epoch) {
+                t.withdraw(r.offset);
+            }
         }
     }
 
@@ -732,7 +735,7 @@ impl Reader {
                 let r = d.receipt_as::<KafkaReceipt>(BACKEND).expect("admitted by this reader");
                 let part: Part = (Arc::clone(&r.topic), r.partition);
                 if st.revoking.contains(&part) {
-                    st.withdraw(&part, r);
+                    st.withdraw([d]);
                     return false;
                 }
                 st.parts.get(&part).is_some_and(|t| t.epoch == r.epoch)
@@ -872,12 +875,7 @@ impl Reader {
             ready.deliveries = kept;
             gone
         };
-        let mut st = self.state.lock().unwrap();
-        for d in &withdrawn {
-            if let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) {
-                st.withdraw(&(Arc::clone(&r.topic), r.partition), r);
-            }
-        }
+        self.state.lock().unwrap().withdraw(&withdrawn);
     }
 
     /// Stops the reading task without waiting for it (the broker was dropped
@@ -892,13 +890,8 @@ impl Reader {
     /// Withdraws what waits for a receive (also breaks the cycle of its
     /// receipts holding this reader).
     fn withdraw_ready(&self) {
-        let waiting: Vec<Delivery> = self.ready.lock().unwrap().deliveries.drain(..).collect();
-        let mut st = self.state.lock().unwrap();
-        for d in &waiting {
-            if let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) {
-                st.withdraw(&(Arc::clone(&r.topic), r.partition), r);
-            }
-        }
+        let waiting = std::mem::take(&mut self.ready.lock().unwrap().deliveries);
+        self.state.lock().unwrap().withdraw(&waiting);
     }
 
     /// Resumes partitions whose head is due; returns the next wake-up.
