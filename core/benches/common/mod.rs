@@ -21,18 +21,44 @@ pub async fn sdk_publish(broker: &Arc<dyn Broker>, topic: &str, n: usize) -> Dur
 
 /// Consumes `n` messages with a no-op handler; group `g`.
 pub async fn sdk_consume(broker: &Arc<dyn Broker>, topic: &str, n: usize, options: WorkerOptions) -> Duration {
+    sdk_consume_timed(broker, topic, n, options).await.all
+}
+
+/// How long a consume took: in all, and until the first message arrived
+/// (joining the group, finding where to start).
+#[derive(Clone, Copy, Debug)]
+pub struct Consumed {
+    pub all: Duration,
+    pub first: Duration,
+}
+
+// Not every benchmark reports the steady rate.
+#[allow(dead_code)]
+impl Consumed {
+    /// Messages per second after the first arrived.
+    pub fn steady_rate(&self, n: usize) -> f64 {
+        rate(n.saturating_sub(1), self.all.saturating_sub(self.first))
+    }
+}
+
+/// Like [`sdk_consume`], also timing the first message (to the millisecond).
+pub async fn sdk_consume_timed(broker: &Arc<dyn Broker>, topic: &str, n: usize, options: WorkerOptions) -> Consumed {
     let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
     let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
     let started = Instant::now();
     let runner = worker.clone();
     let task = tokio::spawn(async move { runner.run().await });
+    let mut first = None;
     while worker.stats().succeeded < n as u64 {
+        if first.is_none() && worker.stats().received > 0 {
+            first = Some(started.elapsed());
+        }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let took = started.elapsed();
+    let all = started.elapsed();
     worker.shutdown();
     task.await.unwrap().unwrap();
-    took
+    Consumed { all, first: first.unwrap_or(all) }
 }
 
 /// Messages per second.

@@ -401,6 +401,11 @@ impl ConsumerContext for ReaderContext {
                 // Where the group stands on each new partition: the committed
                 // offset and who was handed what before.
                 let committed = consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)).ok();
+                // Each partition starts where the group stands, known now:
+                // librdkafka need not ask again, and a partition with no
+                // commit starts at its beginning at once (left to
+                // `auto.offset.reset`, librdkafka waited 100 ms first).
+                let mut starts = TopicPartitionList::new();
                 {
                     let mut st = self.state.lock().unwrap();
                     for e in tpl.elements() {
@@ -410,6 +415,12 @@ impl ConsumerContext for ReaderContext {
                             .and_then(|c| c.find_partition(e.topic(), e.partition()))
                             .map(|c| (c.offset().to_raw().filter(|o| *o >= 0), c.metadata().to_string()))
                             .unwrap_or((None, String::new()));
+                        let start = match (&committed, offset) {
+                            (Some(_), Some(o)) => Offset::Offset(o),
+                            (Some(_), None) => Offset::Beginning,
+                            (None, _) => Offset::Invalid, // unknown: librdkafka looks it up
+                        };
+                        let _ = starts.add_partition_offset(e.topic(), e.partition(), start);
                         st.next_epoch += 1;
                         let epoch = st.next_epoch;
                         st.parts.insert(part.clone(), Track::new(epoch, offset, &meta));
@@ -419,7 +430,7 @@ impl ConsumerContext for ReaderContext {
                 }
                 tracing::debug!(partitions = %names(tpl), "assigned");
                 let eager = self.state.lock().unwrap().eager;
-                let taken = if eager { consumer.assign(tpl) } else { consumer.incremental_assign(tpl) };
+                let taken = if eager { consumer.assign(&starts) } else { consumer.incremental_assign(&starts) };
                 if let Err(e) = taken {
                     tracing::warn!(error = %e, "could not take assigned partitions");
                 }
