@@ -80,8 +80,10 @@ pub struct Delivery {
     pub topic: Arc<str>,
     /// Group it was received for.
     pub group: Arc<str>,
-    /// The message, with `attempt` counting this delivery.
-    pub message: Message,
+    /// The message, with `attempt` counting this delivery. Shared, not
+    /// copied, with the handler's [`crate::Job`] and the worker's records:
+    /// a delivery stays small to move.
+    pub message: Arc<Message>,
     /// Set when the metadata was present but malformed; the runtime
     /// dead-letters such deliveries without running the handler.
     pub malformed: Option<String>,
@@ -99,7 +101,7 @@ impl Delivery {
         malformed: Option<String>,
         receipt: Receipt,
     ) -> Self {
-        Delivery { topic: topic.into(), group: group.into(), message, malformed, receipt }
+        Delivery { topic: topic.into(), group: group.into(), message: Arc::new(message), malformed, receipt }
     }
 
     /// The backend's receipt as `T`, or a backend error if it belongs to another backend.
@@ -213,7 +215,7 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// are skipped (the broker has them back already).
     async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
         for d in deliveries {
-            let mut again = d.message.clone();
+            let mut again = Message::clone(&d.message);
             again.deliver_at = None;
             match self.retry(d, again).await {
                 Ok(()) | Err(Error::LeaseLost { .. }) => {}

@@ -905,7 +905,7 @@ async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
     .await?;
     check!(ok, "after receiving 2: {s:?}");
     ctx.broker.ack(&got[..1]).await.map_err(fail("ack"))?;
-    let mut next = got[1].message.clone();
+    let mut next = Message::clone(&got[1].message);
     next.attempt += 1;
     next.deliver_at = Some(SystemTime::now() + Duration::from_secs(600));
     ctx.broker.retry(&got[1], next).await.map_err(fail("retry"))?;

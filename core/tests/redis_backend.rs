@@ -180,7 +180,7 @@ async fn acks_settle_exactly_their_batch() {
     // A batch mixing topic-stream entries and the group's due stream (two
     // retries due now): every one is acked, and the due entries are deleted.
     for d in &b[20..22] {
-        let mut again = d.message.clone();
+        let mut again = Message::clone(&d.message);
         again.deliver_at = None;
         broker.retry(d, again).await.unwrap();
     }

@@ -12,8 +12,8 @@ use crate::message::Message;
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Job {
-    /// The message.
-    pub message: Message,
+    /// The message (shared with the worker's record of the delivery, not copied).
+    pub message: Arc<Message>,
     /// Topic it came from.
     pub topic: Arc<str>,
     /// Group it is handled for.

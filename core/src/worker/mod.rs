@@ -521,7 +521,8 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, dispatch: Arc<Disp
                     let mut queue = dispatch.queue.lock().unwrap();
                     received.into_iter().filter_map(|slot| queue.push(slot).then_some(())).count()
                 };
-                for _ in 0..ready.min(inner.options.concurrency) {
+                // One loop; it wakes others if its handlers keep it busy.
+                if ready > 0 {
                     dispatch.ready.notify_one();
                 }
             }
@@ -639,6 +640,13 @@ fn claim_owner(inner: &Inner, d: &Delivery) -> String {
 /// the policy on it, and again, until shutdown. Long-lived loops rather
 /// than a task per message: under load a loop goes from one message to the
 /// next without spawning or waking anything.
+///
+/// A loop wakes another only when the message it took keeps it busy: its
+/// handler waits (for I/O, a timer...) or ran longer than `BUSY`. Handlers
+/// that finish at once then run one after another in one loop rather than
+/// waking (and moving between threads) up to `concurrency` loops for a
+/// moment's work each; handlers that wait or work still run `concurrency`
+/// at once.
 async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: CancellationToken, acks: mpsc::Sender<Slot>) {
     use futures_util::FutureExt;
     loop {
@@ -659,7 +667,25 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
         let (id, key) = (slot.id, slot.delivery.message.key.clone());
         // Handler panics are caught inside; this guards the loop and the
         // key's order against a bug of ours.
-        if std::panic::AssertUnwindSafe(process(&inner, slot, &acks)).catch_unwind().await.is_err() {
+        let work = std::panic::AssertUnwindSafe(process(&inner, slot, &acks)).catch_unwind();
+        tokio::pin!(work);
+        let started = std::time::Instant::now();
+        // Polled once here (it does all it can without waiting), then awaited if it waits.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(work.as_mut(), cx))).await;
+        let outcome = match first {
+            std::task::Poll::Ready(outcome) => {
+                if started.elapsed() >= BUSY {
+                    wake_another(&dispatch);
+                }
+                outcome
+            }
+            std::task::Poll::Pending => {
+                wake_another(&dispatch);
+                work.await
+            }
+        };
+        if outcome.is_err() {
             tracing::error!("the worker's policy panicked (a bug); the message returns when its lease expires");
             inner.held.lock().unwrap().remove(&id);
         }
@@ -668,6 +694,17 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
         }
         // A loop whose handlers never wait must still let other tasks run.
         tokio::task::consume_budget().await;
+    }
+}
+
+/// How long a handler may run without waiting before its loop hands the
+/// next messages to another loop.
+const BUSY: Duration = Duration::from_micros(50);
+
+/// Wakes another handler loop if a message is ready for it.
+fn wake_another(dispatch: &Dispatch) {
+    if dispatch.queue.lock().unwrap().has_ready() {
+        dispatch.ready.notify_one();
     }
 }
 
@@ -750,7 +787,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
             tracing::info!(id = %message.id, attempt = message.attempt, error = %error, "handler failed");
             if error.retryable && message.attempt < max_attempts {
                 let delay = error.retry_after.unwrap_or_else(|| inner.options.retry.delay(message.attempt));
-                let mut next = message.clone();
+                let mut next = Message::clone(message);
                 next.attempt = message.attempt + 1;
                 next.failures = Some(record_failure(message.failures.as_ref(), &error));
                 next.deliver_at = Some(now_millis() + delay);
@@ -831,7 +868,7 @@ async fn settle_dead(inner: &Arc<Inner>, slot: Slot, reason: DeadLetterReason) {
 
 /// Puts the message back for later without counting an attempt.
 async fn settle_later(inner: &Arc<Inner>, slot: Slot, delay: Duration) {
-    let mut again = slot.delivery.message.clone();
+    let mut again = Message::clone(&slot.delivery.message);
     again.deliver_at = Some(now_millis() + delay);
     if let Err(e) = inner.broker.retry(&slot.delivery, again).await {
         settle_error(inner, &e);
@@ -846,4 +883,68 @@ fn settle_error(inner: &Inner, e: &Error) {
 
 fn forget(inner: &Inner, slot: &Slot) {
     inner.held.lock().unwrap().remove(&slot.id);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    /// Runs `count` messages through a worker of `concurrency` whose handler
+    /// is `work`; returns how many handlers ran at once at most.
+    async fn peak_running<F, Fut>(concurrency: usize, count: usize, work: F) -> usize
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", (0..count).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (r, p, work) = (Arc::clone(&running), Arc::clone(&peak), Arc::new(work));
+        let handler = move |_job: Job| {
+            let (r, p, work) = (Arc::clone(&r), Arc::clone(&p), Arc::clone(&work));
+            async move {
+                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                work().await;
+                r.fetch_sub(1, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        };
+        // Room for every message at once: one receive takes them all, and
+        // the fetcher wakes one loop for them (the loops spread them).
+        let options =
+            WorkerOptions::default().concurrency(concurrency).prefetch(count).poll_wait(Duration::from_millis(50));
+        let worker = Worker::new(broker, "t", "g", handler, options).unwrap();
+        let runner = worker.clone();
+        let task = tokio::spawn(async move { runner.run().await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while worker.stats().succeeded < count as u64 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(worker.stats().succeeded, count as u64);
+        peak.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_that_wait_run_concurrency_at_once() {
+        let peak = peak_running(4, 8, || tokio::time::sleep(Duration::from_millis(100))).await;
+        assert_eq!(peak, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_that_work_without_waiting_spread_over_threads() {
+        // Never yields: only the time it takes tells its loop to wake another.
+        let peak = peak_running(4, 8, || async { std::thread::sleep(Duration::from_millis(20)) }).await;
+        assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_that_finish_at_once_all_run() {
+        peak_running(16, 2_000, || async {}).await;
+    }
 }

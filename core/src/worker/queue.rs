@@ -46,6 +46,11 @@ impl<T: Keyed> Queue<T> {
         self.ready.pop_front()
     }
 
+    /// Whether a handler may start a message now.
+    pub(super) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
     /// A handler is done with a message of `key`: the next one of that key
     /// becomes ready, or the key is free again.
     pub(super) fn finished(&mut self, key: &str) {

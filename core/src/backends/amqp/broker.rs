@@ -696,9 +696,8 @@ impl Broker for AmqpBroker {
             if let Some(due) = delivery.message.deliver_at {
                 let remaining = to_millis(due).saturating_sub(to_millis(SystemTime::now()));
                 if level_for(remaining).is_some() {
-                    let again = delivery.message.clone();
                     let queue = AmqpBroker::route_for_group(req.topic, req.group, to_millis(due));
-                    let (headers, payload, ct) = headers_of(&again);
+                    let (headers, payload, ct) = headers_of(&delivery.message);
                     self.publish_confirmed(vec![(String::new(), queue, headers, payload, ct)]).await?;
                     self.settle(&delivery).await?;
                     continue;
