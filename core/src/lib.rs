@@ -49,3 +49,8 @@ pub use error::{Error, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
 pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
+
+/// A hash map for keys of our own making (ids, topic and partition) looked
+/// up on every message: ahash instead of SipHash, whose cost showed in
+/// profiles. Keys are not attacker-chosen, so its fixed keys are enough.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<ahash::AHasher>>;

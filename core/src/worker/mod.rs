@@ -26,7 +26,6 @@ mod handler;
 mod queue;
 mod retry;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -44,6 +43,7 @@ use crate::dead_letter::{cause, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::{Claim, IdempotencyStore, MemoryStore};
 use crate::message::{now_millis, validate_name, FailureHistory, Message};
+use crate::FastMap;
 
 /// How a worker runs. Every field has a default; see [`WorkerOptions::default`].
 #[derive(Clone, Debug)]
@@ -267,7 +267,8 @@ struct Inner {
     retention: Duration,
     cancel: CancellationToken,
     counters: Counters,
-    held: Mutex<HashMap<u64, Held>>,
+    /// Hashed with ahash: looked up twice a message, SipHash showed in profiles.
+    held: Mutex<FastMap<u64, Held>>,
     next_id: AtomicU64,
     running: AtomicBool,
 }
@@ -336,7 +337,7 @@ impl Worker {
                 retention,
                 cancel: CancellationToken::new(),
                 counters: Counters::default(),
-                held: Mutex::new(HashMap::new()),
+                held: Mutex::new(FastMap::default()),
                 next_id: AtomicU64::new(1),
                 running: AtomicBool::new(false),
             }),

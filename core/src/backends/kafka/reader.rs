@@ -24,6 +24,7 @@ use crate::broker::{Delivery, Receipt};
 use crate::error::{Error, Result};
 use crate::message::{from_millis, to_millis};
 use crate::wire;
+use crate::FastMap;
 
 /// Where a subscribed topic sits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,9 +297,10 @@ impl ReaderState {
 
 #[derive(Debug, Default)]
 pub(super) struct ReaderState {
-    parts: HashMap<Part, Track>,
+    /// Looked up a few times a message: hashed with ahash, not SipHash.
+    parts: FastMap<Part, Track>,
     /// Partitions whose head is not due, and when to look again.
-    paused: HashMap<Part, SystemTime>,
+    paused: FastMap<Part, SystemTime>,
     /// Partitions the group took away, kept until what was handed out from
     /// them is settled or the deadline passes.
     revoking: Vec<Part>,
@@ -776,6 +778,9 @@ impl Reader {
 
     async fn read_until_stopped(self: &Arc<Self>, outbox: &Outbox) {
         let mut kinds = KindCache::default();
+        // Kept from read to read: allocated afresh (tens of kilobytes each
+        // time), they made the allocator consolidate its free lists per read.
+        let (mut incoming, mut decided, mut admitted) = (Vec::new(), Vec::new(), Vec::new());
         let mut backoff = Duration::from_millis(100);
         while !self.stop.is_cancelled() {
             // A rebalance (served inside the last read) may be giving up
@@ -823,7 +828,8 @@ impl Reader {
             };
             backoff = Duration::from_millis(100);
             // Then what is already here, up to the room.
-            let mut incoming = Vec::with_capacity(room.min(1024));
+            incoming.clear();
+            incoming.reserve(room.min(1024));
             let mut next = Some(first);
             while let Some(m) = next.take() {
                 if let Some((kind, topic)) = kinds.get(m.topic(), &self.kinds) {
@@ -838,10 +844,9 @@ impl Reader {
                 }
             }
             drop(messages);
-            let mut admitted = Vec::with_capacity(incoming.len());
-            let result = self.admit(incoming, outbox, &mut admitted).await;
+            let result = self.admit(&mut incoming, &mut decided, outbox, &mut admitted).await;
             let mut ready = self.ready.lock().unwrap();
-            ready.deliveries.extend(admitted);
+            ready.deliveries.extend(admitted.drain(..));
             if let Err(e) = result {
                 ready.error.get_or_insert(e);
             }
@@ -936,9 +941,15 @@ impl Reader {
     /// state is looked at once for a run of messages, not once each (the
     /// acker settles under the same lock), and left while a waiting message
     /// is moved on or its partition paused.
-    async fn admit(self: &Arc<Self>, incoming: Vec<Incoming>, outbox: &Outbox, out: &mut Vec<Delivery>) -> Result<()> {
+    async fn admit(
+        self: &Arc<Self>,
+        incoming: &mut Vec<Incoming>,
+        decided: &mut Vec<Admission>,
+        outbox: &Outbox,
+        out: &mut Vec<Delivery>,
+    ) -> Result<()> {
         // Decided in place (messages are large: not moved more than once).
-        let mut decided: Vec<Admission> = Vec::with_capacity(incoming.len());
+        decided.clear();
         while decided.len() < incoming.len() {
             {
                 let mut st = self.state.lock().unwrap();
@@ -955,7 +966,7 @@ impl Reader {
                 self.wait_for_due(&incoming[decided.len() - 1], outbox).await?;
             }
         }
-        out.extend(incoming.into_iter().zip(decided).filter_map(|(m, admission)| match admission {
+        out.extend(incoming.drain(..).zip(decided.drain(..)).filter_map(|(m, admission)| match admission {
             Admission::HandOut { earlier, epoch } => Some(self.delivery(m, earlier, epoch)),
             Admission::Stale | Admission::NotDue => None,
         }));
