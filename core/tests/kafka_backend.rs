@@ -137,12 +137,7 @@ async fn rebalances_lose_nothing() {
 async fn doomed_consumer_process() {
     let Ok(topic) = std::env::var("PB_KAFKA_TOPIC") else { return };
     let broker = connect(&url("")).await.unwrap();
-    let mut held = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while held.len() < 5 && Instant::now() < deadline {
-        let got = support::receive(&*broker, &topic, "doomed", 5 - held.len(), Duration::from_secs(1)).await;
-        held.extend(got);
-    }
+    let held = support::receive_n(&*broker, &topic, "doomed", 5, Duration::from_secs(30)).await;
     let bodies: Vec<String> = held.iter().map(|d| String::from_utf8_lossy(&d.message.payload).into_owned()).collect();
     println!("holding {}", bodies.join(","));
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -202,11 +197,7 @@ async fn a_clean_leave_records_exactly_what_was_handed_out() {
     let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
     broker.ensure_group(&topic, "g").await.unwrap();
     broker.publish(&topic, (0..30).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
-    let mut first = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while first.len() < 4 && Instant::now() < deadline {
-        first.extend(support::receive(&*broker, &topic, "leaver", 4 - first.len(), Duration::from_secs(1)).await);
-    }
+    let first = support::receive_n(&*broker, &topic, "leaver", 4, Duration::from_secs(30)).await;
     assert_eq!(first.len(), 4);
     broker.ack(&first).await.unwrap();
     broker.stop_receiving(&topic, "g", "leaver").await.unwrap();
@@ -258,11 +249,7 @@ async fn a_dropped_broker_leaves_the_group() {
     broker.publish(&topic, (0..20).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
     let first = {
         let dropped: Arc<dyn Broker> = connect(&url("")).await.unwrap();
-        let mut got = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while got.len() < 4 && Instant::now() < deadline {
-            got.extend(support::receive(&*dropped, &topic, "dropped", 4 - got.len(), Duration::from_secs(1)).await);
-        }
+        let got = support::receive_n(&*dropped, &topic, "dropped", 4, Duration::from_secs(30)).await;
         dropped.ack(&got).await.unwrap();
         got.len()
     };

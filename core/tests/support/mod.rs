@@ -68,3 +68,15 @@ pub async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, max: usiz
     let request = ReceiveRequest { topic, group: "g", consumer, max, wait, lease: Duration::from_secs(30) };
     broker.receive(request).await.unwrap()
 }
+
+/// Receives as `consumer` until `n` messages of `topic` are in or `within`
+/// runs out (a receive returns what has arrived, not necessarily `n`).
+#[allow(dead_code)] // not every test binary uses it
+pub async fn receive_n(broker: &dyn Broker, topic: &str, consumer: &str, n: usize, within: Duration) -> Vec<Delivery> {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + within;
+    while got.len() < n && Instant::now() < deadline {
+        got.extend(receive(broker, topic, consumer, n - got.len(), Duration::from_secs(1)).await);
+    }
+    got
+}
