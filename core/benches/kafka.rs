@@ -145,7 +145,7 @@ async fn main() {
             sdk_publish(b, &topic, n).await;
             eprintln!("published; consuming");
             sc.add(n, sdk_consume_timed(b, &topic, n, worker_options()).await);
-            println!("sdk consume {:.0} msg/s", sc.rate);
+            println!("sdk consume {:.0} msg/s, after the first message {:.0} msg/s", sc.rate, sc.steady);
             continue;
         }
         if only.is_empty() || only.starts_with("raw") {
@@ -159,7 +159,7 @@ async fn main() {
             }
             rc.add(n, raw_consume(&topic, &format!("raw-{run}-{round}"), n).await);
             if only == "raw-consume" {
-                println!("raw consume {:.0} msg/s", rc.rate);
+                println!("raw consume {:.0} msg/s, after the first message {:.0} msg/s", rc.rate, rc.steady);
                 continue;
             }
         }

@@ -51,6 +51,7 @@
 
 mod broker;
 mod dead_letters;
+mod outstanding;
 mod reader;
 
 use std::time::Duration;

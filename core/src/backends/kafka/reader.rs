@@ -1,7 +1,7 @@
 //! One Kafka consumer per worker: what it handed out, what it may commit,
 //! which partitions wait for their head to be due, and rebalances.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::broker::Outbox;
+use super::outstanding::Outstanding;
 use super::{
     consumer_group, delay_topic, err, header_fields, header_pairs, level_for, retry_topic, Options, BACKEND, LEVELS,
 };
@@ -141,7 +142,7 @@ struct Track {
     /// One past the highest offset handed out or settled here.
     next: Option<i64>,
     /// Handed out and not yet committed: settled (true) or not (false).
-    outstanding: BTreeMap<i64, bool>,
+    outstanding: Outstanding,
     /// The last commit that succeeded.
     committed: Option<(i64, String)>,
 }
@@ -156,20 +157,14 @@ impl Track {
             recorded_through: None,
             lead: 0,
             next: committed,
-            outstanding: BTreeMap::new(),
+            outstanding: Outstanding::default(),
             committed: committed.map(|c| (c, metadata.to_string())),
         }
     }
 
     /// The offset to commit: the lowest one not settled.
     fn commit_point(&mut self) -> Option<i64> {
-        while let Some((&offset, &settled)) = self.outstanding.first_key_value() {
-            if !settled {
-                return Some(offset);
-            }
-            self.outstanding.pop_first();
-        }
-        self.next
+        self.outstanding.drop_settled_front().or(self.next)
     }
 
     /// How far past what was handed out the record claims: `ahead`, or
@@ -226,14 +221,14 @@ impl Track {
     /// partition nothing more is admitted from (being given up, or the
     /// reader closing): the consumer's position is past it.
     fn withdraw(&mut self, offset: i64) {
-        if self.outstanding.remove(&offset) == Some(false) {
+        if self.outstanding.remove(offset) == Some(false) {
             self.next = Some(self.next.map_or(offset, |n| n.min(offset)));
             self.handed_through = self.handed_through.map(|h| h.min(offset - 1));
         }
     }
 
     fn unsettled(&self) -> bool {
-        self.outstanding.values().any(|settled| !settled)
+        self.outstanding.any_unsettled()
     }
 }
 
@@ -258,7 +253,7 @@ impl ReaderState {
         // Only from a partition assigned now: one given up since this
         // message was read is someone else's (a commit would move their offset).
         let Some(t) = self.parts.get_mut(&part) else { return Admission::Stale };
-        if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains_key(&m.offset) {
+        if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains(m.offset) {
             return Admission::Stale;
         }
         let waits = matches!(m.kind, Kind::Delay(_) | Kind::Retry(_));
@@ -283,13 +278,7 @@ impl ReaderState {
 
     fn settle(&mut self, r: &KafkaReceipt) -> bool {
         match self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
-            Some(t) if t.epoch == r.epoch => match t.outstanding.get_mut(&r.offset) {
-                Some(settled) if !*settled => {
-                    *settled = true;
-                    true
-                }
-                _ => false,
-            },
+            Some(t) if t.epoch == r.epoch => t.outstanding.settle(r.offset),
             _ => false,
         }
     }
@@ -1050,7 +1039,7 @@ impl Reader {
         let st = self.state.lock().unwrap();
         st.parts
             .get(&(Arc::clone(&r.topic), r.partition))
-            .is_some_and(|t| t.epoch == r.epoch && t.outstanding.get(&r.offset) == Some(&false))
+            .is_some_and(|t| t.epoch == r.epoch && t.outstanding.get(r.offset) == Some(false))
     }
 
     /// Marks the delivery settled; false when it was not held.
@@ -1202,13 +1191,13 @@ mod tests {
             t.handed_through = Some(o);
             t.next = Some(o + 1);
         }
-        *t.outstanding.get_mut(&11).unwrap() = true;
-        *t.outstanding.get_mut(&12).unwrap() = true;
+        assert!(t.outstanding.settle(11));
+        assert!(t.outstanding.settle(12));
         let commit = |t: &mut Track| t.wanted(0).map(|w| w.commit);
         assert_eq!(commit(&mut t), Some((10, "pb1:13:1".to_string())));
-        *t.outstanding.get_mut(&10).unwrap() = true;
+        assert!(t.outstanding.settle(10));
         assert_eq!(commit(&mut t), Some((13, "pb1:13:1".to_string())));
-        *t.outstanding.get_mut(&13).unwrap() = true;
+        assert!(t.outstanding.settle(13));
         assert_eq!(commit(&mut t), Some((14, String::new())));
     }
 
@@ -1268,13 +1257,13 @@ mod tests {
         t.handed_through = Some(14);
         t.next = Some(15);
         // 10..=12 reached a handler, 13 and 14 waited for a receive.
-        *t.outstanding.get_mut(&10).unwrap() = true;
-        *t.outstanding.get_mut(&11).unwrap() = true;
+        assert!(t.outstanding.settle(10));
+        assert!(t.outstanding.settle(11));
         t.withdraw(13);
         t.withdraw(14);
         t.withdraw(11); // settled already: stays as it is
         assert_eq!(t.wanted(0).unwrap().commit, (12, "pb1:12:1".to_string()));
-        *t.outstanding.get_mut(&12).unwrap() = true;
+        assert!(t.outstanding.settle(12));
         // Everything handed out settled: the commit stops at the first withdrawn.
         assert_eq!(t.wanted(0).unwrap().commit, (13, String::new()));
     }
