@@ -650,19 +650,34 @@ fn claim_owner(inner: &Inner, d: &Delivery) -> String {
 /// at once.
 async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: CancellationToken, acks: mpsc::Sender<Slot>) {
     use futures_util::FutureExt;
+    // When the handler that just finished at once did (its end is the next
+    // one's start): one clock read per message, not two.
+    let mut finished_at: Option<std::time::Instant> = None;
     loop {
-        // Listening before looking: a message queued after the look wakes this loop.
-        let woken = dispatch.ready.notified();
-        tokio::pin!(woken);
-        woken.as_mut().enable();
         if stop.is_cancelled() {
             return;
         }
         let next = dispatch.queue.lock().unwrap().take();
-        let Some(slot) = next else {
-            tokio::select! {
-                _ = woken => continue,
-                _ = stop.cancelled() => return,
+        let slot = match next {
+            Some(slot) => slot,
+            None => {
+                // Listening before looking again: a message queued after
+                // the look wakes this loop. (Only when idle: registering
+                // with the Notify takes its lock.)
+                let woken = dispatch.ready.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                let again = dispatch.queue.lock().unwrap().take();
+                match again {
+                    Some(slot) => slot,
+                    None => {
+                        finished_at = None;
+                        tokio::select! {
+                            _ = woken => continue,
+                            _ = stop.cancelled() => return,
+                        }
+                    }
+                }
             }
         };
         let (id, key) = (slot.id, slot.delivery.message.key.clone());
@@ -670,15 +685,17 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
         // key's order against a bug of ours.
         let work = std::panic::AssertUnwindSafe(process(&inner, slot, &acks)).catch_unwind();
         tokio::pin!(work);
-        let started = std::time::Instant::now();
+        let started = finished_at.take().unwrap_or_else(std::time::Instant::now);
         // Polled once here (it does all it can without waiting), then awaited if it waits.
         let first =
             std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(work.as_mut(), cx))).await;
         let outcome = match first {
             std::task::Poll::Ready(outcome) => {
-                if started.elapsed() >= BUSY {
+                let now = std::time::Instant::now();
+                if now.duration_since(started) >= BUSY {
                     wake_another(&dispatch);
                 }
+                finished_at = Some(now);
                 outcome
             }
             std::task::Poll::Pending => {
@@ -693,7 +710,9 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
         if let Some(key) = key {
             dispatch.queue.lock().unwrap().finished(&key);
         }
-        // A loop whose handlers never wait must still let other tasks run.
+        // A loop whose handlers never wait must still let other tasks run
+        // (when it yields, the next handler's time includes the time away:
+        // at worst one needless look for another loop to wake).
         tokio::task::consume_budget().await;
     }
 }

@@ -243,44 +243,109 @@ enum Admission {
     NotDue,
 }
 
-impl ReaderState {
-    /// Decides about one message and, when it is handed out, records it.
+/// The length of the run at the start of `items` from one partition of one
+/// assignment: what the state is looked up once for, not once per message
+/// (librdkafka hands a partition's messages out in runs of thousands).
+fn run_len<T>(items: &[T], key: impl Fn(&T) -> (&Arc<str>, i32, u64)) -> usize {
+    let Some(first) = items.first() else { return 0 };
+    let (topic, partition, epoch) = key(first);
+    items
+        .iter()
+        .take_while(|item| {
+            let (t, p, e) = key(item);
+            p == partition && e == epoch && Arc::ptr_eq(t, topic)
+        })
+        .count()
+}
+
+impl Track {
+    /// Decides about one message of this partition and, when it is handed
+    /// out, records it.
     fn admit(&mut self, m: &Incoming) -> Admission {
-        let part: Part = (Arc::clone(&m.topic), m.partition);
-        if self.paused.contains_key(&part) || self.revoking.contains(&part) {
-            return Admission::Stale; // fetched before the pause: it comes again
-        }
-        // Only from a partition assigned now: one given up since this
-        // message was read is someone else's (a commit would move their offset).
-        let Some(t) = self.parts.get_mut(&part) else { return Admission::Stale };
-        if t.next.is_some_and(|n| m.offset < n) || t.outstanding.contains(m.offset) {
+        if self.next.is_some_and(|n| m.offset < n) || self.outstanding.contains(m.offset) {
             return Admission::Stale;
         }
         let waits = matches!(m.kind, Kind::Delay(_) | Kind::Retry(_));
         if waits && m.deliver_at_ms().is_some_and(|due| due > to_millis(SystemTime::now())) {
             return Admission::NotDue;
         }
-        t.outstanding.insert(m.offset, false);
-        t.next = Some(t.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
-        t.handed_through = Some(t.handed_through.map_or(m.offset, |h| h.max(m.offset)));
-        Admission::HandOut { earlier: t.base.count_at(m.offset), epoch: t.epoch }
+        self.outstanding.insert(m.offset, false);
+        self.next = Some(self.next.map_or(m.offset + 1, |n| n.max(m.offset + 1)));
+        self.handed_through = Some(self.handed_through.map_or(m.offset, |h| h.max(m.offset)));
+        Admission::HandOut { earlier: self.base.count_at(m.offset), epoch: self.epoch }
+    }
+}
+
+impl ReaderState {
+    /// The partition's state, if it is assigned now and neither paused nor
+    /// being given up: a message read from any other was fetched before a
+    /// pause (it comes again) or is someone else's now (a commit would move
+    /// their offset).
+    fn admitting(&mut self, topic: &Arc<str>, partition: i32) -> Option<&mut Track> {
+        let part: Part = (Arc::clone(topic), partition);
+        if self.paused.contains_key(&part) || self.revoking.contains(&part) {
+            return None;
+        }
+        self.parts.get_mut(&part)
+    }
+
+    /// Decides about messages in order, into `decided`, and records those
+    /// handed out; stops after the first that is not due.
+    fn admit_all(&mut self, messages: &[Incoming], decided: &mut Vec<Admission>) {
+        let mut rest = messages;
+        while !rest.is_empty() {
+            let n = run_len(rest, |m| (&m.topic, m.partition, 0));
+            let mut track = self.admitting(&rest[0].topic, rest[0].partition);
+            for m in &rest[..n] {
+                let admission = track.as_deref_mut().map_or(Admission::Stale, |t| t.admit(m));
+                let not_due = matches!(admission, Admission::NotDue);
+                decided.push(admission);
+                if not_due {
+                    return;
+                }
+            }
+            rest = &rest[n..];
+        }
+    }
+
+    /// Decides about one message (see `admit_all`).
+    #[cfg(test)]
+    fn admit(&mut self, m: &Incoming) -> Admission {
+        self.admitting(&m.topic, m.partition).map_or(Admission::Stale, |t| t.admit(m))
+    }
+
+    /// The partition's state, if it is still the assignment `epoch`.
+    fn assigned(&mut self, topic: &Arc<str>, partition: i32, epoch: u64) -> Option<&mut Track> {
+        self.parts.get_mut(&(Arc::clone(topic), partition)).filter(|t| t.epoch == epoch)
     }
 
     /// Takes back deliveries admitted and never handed out (see `Track::withdraw`).
     fn withdraw<'a>(&mut self, deliveries: impl IntoIterator<Item = &'a Delivery>) {
         for d in deliveries {
             let Ok(r) = d.receipt_as::<KafkaReceipt>(BACKEND) else { continue };
-            if let Some(t) = self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)).filter(|t| t.epoch == r.epoch) {
+            if let Some(t) = self.assigned(&r.topic, r.partition, r.epoch) {
                 t.withdraw(r.offset);
             }
         }
     }
 
-    fn settle(&mut self, r: &KafkaReceipt) -> bool {
-        match self.parts.get_mut(&(Arc::clone(&r.topic), r.partition)) {
-            Some(t) if t.epoch == r.epoch => t.outstanding.settle(r.offset),
-            _ => false,
+    /// Marks deliveries settled; returns the position of the first that was
+    /// not held (its partition went away, or it was settled already).
+    fn settle_all(&mut self, receipts: &[&KafkaReceipt]) -> Option<usize> {
+        let mut lost = None;
+        let mut done = 0;
+        while done < receipts.len() {
+            let rest = &receipts[done..];
+            let n = run_len(rest, |r| (&r.topic, r.partition, r.epoch));
+            let mut track = self.assigned(&rest[0].topic, rest[0].partition, rest[0].epoch);
+            for (i, r) in rest[..n].iter().enumerate() {
+                if !track.as_deref_mut().is_some_and(|t| t.outstanding.settle(r.offset)) {
+                    lost = lost.or(Some(done + i));
+                }
+            }
+            done += n;
         }
+        lost
     }
 }
 
@@ -730,19 +795,26 @@ impl Reader {
     /// out. The rest are withdrawn: their partition went away or is being
     /// given up meanwhile (they come again to whoever reads it next).
     fn keep_held(&self, admitted: Vec<Delivery>) -> Vec<Delivery> {
+        fn receipt(d: &Delivery) -> (&Arc<str>, i32, u64) {
+            let r = d.receipt_as::<KafkaReceipt>(BACKEND).expect("admitted by this reader");
+            (&r.topic, r.partition, r.epoch)
+        }
         let mut st = self.state.lock().unwrap();
-        admitted
-            .into_iter()
-            .filter(|d| {
-                let r = d.receipt_as::<KafkaReceipt>(BACKEND).expect("admitted by this reader");
-                let part: Part = (Arc::clone(&r.topic), r.partition);
-                if st.revoking.contains(&part) {
-                    st.withdraw([d]);
-                    return false;
-                }
-                st.parts.get(&part).is_some_and(|t| t.epoch == r.epoch)
-            })
-            .collect()
+        let mut kept = Vec::with_capacity(admitted.len());
+        let mut rest = admitted;
+        while !rest.is_empty() {
+            let n = run_len(&rest, receipt);
+            let tail = rest.split_off(n);
+            let (topic, partition, epoch) = receipt(&rest[0]);
+            let part: Part = (Arc::clone(topic), partition);
+            if st.revoking.contains(&part) {
+                st.withdraw(&rest);
+            } else if st.assigned(topic, partition, epoch).is_some() {
+                kept.append(&mut rest);
+            }
+            rest = tail;
+        }
+        kept
     }
 
     /// Starts the reading task once.
@@ -940,17 +1012,7 @@ impl Reader {
         // Decided in place (messages are large: not moved more than once).
         decided.clear();
         while decided.len() < incoming.len() {
-            {
-                let mut st = self.state.lock().unwrap();
-                for m in &incoming[decided.len()..] {
-                    let admission = st.admit(m);
-                    let not_due = matches!(admission, Admission::NotDue);
-                    decided.push(admission);
-                    if not_due {
-                        break;
-                    }
-                }
-            }
+            self.state.lock().unwrap().admit_all(&incoming[decided.len()..], decided);
             if let Some(Admission::NotDue) = decided.last() {
                 self.wait_for_due(&incoming[decided.len() - 1], outbox).await?;
             }
@@ -1044,14 +1106,13 @@ impl Reader {
 
     /// Marks the delivery settled; false when it was not held.
     pub fn settle(&self, r: &KafkaReceipt) -> bool {
-        self.state.lock().unwrap().settle(r)
+        self.state.lock().unwrap().settle_all(&[r]).is_none()
     }
 
     /// Marks deliveries settled under one look at the state; returns the
     /// position of the first that was not held.
     pub fn settle_all(&self, receipts: &[&KafkaReceipt]) -> Option<usize> {
-        let mut st = self.state.lock().unwrap();
-        receipts.iter().enumerate().fold(None, |lost, (i, r)| if st.settle(r) { lost } else { lost.or(Some(i)) })
+        self.state.lock().unwrap().settle_all(receipts)
     }
 
     /// Commits every partition whose commit point or delivery record moved.
