@@ -22,6 +22,7 @@
 //!   handler's language runtime is doing;
 //! - the *acker* acks finished messages in batches.
 
+mod acks;
 mod handler;
 mod queue;
 mod retry;
@@ -30,10 +31,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use acks::AckQueue;
 pub use handler::{Handler, HandlerError, Job};
 use queue::{Keyed, Queue};
 pub use retry::RetryPolicy;
@@ -397,22 +399,24 @@ impl Worker {
         // Handlers stop taking messages on shutdown, or when the fetcher stops for good.
         let stop_taking = inner.cancel.child_token();
         // Bounded: if acks fall behind, finished handlers wait, which holds back receiving.
-        let (ack_tx, ack_rx) = mpsc::channel::<Slot>(ACK_BATCH * 4);
+        let acks = Arc::new(AckQueue::new(ACK_BATCH * 4, ack_fill(&inner), ACK_BATCH));
+        // However this ends (even if this future is dropped), the acker
+        // acks what is left and stops.
+        let _close_acks = acks.close_on_drop();
         let background_stop = CancellationToken::new();
 
         let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), Arc::clone(&dispatch)));
         let keeper = tokio::spawn(lease_loop(Arc::clone(&inner), background_stop.clone()));
-        let acker = tokio::spawn(ack_loop(Arc::clone(&inner), ack_rx));
+        let acker = tokio::spawn(ack_loop(Arc::clone(&inner), Arc::clone(&acks)));
         let mut handlers = JoinSet::new();
         for _ in 0..opts.concurrency {
             handlers.spawn(handler_loop(
                 Arc::clone(&inner),
                 Arc::clone(&dispatch),
                 stop_taking.clone(),
-                ack_tx.clone(),
+                Arc::clone(&acks),
             ));
         }
-        drop(ack_tx);
 
         let fetch_result = fetcher.await.unwrap_or(Ok(()));
         stop_taking.cancel();
@@ -426,6 +430,8 @@ impl Worker {
             tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
             handlers.shutdown().await;
         }
+        // Every handler loop has ended: the acker takes what is left, then stops.
+        acks.close();
         let _ = acker.await;
         // Anything still held (handlers stopped mid-way) goes back now.
         let leftovers: Vec<(u64, Held)> = inner.held.lock().unwrap().drain().collect();
@@ -579,26 +585,9 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
 /// a round trip here: the batch waits up to `ACK_LINGER` to reach half the
 /// worker's capacity, so the broker refills half the window at a time
 /// while the other half is handled.
-async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
-    let fill = if inner.broker.capabilities().pushes_ahead {
-        ((inner.options.concurrency + inner.options.prefetch) / 2).clamp(1, ACK_BATCH)
-    } else {
-        1
-    };
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        let linger_until = tokio::time::Instant::now() + ACK_LINGER;
-        while batch.len() < ACK_BATCH {
-            match rx.try_recv() {
-                Ok(slot) => batch.push(slot),
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-                Err(mpsc::error::TryRecvError::Empty) if batch.len() >= fill => break,
-                Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(linger_until, rx.recv()).await {
-                    Ok(Some(slot)) => batch.push(slot),
-                    Ok(None) | Err(_) => break,
-                },
-            }
-        }
+async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
+    let mut batch = Vec::new();
+    while acks.next_batch(ACK_LINGER, &mut batch).await {
         // Settling now: the lease keeper can let go, and the deliveries can
         // move out of their Arcs instead of being copied.
         {
@@ -608,13 +597,23 @@ async fn ack_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Slot>) {
             }
         }
         let deliveries: Vec<Delivery> = batch
-            .into_iter()
+            .drain(..)
             .map(|s| Arc::try_unwrap(s.delivery).unwrap_or_else(|shared| Delivery::clone(&shared)))
             .collect();
         if let Err(e) = inner.broker.ack(&deliveries).await {
             bump(&inner.counters.settle_errors, 1);
             tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
         }
+    }
+}
+
+/// The batch the acker waits (up to `ACK_LINGER`) to gather: half the
+/// worker's capacity where the broker pushes ahead, else none.
+fn ack_fill(inner: &Inner) -> usize {
+    if inner.broker.capabilities().pushes_ahead {
+        ((inner.options.concurrency + inner.options.prefetch) / 2).clamp(1, ACK_BATCH)
+    } else {
+        1
     }
 }
 
@@ -648,7 +647,7 @@ fn claim_owner(inner: &Inner, d: &Delivery) -> String {
 /// waking (and moving between threads) up to `concurrency` loops for a
 /// moment's work each; handlers that wait or work still run `concurrency`
 /// at once.
-async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: CancellationToken, acks: mpsc::Sender<Slot>) {
+async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: CancellationToken, acks: Arc<AckQueue<Slot>>) {
     use futures_util::FutureExt;
     // When the handler that just finished at once did (its end is the next
     // one's start): one clock read per message, not two.
@@ -729,7 +728,7 @@ fn wake_another(dispatch: &Dispatch) {
 }
 
 /// The policy for one delivery.
-async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
+async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
     let delivery = &slot.delivery;
     let message = &delivery.message;
     let max_attempts = inner.options.retry.max_attempts();
@@ -762,7 +761,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
             Ok(Claim::AlreadyDone) => {
                 bump(&inner.counters.duplicates, 1);
                 tracing::debug!(id = %message.id, key = %key, "duplicate of a done idempotency key; acked without running");
-                let _ = acks.send(slot.finished()).await;
+                acks.push(slot.finished()).await;
                 return;
             }
             Ok(Claim::Busy) => {
@@ -795,7 +794,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &mpsc::Sender<Slot>) {
                 }
             }
             bump(&inner.counters.succeeded, 1);
-            let _ = acks.send(slot.finished()).await;
+            acks.push(slot.finished()).await;
         }
         Err(error) => {
             if let Some(key) = &claimed {
