@@ -834,10 +834,10 @@ impl Reader {
     }
 
     /// The reading task: reads what there is room for (`READ_AHEAD` times
-    /// what the largest receive asked for, minus what waits already), admits
-    /// it, and leaves it for the next receives; until the reader closes. It alone reads from
-    /// the consumer, so rebalance callbacks, pauses and seeks happen between
-    /// its reads, never during one.
+    /// what the largest receive asked for, minus what waits already),
+    /// admits it, and leaves it for the next receives; until the reader
+    /// closes. It alone reads from the consumer, so rebalance callbacks,
+    /// pauses and seeks happen between its reads, never during one.
     async fn read(self: Arc<Self>, outbox: Outbox) {
         self.read_until_stopped(&outbox).await;
         // Whatever no receive will take now is withdrawn (the close that
@@ -1315,6 +1315,46 @@ mod tests {
         // commit for it would move their offset.
         assert!(matches!(st.admit(&message(1, 0)), Admission::Stale));
         assert!(!st.parts.contains_key(&(Arc::clone(&topic), 1)));
+    }
+
+    #[test]
+    fn a_read_is_decided_run_by_run_in_order() {
+        let (main, other): (Arc<str>, Arc<str>) = (Arc::from("t"), Arc::from("u"));
+        let message = |topic: &Arc<str>, partition: i32, offset: i64| Incoming {
+            kind: Kind::Main,
+            topic: Arc::clone(topic),
+            partition,
+            offset,
+            timestamp_ms: None,
+            key: None,
+            body: Body::Decoded(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1)),
+        };
+        let mut st = ReaderState::default();
+        st.parts.insert((Arc::clone(&main), 0), Track::new(1, Some(0), ""));
+        st.parts.insert((Arc::clone(&main), 1), Track::new(2, Some(0), ""));
+        st.parts.insert((Arc::clone(&other), 0), Track::new(3, Some(0), ""));
+        st.paused.insert((Arc::clone(&main), 1), SystemTime::now());
+        let read = [
+            message(&main, 0, 0),
+            message(&main, 0, 1),
+            message(&main, 1, 0), // paused: comes again
+            message(&other, 0, 0),
+            message(&main, 0, 2),
+            message(&main, 0, 1), // handed out already
+            message(&main, 2, 0), // not assigned here
+        ];
+        let mut decided = Vec::new();
+        st.admit_all(&read, &mut decided);
+        let got: Vec<Option<u64>> = decided
+            .iter()
+            .map(|a| match a {
+                Admission::HandOut { epoch, .. } => Some(*epoch),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got, vec![Some(1), Some(1), None, Some(3), Some(1), None, None]);
+        assert_eq!(st.parts[&(Arc::clone(&main), 0)].handed_through, Some(2));
+        assert_eq!(st.parts[&(Arc::clone(&main), 1)].handed_through, None);
     }
 
     #[test]
