@@ -385,9 +385,16 @@ impl Worker {
         if inner.running.swap(true, Ordering::AcqRel) {
             return Err(Error::invalid_option("run", "this worker is already running"));
         }
-        let result = self.run_inner().await;
-        inner.running.store(false, Ordering::Release);
-        result
+        // Reset however this ends, even if this future is dropped: the
+        // worker can run again.
+        struct NotRunning<'a>(&'a AtomicBool);
+        impl Drop for NotRunning<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _not_running = NotRunning(&inner.running);
+        self.run_inner().await
     }
 
     async fn run_inner(&self) -> Result<()> {
@@ -404,8 +411,18 @@ impl Worker {
         // acks what is left and stops.
         let _close_acks = acks.close_on_drop();
         let background_stop = CancellationToken::new();
+        // The fetcher stops on shutdown; it and the lease keeper also stop
+        // if this future is dropped (the handler loops, in a JoinSet, are
+        // aborted then), rather than receiving for nobody.
+        let stop_fetching = inner.cancel.child_token();
+        let _stop_tasks = (stop_fetching.clone().drop_guard(), background_stop.clone().drop_guard());
 
-        let fetcher = tokio::spawn(fetch_loop(Arc::clone(&inner), Arc::clone(&slots), Arc::clone(&dispatch)));
+        let fetcher = tokio::spawn(fetch_loop(
+            Arc::clone(&inner),
+            Arc::clone(&slots),
+            Arc::clone(&dispatch),
+            stop_fetching.clone(),
+        ));
         let keeper = tokio::spawn(lease_loop(Arc::clone(&inner), background_stop.clone()));
         let acker = tokio::spawn(ack_loop(Arc::clone(&inner), Arc::clone(&acks)));
         let mut handlers = JoinSet::new();
@@ -461,7 +478,12 @@ impl Worker {
 
 /// Receives while there is room, until shutdown. A broker error is logged
 /// and retried with backoff; a closed broker ends the worker.
-async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, dispatch: Arc<Dispatch>) -> Result<()> {
+async fn fetch_loop(
+    inner: Arc<Inner>,
+    slots: Arc<Semaphore>,
+    dispatch: Arc<Dispatch>,
+    stop: CancellationToken,
+) -> Result<()> {
     let capacity = inner.options.concurrency + inner.options.prefetch;
     let pushes_ahead = inner.broker.capabilities().pushes_ahead;
     let mut backoff = Duration::from_millis(100);
@@ -469,11 +491,13 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, dispatch: Arc<Disp
     // several times a receive).
     let mut permits = Vec::with_capacity(capacity);
     loop {
+        // What a failed receive took goes back before waiting for a slot
+        // (else a receive error with every slot taken waited forever).
+        permits.clear();
         let first = tokio::select! {
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
-            _ = inner.cancel.cancelled() => return Ok(()),
+            _ = stop.cancelled() => return Ok(()),
         };
-        permits.clear();
         permits.push(first);
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             permits.push(p);
@@ -542,12 +566,12 @@ async fn fetch_loop(inner: Arc<Inner>, slots: Arc<Semaphore>, dispatch: Arc<Disp
                 tracing::warn!(error = %e, topic = %inner.topic, group = %inner.group, "receive failed; trying again in {backoff:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = inner.cancel.cancelled() => return Ok(()),
+                    _ = stop.cancelled() => return Ok(()),
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
-        if inner.cancel.is_cancelled() {
+        if stop.is_cancelled() {
             return Ok(());
         }
     }
@@ -1003,6 +1027,131 @@ mod tests {
         .await;
         let peak = peak.load(Ordering::SeqCst);
         assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
+    }
+
+    /// The in-memory broker, except that its first `failures` receives fail.
+    #[derive(Debug)]
+    struct FailingReceives {
+        inner: Arc<dyn Broker>,
+        failures: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for FailingReceives {
+        fn backend(&self) -> &'static str {
+            self.inner.backend()
+        }
+        fn capabilities(&self) -> crate::broker::Capabilities {
+            self.inner.capabilities()
+        }
+        async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
+            self.inner.ensure_group(topic, group).await
+        }
+        async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+            self.inner.publish(topic, messages).await
+        }
+        async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: bytes::Bytes) -> Result<()> {
+            self.inner.publish_raw(topic, headers, payload).await
+        }
+        async fn receive(&self, request: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+            if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                return Err(Error::Backend { backend: "test", reason: "receive failed".into() });
+            }
+            self.inner.receive(request).await
+        }
+        async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+            self.inner.ack(deliveries).await
+        }
+        async fn extend_leases(&self, deliveries: &[Delivery], lease: Duration) -> Result<()> {
+            self.inner.extend_leases(deliveries, lease).await
+        }
+        async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+            self.inner.release(deliveries).await
+        }
+        async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
+            self.inner.retry(delivery, next).await
+        }
+        async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
+            self.inner.dead_letter(delivery, reason).await
+        }
+        async fn inspect(&self, topic: &str, group: &str) -> Result<crate::broker::GroupStats> {
+            self.inner.inspect(topic, group).await
+        }
+        async fn groups(&self, topic: &str) -> Result<Vec<String>> {
+            self.inner.groups(topic).await
+        }
+        async fn list_dead_letters(
+            &self,
+            topic: &str,
+            group: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<crate::dead_letter::DeadLetter>> {
+            self.inner.list_dead_letters(topic, group, after, limit).await
+        }
+        async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+            self.inner.redrive_dead_letters(topic, group, ids).await
+        }
+        async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+            self.inner.purge_dead_letters(topic, group, ids).await
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn receive_errors_give_their_slots_back() {
+        // One slot: a failed receive that kept it would leave none to receive with.
+        let inner = crate::connect("memory://").await.unwrap();
+        let broker: Arc<dyn Broker> = Arc::new(FailingReceives { inner, failures: AtomicUsize::new(2) });
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+        let worker = Worker::new(broker, "t", "g", handler, WorkerOptions::default()).unwrap();
+        let runner = worker.clone();
+        let task = tokio::spawn(async move { runner.run().await });
+        // Two failures: backoff 100 + 200 ms.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while worker.stats().succeeded < 3 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(worker.stats().succeeded, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_run_stops_receiving_and_the_worker_can_run_again() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("first")]).await.unwrap();
+        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+        // Room to receive more than one: a fetcher left running would take all five.
+        let options = WorkerOptions::default().prefetch(10).poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
+        let runner = worker.clone();
+        let task = tokio::spawn(async move { runner.run().await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while worker.stats().succeeded < 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(worker.stats().succeeded, 1);
+        // Dropped mid-run (as a `select!` or a cancelled task does).
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        // A receive under way when the run was dropped ends within its poll wait.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let received = worker.stats().received;
+        broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(worker.stats().received, received, "a dropped run received on");
+        let runner = worker.clone();
+        let task = tokio::spawn(async move { runner.run().await });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while worker.stats().succeeded < 6 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(worker.stats().succeeded, 6);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
