@@ -614,6 +614,7 @@ async fn lease_loop(inner: Arc<Inner>, stop: CancellationToken) {
 /// worker's capacity, so the broker refills half the window at a time
 /// while the other half is handled.
 async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
+    use futures_util::FutureExt;
     let mut batch = Vec::new();
     while acks.next_batch(ACK_LINGER, &mut batch).await {
         // Settling now: the lease keeper can let go, and the deliveries can
@@ -628,9 +629,19 @@ async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
             .drain(..)
             .map(|s| Arc::try_unwrap(s.delivery).unwrap_or_else(|shared| Delivery::clone(&shared)))
             .collect();
-        if let Err(e) = inner.broker.ack(&deliveries).await {
-            bump(&inner.counters.settle_errors, 1);
-            tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+        // A backend that panics here (a bug) must not end the acker: handler
+        // loops would then wait for room in its queue forever.
+        let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
+        match acked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                bump(&inner.counters.settle_errors, 1);
+                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+            }
+            Err(_) => {
+                bump(&inner.counters.settle_errors, 1);
+                tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
+            }
         }
     }
 }
@@ -1029,11 +1040,13 @@ mod tests {
         assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
     }
 
-    /// The in-memory broker, except that its first `failures` receives fail.
+    /// The in-memory broker, except that its first `failures` receives fail
+    /// and its first `panics` acks panic.
     #[derive(Debug)]
     struct FailingReceives {
         inner: Arc<dyn Broker>,
         failures: AtomicUsize,
+        panics: AtomicUsize,
     }
 
     #[async_trait::async_trait]
@@ -1060,6 +1073,9 @@ mod tests {
             self.inner.receive(request).await
         }
         async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+            if self.panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+                panic!("ack panicked");
+            }
             self.inner.ack(deliveries).await
         }
         async fn extend_leases(&self, deliveries: &[Delivery], lease: Duration) -> Result<()> {
@@ -1101,7 +1117,8 @@ mod tests {
     async fn receive_errors_give_their_slots_back() {
         // One slot: a failed receive that kept it would leave none to receive with.
         let inner = crate::connect("memory://").await.unwrap();
-        let broker: Arc<dyn Broker> = Arc::new(FailingReceives { inner, failures: AtomicUsize::new(2) });
+        let broker: Arc<dyn Broker> =
+            Arc::new(FailingReceives { inner, failures: AtomicUsize::new(2), panics: AtomicUsize::new(0) });
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
         let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
@@ -1116,6 +1133,41 @@ mod tests {
         worker.shutdown();
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().succeeded, 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ack_that_panics_does_not_stop_the_acker() {
+        let inner = crate::connect("memory://").await.unwrap();
+        let broker: Arc<dyn Broker> =
+            Arc::new(FailingReceives { inner, failures: AtomicUsize::new(0), panics: AtomicUsize::new(1) });
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("first")]).await.unwrap();
+        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
+        let options = WorkerOptions::default().lease(Duration::from_millis(200)).poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
+        let runner = worker.clone();
+        let task = tokio::spawn(async move { runner.run().await });
+        let until = |n: u64| {
+            let worker = worker.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+                while worker.stats().succeeded < n && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        };
+        until(1).await;
+        broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        // The first ack panicked: that message comes back after its lease
+        // and is handled again; the later ones are acked.
+        until(5).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stats = broker.inspect("t", "g").await.unwrap();
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message acked");
+        assert_eq!(worker.stats().succeeded, 5);
+        assert_eq!(worker.stats().settle_errors, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
