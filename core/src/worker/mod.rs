@@ -965,6 +965,26 @@ mod tests {
 
     use super::*;
 
+    /// Runs `worker` in the background.
+    fn start(worker: &Worker) -> tokio::task::JoinHandle<Result<()>> {
+        let runner = worker.clone();
+        tokio::spawn(async move { runner.run().await })
+    }
+
+    /// Waits until `worker` has handled `n` messages or 20 s pass (the
+    /// caller asserts what it expects).
+    async fn until_succeeded(worker: &Worker, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while worker.stats().succeeded < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A handler that succeeds at once.
+    async fn no_op(_job: Job) -> std::result::Result<(), HandlerError> {
+        Ok(())
+    }
+
     /// Runs `count` messages through a worker of `concurrency` whose handler
     /// is `work`; returns how many handlers ran at once at most.
     async fn peak_running<F, Fut>(concurrency: usize, count: usize, work: F) -> usize
@@ -992,12 +1012,8 @@ mod tests {
         let options =
             WorkerOptions::default().concurrency(concurrency).prefetch(count).poll_wait(Duration::from_millis(50));
         let worker = Worker::new(broker, "t", "g", handler, options).unwrap();
-        let runner = worker.clone();
-        let task = tokio::spawn(async move { runner.run().await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while worker.stats().succeeded < count as u64 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = start(&worker);
+        until_succeeded(&worker, count as u64).await;
         worker.shutdown();
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().succeeded, count as u64);
@@ -1040,17 +1056,17 @@ mod tests {
         assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
     }
 
-    /// The in-memory broker, except that its first `failures` receives fail
-    /// and its first `panics` acks panic.
+    /// The in-memory broker, with faults: its first `failures` receives
+    /// fail and its first `panics` acks panic.
     #[derive(Debug)]
-    struct FailingReceives {
+    struct FaultyBroker {
         inner: Arc<dyn Broker>,
         failures: AtomicUsize,
         panics: AtomicUsize,
     }
 
     #[async_trait::async_trait]
-    impl Broker for FailingReceives {
+    impl Broker for FaultyBroker {
         fn backend(&self) -> &'static str {
             self.inner.backend()
         }
@@ -1118,18 +1134,13 @@ mod tests {
         // One slot: a failed receive that kept it would leave none to receive with.
         let inner = crate::connect("memory://").await.unwrap();
         let broker: Arc<dyn Broker> =
-            Arc::new(FailingReceives { inner, failures: AtomicUsize::new(2), panics: AtomicUsize::new(0) });
+            Arc::new(FaultyBroker { inner, failures: AtomicUsize::new(2), panics: AtomicUsize::new(0) });
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
-        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-        let worker = Worker::new(broker, "t", "g", handler, WorkerOptions::default()).unwrap();
-        let runner = worker.clone();
-        let task = tokio::spawn(async move { runner.run().await });
+        let worker = Worker::new(broker, "t", "g", no_op, WorkerOptions::default()).unwrap();
+        let task = start(&worker);
         // Two failures: backoff 100 + 200 ms.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while worker.stats().succeeded < 3 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until_succeeded(&worker, 3).await;
         worker.shutdown();
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().succeeded, 3);
@@ -1139,28 +1150,17 @@ mod tests {
     async fn an_ack_that_panics_does_not_stop_the_acker() {
         let inner = crate::connect("memory://").await.unwrap();
         let broker: Arc<dyn Broker> =
-            Arc::new(FailingReceives { inner, failures: AtomicUsize::new(0), panics: AtomicUsize::new(1) });
+            Arc::new(FaultyBroker { inner, failures: AtomicUsize::new(0), panics: AtomicUsize::new(1) });
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", vec![Message::new("first")]).await.unwrap();
-        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
         let options = WorkerOptions::default().lease(Duration::from_millis(200)).poll_wait(Duration::from_millis(20));
-        let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
-        let runner = worker.clone();
-        let task = tokio::spawn(async move { runner.run().await });
-        let until = |n: u64| {
-            let worker = worker.clone();
-            async move {
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                while worker.stats().succeeded < n && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-        };
-        until(1).await;
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", no_op, options).unwrap();
+        let task = start(&worker);
+        until_succeeded(&worker, 1).await;
         broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
         // The first ack panicked: that message comes back after its lease
         // and is handled again; the later ones are acked.
-        until(5).await;
+        until_succeeded(&worker, 5).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let stats = broker.inspect("t", "g").await.unwrap();
         worker.shutdown();
@@ -1175,16 +1175,11 @@ mod tests {
         let broker = crate::connect("memory://").await.unwrap();
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", vec![Message::new("first")]).await.unwrap();
-        let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
         // Room to receive more than one: a fetcher left running would take all five.
         let options = WorkerOptions::default().prefetch(10).poll_wait(Duration::from_millis(20));
-        let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
-        let runner = worker.clone();
-        let task = tokio::spawn(async move { runner.run().await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while worker.stats().succeeded < 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", no_op, options).unwrap();
+        let task = start(&worker);
+        until_succeeded(&worker, 1).await;
         assert_eq!(worker.stats().succeeded, 1);
         // Dropped mid-run (as a `select!` or a cancelled task does).
         task.abort();
@@ -1195,12 +1190,8 @@ mod tests {
         broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(worker.stats().received, received, "a dropped run received on");
-        let runner = worker.clone();
-        let task = tokio::spawn(async move { runner.run().await });
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while worker.stats().succeeded < 6 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let task = start(&worker);
+        until_succeeded(&worker, 6).await;
         worker.shutdown();
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().succeeded, 6);

@@ -71,7 +71,6 @@ pub async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, max: usiz
 
 /// Receives as `consumer` until `n` messages of `topic` are in or `within`
 /// runs out (a receive returns what has arrived, not necessarily `n`).
-#[allow(dead_code)] // not every test binary uses it
 pub async fn receive_n(broker: &dyn Broker, topic: &str, consumer: &str, n: usize, within: Duration) -> Vec<Delivery> {
     let mut got = Vec::new();
     let deadline = Instant::now() + within;

@@ -1295,18 +1295,23 @@ mod tests {
         assert_eq!(t.wanted(0).unwrap().commit, (10, "pb1:11:3,13:1".to_string()));
     }
 
-    #[test]
-    fn only_assigned_partitions_are_admitted() {
-        let topic: Arc<str> = Arc::from("t");
-        let message = |partition: i32, offset: i64| Incoming {
+    /// An empty main-topic message read at `offset` of `topic[partition]`.
+    fn incoming(topic: &Arc<str>, partition: i32, offset: i64) -> Incoming {
+        Incoming {
             kind: Kind::Main,
-            topic: Arc::clone(&topic),
+            topic: Arc::clone(topic),
             partition,
             offset,
             timestamp_ms: None,
             key: None,
             body: Body::Decoded(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1)),
-        };
+        }
+    }
+
+    #[test]
+    fn only_assigned_partitions_are_admitted() {
+        let topic: Arc<str> = Arc::from("t");
+        let message = |partition: i32, offset: i64| incoming(&topic, partition, offset);
         let mut st = ReaderState::default();
         st.parts.insert((Arc::clone(&topic), 0), Track::new(7, Some(5), ""));
         assert!(matches!(st.admit(&message(0, 5)), Admission::HandOut { earlier: 0, epoch: 7 }));
@@ -1320,28 +1325,19 @@ mod tests {
     #[test]
     fn a_read_is_decided_run_by_run_in_order() {
         let (main, other): (Arc<str>, Arc<str>) = (Arc::from("t"), Arc::from("u"));
-        let message = |topic: &Arc<str>, partition: i32, offset: i64| Incoming {
-            kind: Kind::Main,
-            topic: Arc::clone(topic),
-            partition,
-            offset,
-            timestamp_ms: None,
-            key: None,
-            body: Body::Decoded(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1)),
-        };
         let mut st = ReaderState::default();
         st.parts.insert((Arc::clone(&main), 0), Track::new(1, Some(0), ""));
         st.parts.insert((Arc::clone(&main), 1), Track::new(2, Some(0), ""));
         st.parts.insert((Arc::clone(&other), 0), Track::new(3, Some(0), ""));
         st.paused.insert((Arc::clone(&main), 1), SystemTime::now());
         let read = [
-            message(&main, 0, 0),
-            message(&main, 0, 1),
-            message(&main, 1, 0), // paused: comes again
-            message(&other, 0, 0),
-            message(&main, 0, 2),
-            message(&main, 0, 1), // handed out already
-            message(&main, 2, 0), // not assigned here
+            incoming(&main, 0, 0),
+            incoming(&main, 0, 1),
+            incoming(&main, 1, 0), // paused: comes again
+            incoming(&other, 0, 0),
+            incoming(&main, 0, 2),
+            incoming(&main, 0, 1), // handed out already
+            incoming(&main, 2, 0), // not assigned here
         ];
         let mut decided = Vec::new();
         st.admit_all(&read, &mut decided);
