@@ -62,6 +62,8 @@ async fn raw_consume(topic: &str, group: &str, n: usize) -> Consumed {
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
     consumer.subscribe(&[topic]).unwrap();
