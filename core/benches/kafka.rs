@@ -11,7 +11,9 @@
 //! flight, then waiting for their delivery reports. Raw consume: one
 //! consumer in a fresh group from the earliest offset, an asynchronous
 //! commit of the position after every 100 messages (the usual at-least-once
-//! loop), a synchronous one at the end. Pillarbox: `publish` in batches
+//! loop), a synchronous one at the end, with the fetch settings Pillarbox's
+//! consumer uses (librdkafka's 1 s `fetch.queue.backoff.ms` made its rate
+//! swing by half from run to run). Pillarbox: `publish` in batches
 //! of 100; a `Worker` with a no-op handler, concurrency 16 and 100 slots.
 //!
 //! `PB_BENCH_ONLY=raw|sdk` runs one side; `raw-consume`, `sdk-consume` (or
