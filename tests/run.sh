@@ -33,6 +33,12 @@ if have rustup; then
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy || true
 fi
 cargo --version
+# A full build and test run writes about 2.5 GB (target/, the brokers' data):
+# say so up front rather than fail half-way with "No space left on device".
+free_kb=$(df -Pk . 2>/dev/null | awk 'NR==2 {print $4}')
+if [ -n "$free_kb" ] && [ "$free_kb" -lt 3000000 ]; then
+  echo "warning: only $((free_kb / 1024)) MB free here; building and testing everything needs about 3 GB" >&2
+fi
 
 # --- 2. brokers -----------------------------------------------------------------
 # Each backend adds its install-and-start script to tests/brokers/ and is
