@@ -82,14 +82,22 @@ impl Broker for NullBroker {
 async fn main() {
     let n = env_number("PB_BENCH_N", 200_000);
     let rounds = env_number("PB_BENCH_ROUNDS", 3);
-    let capabilities = connect("memory://").await.unwrap().capabilities();
-    let broker: Arc<dyn Broker> = Arc::new(NullBroker { capabilities });
-    for concurrency in [1, 16] {
-        let mut best = 0f64;
-        for _ in 0..rounds {
-            let options = WorkerOptions::default().concurrency(concurrency).prefetch(200 - concurrency);
-            best = best.max(rate(n, sdk_consume(&broker, "bench", n, options).await));
+    // With leases to renew (memory, SQLite, Redis) and without (RabbitMQ
+    // and Kafka hold deliveries by connection or partition assignment).
+    for leases in [true, false] {
+        let mut capabilities = connect("memory://").await.unwrap().capabilities();
+        capabilities.leases = leases;
+        let broker: Arc<dyn Broker> = Arc::new(NullBroker { capabilities });
+        let held_by = if leases { "leases" } else { "no leases" };
+        for concurrency in [1, 16] {
+            let mut best = 0f64;
+            for _ in 0..rounds {
+                let options = WorkerOptions::default().concurrency(concurrency).prefetch(200 - concurrency);
+                best = best.max(rate(n, sdk_consume(&broker, "bench", n, options).await));
+            }
+            println!(
+                "worker runtime, no broker, {held_by:>9}, concurrency {concurrency:>2}: {best:>9.0} msg/s (best of {rounds})"
+            );
         }
-        println!("worker runtime, no broker, concurrency {concurrency:>2}: {best:>9.0} msg/s (best of {rounds})");
     }
 }

@@ -93,15 +93,17 @@ pub struct Delivery {
 
 impl Delivery {
     /// Builds a delivery (for backends). A backend that hands out many
-    /// passes the same `Arc<str>` names to each rather than copies.
+    /// passes the same `Arc<str>` names to each rather than copies, and may
+    /// pass a message it put in its `Arc` early (a message is large: moved
+    /// from step to step inline, it showed in profiles).
     pub fn new(
         topic: impl Into<Arc<str>>,
         group: impl Into<Arc<str>>,
-        message: Message,
+        message: impl Into<Arc<Message>>,
         malformed: Option<String>,
         receipt: Receipt,
     ) -> Self {
-        Delivery { topic: topic.into(), group: group.into(), message: Arc::new(message), malformed, receipt }
+        Delivery { topic: topic.into(), group: group.into(), message: message.into(), malformed, receipt }
     }
 
     /// The backend's receipt as `T`, or a backend error if it belongs to another backend.

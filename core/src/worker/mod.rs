@@ -222,18 +222,24 @@ fn bump(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// A message the worker holds: its lease (and claim) are kept fresh.
+/// A message whose lease (where the broker leases) or idempotency claim
+/// the lease keeper keeps fresh while the worker holds it.
 struct Held {
-    delivery: Arc<Delivery>,
+    delivery: Delivery,
     claim: Option<String>,
 }
 
 /// A received delivery and the receive slot it occupies until its handler
-/// is done (acks then go out in batches without holding slots).
+/// is done (acks then go out in batches without holding slots). The
+/// delivery is owned, not shared: only what has a lease or claim to renew
+/// is also in `Inner::held` (a copy of its handles), so a message on a
+/// broker without leases costs no allocation and no lock of the worker's own.
 struct Slot {
     id: u64,
-    delivery: Arc<Delivery>,
+    delivery: Delivery,
     permit: Option<OwnedSemaphorePermit>,
+    /// Listed in `Inner::held`.
+    held: bool,
 }
 
 impl Slot {
@@ -269,8 +275,15 @@ struct Inner {
     retention: Duration,
     cancel: CancellationToken,
     counters: Counters,
-    /// Hashed with ahash: looked up twice a message, SipHash showed in profiles.
+    /// What the lease keeper renews. Hashed with ahash: looked up twice a
+    /// message where the broker leases, SipHash showed in profiles.
     held: Mutex<FastMap<u64, Held>>,
+    /// Whether the broker's deliveries have leases to renew.
+    leases: bool,
+    /// Deliveries dropped unsettled (their handler stopped at the end of the
+    /// shutdown grace, or a bug of ours panicked), with their claim: handed
+    /// back when the worker stops.
+    abandoned: Mutex<Vec<(Delivery, Option<String>)>>,
     next_id: AtomicU64,
     running: AtomicBool,
 }
@@ -326,6 +339,7 @@ impl Worker {
             .consumer_name
             .clone()
             .unwrap_or_else(|| format!("{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000)));
+        let leases = broker.capabilities().leases;
         Ok(Worker {
             inner: Arc::new(Inner {
                 broker,
@@ -340,6 +354,8 @@ impl Worker {
                 cancel: CancellationToken::new(),
                 counters: Counters::default(),
                 held: Mutex::new(FastMap::default()),
+                leases,
+                abandoned: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
                 running: AtomicBool::new(false),
             }),
@@ -450,16 +466,16 @@ impl Worker {
         // Every handler loop has ended: the acker takes what is left, then stops.
         acks.close();
         let _ = acker.await;
-        // Anything still held (handlers stopped mid-way) goes back now.
-        let leftovers: Vec<(u64, Held)> = inner.held.lock().unwrap().drain().collect();
+        // Anything left unsettled (handlers stopped mid-way) goes back now.
+        let leftovers = std::mem::take(&mut *inner.abandoned.lock().unwrap());
         if !leftovers.is_empty() {
-            let deliveries: Vec<Delivery> = leftovers.iter().map(|(_, h)| Delivery::clone(&h.delivery)).collect();
-            for (_, h) in &leftovers {
-                if let Some(key) = &h.claim {
-                    let owner = claim_owner(&inner, &h.delivery);
+            for (delivery, claim) in &leftovers {
+                if let Some(key) = claim {
+                    let owner = claim_owner(&inner, delivery);
                     let _ = inner.store.release(&inner.scope, key, &owner).await;
                 }
             }
+            let deliveries: Vec<Delivery> = leftovers.into_iter().map(|(delivery, _)| delivery).collect();
             match inner.broker.release(&deliveries).await {
                 Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
                 Err(e) => {
@@ -542,14 +558,15 @@ async fn fetch_loop(
                     .zip(permits.drain(..))
                     .map(|(delivery, permit)| Slot {
                         id: inner.next_id.fetch_add(1, Ordering::Relaxed),
-                        delivery: Arc::new(delivery),
+                        delivery,
                         permit: Some(permit),
+                        held: inner.leases,
                     })
                     .collect();
-                {
+                if inner.leases {
                     let mut held = inner.held.lock().unwrap();
                     for slot in &received {
-                        held.insert(slot.id, Held { delivery: Arc::clone(&slot.delivery), claim: None });
+                        held.insert(slot.id, Held { delivery: Delivery::clone(&slot.delivery), claim: None });
                     }
                 }
                 let ready = {
@@ -617,18 +634,14 @@ async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
     use futures_util::FutureExt;
     let mut batch = Vec::new();
     while acks.next_batch(ACK_LINGER, &mut batch).await {
-        // Settling now: the lease keeper can let go, and the deliveries can
-        // move out of their Arcs instead of being copied.
-        {
+        // Settling now: the lease keeper can let go.
+        if batch.iter().any(|slot| slot.held) {
             let mut held = inner.held.lock().unwrap();
-            for slot in &batch {
+            for slot in batch.iter().filter(|slot| slot.held) {
                 held.remove(&slot.id);
             }
         }
-        let deliveries: Vec<Delivery> = batch
-            .drain(..)
-            .map(|s| Arc::try_unwrap(s.delivery).unwrap_or_else(|shared| Delivery::clone(&shared)))
-            .collect();
+        let deliveries: Vec<Delivery> = batch.drain(..).map(|slot| slot.delivery).collect();
         // A backend that panics here (a bug) must not end the acker: handler
         // loops would then wait for room in its queue forever.
         let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
@@ -660,14 +673,15 @@ async fn release_slots(inner: &Inner, slots: Vec<Slot>) {
     if slots.is_empty() {
         return;
     }
-    let deliveries: Vec<Delivery> = slots.iter().map(|s| Delivery::clone(&s.delivery)).collect();
+    let ids: Vec<u64> = slots.iter().filter(|s| s.held).map(|s| s.id).collect();
+    let deliveries: Vec<Delivery> = slots.into_iter().map(|s| s.delivery).collect();
     match inner.broker.release(&deliveries).await {
         Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
         Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
     }
     let mut held = inner.held.lock().unwrap();
-    for s in &slots {
-        held.remove(&s.id);
+    for id in ids {
+        held.remove(&id);
     }
 }
 
@@ -721,7 +735,7 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
                 }
             }
         };
-        let (id, key) = (slot.id, slot.delivery.message.key.clone());
+        let key = slot.delivery.message.key.clone();
         // Handler panics are caught inside; this guards the loop and the
         // key's order against a bug of ours.
         let work = std::panic::AssertUnwindSafe(process(&inner, slot, &acks)).catch_unwind();
@@ -755,8 +769,7 @@ async fn handler_loop(inner: Arc<Inner>, dispatch: Arc<Dispatch>, stop: Cancella
             }
         };
         if outcome.is_err() {
-            tracing::error!("the worker's policy panicked (a bug); the message returns when its lease expires");
-            inner.held.lock().unwrap().remove(&id);
+            tracing::error!("the worker's policy panicked (a bug); the message is handed back when the worker stops");
         }
         if let Some(key) = key {
             dispatch.queue.lock().unwrap().finished(&key);
@@ -782,15 +795,46 @@ fn wake_another(dispatch: &Dispatch) {
     }
 }
 
+/// A delivery the policy has not settled yet. Dropped unsettled (its
+/// handler loop stopped at the end of the shutdown grace, or a bug of ours
+/// panicked), it is left for the worker to hand back as it stops.
+struct Unsettled<'a> {
+    inner: &'a Inner,
+    slot: Option<Slot>,
+    claim: Option<String>,
+}
+
+impl Unsettled<'_> {
+    fn slot(&self) -> &Slot {
+        self.slot.as_ref().expect("a delivery is settled once, at the end")
+    }
+
+    /// The slot, settled: an ack queued, or a retry or dead letter done
+    /// (or refused by the broker, which then delivers the message again).
+    fn settled(mut self) -> Slot {
+        self.slot.take().expect("a delivery is settled once, at the end")
+    }
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            forget(self.inner, &slot);
+            self.inner.abandoned.lock().unwrap_or_else(|e| e.into_inner()).push((slot.delivery, self.claim.take()));
+        }
+    }
+}
+
 /// The policy for one delivery.
 async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
-    let delivery = &slot.delivery;
-    let message = &delivery.message;
+    let mut unsettled = Unsettled { inner, slot: Some(slot), claim: None };
     let max_attempts = inner.options.retry.max_attempts();
+    let delivery = &unsettled.slot().delivery;
+    let message = Arc::clone(&delivery.message);
 
     if let Some(why) = &delivery.malformed {
-        let reason = reason(inner, message, cause::MALFORMED, "malformed", why);
-        return settle_dead(inner, slot, reason).await;
+        let reason = reason(inner, &message, cause::MALFORMED, "malformed", why);
+        return settle_dead(inner, unsettled, reason).await;
     }
     if message.attempt > max_attempts {
         let (kind, last) = match &message.failures {
@@ -804,56 +848,61 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
             if last.is_empty() { "" } else { "; last error: " },
             last
         );
-        let reason = reason(inner, message, cause::REDELIVERY_LIMIT, &kind, &why);
-        return settle_dead(inner, slot, reason).await;
+        let reason = reason(inner, &message, cause::REDELIVERY_LIMIT, &kind, &why);
+        return settle_dead(inner, unsettled, reason).await;
     }
 
     // The idempotency check.
-    let mut claimed: Option<String> = None;
     if let Some(key) = &message.idempotency_key {
-        let owner = claim_owner(inner, delivery);
+        let owner = claim_owner(inner, &unsettled.slot().delivery);
         match inner.store.claim(&inner.scope, key, &owner, inner.options.lease).await {
             Ok(Claim::AlreadyDone) => {
                 bump(&inner.counters.duplicates, 1);
                 tracing::debug!(id = %message.id, key = %key, "duplicate of a done idempotency key; acked without running");
-                acks.push(slot.finished()).await;
+                acks.push(unsettled.settled().finished()).await;
                 return;
             }
             Ok(Claim::Busy) => {
                 bump(&inner.counters.deferred, 1);
-                return settle_later(inner, slot, inner.options.busy_key_delay).await;
+                return settle_later(inner, unsettled, inner.options.busy_key_delay).await;
             }
             Ok(Claim::Acquired) => {
-                if let Some(h) = inner.held.lock().unwrap().get_mut(&slot.id) {
-                    h.claim = Some(key.clone());
-                }
-                claimed = Some(key.clone());
+                // The lease keeper renews the claim from now on.
+                let slot = unsettled.slot.as_mut().expect("not settled yet");
+                let mut held = inner.held.lock().unwrap();
+                let entry = held
+                    .entry(slot.id)
+                    .or_insert_with(|| Held { delivery: Delivery::clone(&slot.delivery), claim: None });
+                entry.claim = Some(key.clone());
+                slot.held = true;
+                unsettled.claim = Some(key.clone());
             }
             Err(e) => {
                 tracing::warn!(error = %e, "idempotency store unavailable; the message will be tried again later");
-                return settle_later(inner, slot, inner.options.busy_key_delay).await;
+                return settle_later(inner, unsettled, inner.options.busy_key_delay).await;
             }
         }
     }
 
+    let delivery = &unsettled.slot().delivery;
     let (topic, group) = (Arc::clone(&delivery.topic), Arc::clone(&delivery.group));
-    let job = Job { message: message.clone(), topic, group, max_attempts };
+    let job = Job { message: Arc::clone(&message), topic, group, max_attempts };
     let outcome = run_handler(inner, job).await;
 
     match outcome {
         Ok(()) => {
-            if let Some(key) = &claimed {
-                let owner = claim_owner(inner, delivery);
+            if let Some(key) = &unsettled.claim {
+                let owner = claim_owner(inner, &unsettled.slot().delivery);
                 if let Err(e) = inner.store.complete(&inner.scope, key, &owner, inner.retention).await {
                     tracing::warn!(error = %e, "could not mark the idempotency key done; a duplicate may run again");
                 }
             }
             bump(&inner.counters.succeeded, 1);
-            acks.push(slot.finished()).await;
+            acks.push(unsettled.settled().finished()).await;
         }
         Err(error) => {
-            if let Some(key) = &claimed {
-                let owner = claim_owner(inner, delivery);
+            if let Some(key) = &unsettled.claim {
+                let owner = claim_owner(inner, &unsettled.slot().delivery);
                 if let Err(e) = inner.store.release(&inner.scope, key, &owner).await {
                     tracing::warn!(error = %e, "could not release the idempotency claim; it expires with its lease");
                 }
@@ -861,19 +910,19 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
             tracing::info!(id = %message.id, attempt = message.attempt, error = %error, "handler failed");
             if error.retryable && message.attempt < max_attempts {
                 let delay = error.retry_after.unwrap_or_else(|| inner.options.retry.delay(message.attempt));
-                let mut next = Message::clone(message);
+                let mut next = Message::clone(&message);
                 next.attempt = message.attempt + 1;
                 next.failures = Some(record_failure(message.failures.as_ref(), &error));
                 next.deliver_at = Some(now_millis() + delay);
-                match inner.broker.retry(delivery, next).await {
+                match inner.broker.retry(&unsettled.slot().delivery, next).await {
                     Ok(()) => bump(&inner.counters.retried, 1),
                     Err(e) => settle_error(inner, &e),
                 }
-                forget(inner, &slot);
+                forget(inner, &unsettled.settled());
             } else {
                 let why = if error.retryable { cause::RETRIES_EXHAUSTED } else { cause::NOT_RETRYABLE };
-                let reason = reason(inner, message, why, &error.kind, &error.message);
-                settle_dead(inner, slot, reason).await;
+                let reason = reason(inner, &message, why, &error.kind, &error.message);
+                settle_dead(inner, unsettled, reason).await;
             }
         }
     }
@@ -931,23 +980,25 @@ fn reason(inner: &Inner, message: &Message, why: &str, kind: &str, error_message
     }
 }
 
-async fn settle_dead(inner: &Arc<Inner>, slot: Slot, reason: DeadLetterReason) {
-    tracing::warn!(id = %slot.delivery.message.id, cause = %reason.cause, error = %reason.error_message, "dead-lettered");
-    match inner.broker.dead_letter(&slot.delivery, &reason).await {
+async fn settle_dead(inner: &Arc<Inner>, unsettled: Unsettled<'_>, reason: DeadLetterReason) {
+    let delivery = &unsettled.slot().delivery;
+    tracing::warn!(id = %delivery.message.id, cause = %reason.cause, error = %reason.error_message, "dead-lettered");
+    match inner.broker.dead_letter(delivery, &reason).await {
         Ok(()) => bump(&inner.counters.dead_lettered, 1),
         Err(e) => settle_error(inner, &e),
     }
-    forget(inner, &slot);
+    forget(inner, &unsettled.settled());
 }
 
 /// Puts the message back for later without counting an attempt.
-async fn settle_later(inner: &Arc<Inner>, slot: Slot, delay: Duration) {
-    let mut again = Message::clone(&slot.delivery.message);
+async fn settle_later(inner: &Arc<Inner>, unsettled: Unsettled<'_>, delay: Duration) {
+    let delivery = &unsettled.slot().delivery;
+    let mut again = Message::clone(&delivery.message);
     again.deliver_at = Some(now_millis() + delay);
-    if let Err(e) = inner.broker.retry(&slot.delivery, again).await {
+    if let Err(e) = inner.broker.retry(delivery, again).await {
         settle_error(inner, &e);
     }
-    forget(inner, &slot);
+    forget(inner, &unsettled.settled());
 }
 
 fn settle_error(inner: &Inner, e: &Error) {
@@ -955,8 +1006,11 @@ fn settle_error(inner: &Inner, e: &Error) {
     tracing::warn!(error = %e, "could not settle a message; it will be delivered again");
 }
 
+/// Takes a settled delivery off the lease keeper's list.
 fn forget(inner: &Inner, slot: &Slot) {
-    inner.held.lock().unwrap().remove(&slot.id);
+    if slot.held {
+        inner.held.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot.id);
+    }
 }
 
 #[cfg(test)]
@@ -1057,12 +1111,20 @@ mod tests {
     }
 
     /// The in-memory broker, with faults: its first `failures` receives
-    /// fail and its first `panics` acks panic.
+    /// fail and its first `panics` acks panic; with `leases` false it says
+    /// it has no leases to renew (as RabbitMQ and Kafka).
     #[derive(Debug)]
     struct FaultyBroker {
         inner: Arc<dyn Broker>,
         failures: AtomicUsize,
         panics: AtomicUsize,
+        leases: bool,
+    }
+
+    impl FaultyBroker {
+        fn new(inner: Arc<dyn Broker>, failures: usize, panics: usize) -> Self {
+            FaultyBroker { inner, failures: AtomicUsize::new(failures), panics: AtomicUsize::new(panics), leases: true }
+        }
     }
 
     #[async_trait::async_trait]
@@ -1071,7 +1133,7 @@ mod tests {
             self.inner.backend()
         }
         fn capabilities(&self) -> crate::broker::Capabilities {
-            self.inner.capabilities()
+            crate::broker::Capabilities { leases: self.leases, ..self.inner.capabilities() }
         }
         async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
             self.inner.ensure_group(topic, group).await
@@ -1133,8 +1195,7 @@ mod tests {
     async fn receive_errors_give_their_slots_back() {
         // One slot: a failed receive that kept it would leave none to receive with.
         let inner = crate::connect("memory://").await.unwrap();
-        let broker: Arc<dyn Broker> =
-            Arc::new(FaultyBroker { inner, failures: AtomicUsize::new(2), panics: AtomicUsize::new(0) });
+        let broker: Arc<dyn Broker> = Arc::new(FaultyBroker::new(inner, 2, 0));
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
         let worker = Worker::new(broker, "t", "g", no_op, WorkerOptions::default()).unwrap();
@@ -1149,8 +1210,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ack_that_panics_does_not_stop_the_acker() {
         let inner = crate::connect("memory://").await.unwrap();
-        let broker: Arc<dyn Broker> =
-            Arc::new(FaultyBroker { inner, failures: AtomicUsize::new(0), panics: AtomicUsize::new(1) });
+        let broker: Arc<dyn Broker> = Arc::new(FaultyBroker::new(inner, 0, 1));
         broker.ensure_group("t", "g").await.unwrap();
         broker.publish("t", vec![Message::new("first")]).await.unwrap();
         let options = WorkerOptions::default().lease(Duration::from_millis(200)).poll_wait(Duration::from_millis(20));
@@ -1168,6 +1228,54 @@ mod tests {
         assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message acked");
         assert_eq!(worker.stats().succeeded, 5);
         assert_eq!(worker.stats().settle_errors, 1);
+    }
+
+    /// Handlers still running when the shutdown grace ends are stopped, and
+    /// their messages and idempotency claims handed back at once, without
+    /// counting an attempt, whether the broker leases deliveries or not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handlers_past_the_shutdown_grace_hand_their_messages_back() {
+        for leases in [true, false] {
+            let inner = crate::connect("memory://").await.unwrap();
+            let broker: Arc<dyn Broker> = Arc::new(FaultyBroker { leases, ..FaultyBroker::new(inner, 0, 0) });
+            broker.ensure_group("t", "g").await.unwrap();
+            broker.publish("t", vec![Message::new("stuck").with_idempotency_key("k")]).await.unwrap();
+            let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+            let options = WorkerOptions::default()
+                .idempotency_store(Arc::clone(&store))
+                .poll_wait(Duration::from_millis(20))
+                .shutdown_grace(Duration::from_millis(100));
+            let stuck = |_: Job| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<(), HandlerError>(())
+            };
+            let worker = Worker::new(Arc::clone(&broker), "t", "g", stuck, options.clone()).unwrap();
+            let task = start(&worker);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while worker.stats().received == 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            worker.shutdown();
+            task.await.unwrap().unwrap();
+            assert_eq!(worker.stats().released, 1, "leases: {leases}");
+            let stats = broker.inspect("t", "g").await.unwrap();
+            assert_eq!((stats.ready, stats.in_flight), (1, 0), "leases: {leases}");
+
+            let attempts = Arc::new(Mutex::new(Vec::new()));
+            let seen = Arc::clone(&attempts);
+            let record = move |job: Job| {
+                seen.lock().unwrap().push(job.attempt());
+                async { Ok::<(), HandlerError>(()) }
+            };
+            let next = Worker::new(broker, "t", "g", record, options).unwrap();
+            let task = start(&next);
+            until_succeeded(&next, 1).await;
+            next.shutdown();
+            task.await.unwrap().unwrap();
+            assert_eq!(*attempts.lock().unwrap(), vec![1], "leases: {leases}");
+            assert_eq!(next.stats().deferred, 0, "the claim was not released (leases: {leases})");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,7 +23,7 @@ use super::{
 };
 use crate::broker::{Delivery, Receipt};
 use crate::error::{Error, Result};
-use crate::message::{from_millis, to_millis};
+use crate::message::{from_millis, to_millis, Message};
 use crate::wire;
 use crate::FastMap;
 
@@ -581,8 +581,10 @@ struct Incoming {
 #[allow(clippy::large_enum_variant)]
 enum Body {
     /// A main topic message, decoded straight from the client's buffers
-    /// (its attempt counts this delivery only, until its record is known).
-    Decoded(wire::Decoded),
+    /// (its attempt counts this delivery only, until its record is known),
+    /// already in the `Arc` its delivery shares it by: a message is a few
+    /// hundred bytes, and it is moved several times on its way out.
+    Decoded { message: Arc<Message>, malformed: Option<String> },
     /// A waiting message, kept in its wire form: it may move on as it is.
     Wire { headers: Vec<(String, String)>, payload: Bytes },
 }
@@ -592,7 +594,10 @@ impl Incoming {
     fn copy(m: &rdkafka::message::BorrowedMessage<'_>, kind: Kind, topic: Arc<str>) -> Incoming {
         let payload = m.payload().map(Bytes::copy_from_slice).unwrap_or_default();
         let body = match kind {
-            Kind::Main => Body::Decoded(wire::decode(header_pairs(m), payload, 1)),
+            Kind::Main => {
+                let decoded = wire::decode(header_pairs(m), payload, 1);
+                Body::Decoded { message: Arc::new(decoded.message), malformed: decoded.malformed }
+            }
             Kind::Delay(_) | Kind::Retry(_) => Body::Wire { headers: header_fields(m), payload },
         };
         Incoming {
@@ -608,7 +613,7 @@ impl Incoming {
 
     fn deliver_at_ms(&self) -> Option<u64> {
         match &self.body {
-            Body::Decoded(d) => d.message.deliver_at.map(to_millis),
+            Body::Decoded { message, .. } => message.deliver_at.map(to_millis),
             Body::Wire { headers, .. } => {
                 headers.iter().find(|(k, _)| k == wire::DELIVER_AT).and_then(|(_, v)| v.trim().parse().ok())
             }
@@ -1040,31 +1045,35 @@ impl Reader {
     /// The delivery of a message handed out in `epoch`, delivered `earlier`
     /// times before this assignment.
     fn delivery(self: &Arc<Self>, m: Incoming, earlier: u32, epoch: u64) -> Delivery {
-        let mut decoded = match m.body {
-            Body::Decoded(mut d) => {
-                // Decoded as a first delivery: add the earlier ones.
-                d.message.attempt = d.message.attempt.saturating_add(earlier);
-                d
+        let (mut message, malformed) = match m.body {
+            Body::Decoded { mut message, malformed } => {
+                // Decoded as a first delivery: add the earlier ones. (The
+                // reader holds the only reference: nothing is copied.)
+                let first = Arc::make_mut(&mut message);
+                first.attempt = first.attempt.saturating_add(earlier);
+                (message, malformed)
             }
-            Body::Wire { headers, payload } => wire::decode(headers, payload, earlier + 1),
+            Body::Wire { headers, payload } => {
+                let decoded = wire::decode(headers, payload, earlier + 1);
+                (Arc::new(decoded.message), decoded.malformed)
+            }
         };
-        if decoded.message.key.is_none() {
-            decoded.message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
-        }
-        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
-            if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
-                decoded.message.published_at = from_millis(ts as u64);
+        let fill_key = message.key.is_none() && m.key.is_some();
+        let fill_time = message.published_at == SystemTime::UNIX_EPOCH;
+        if fill_key || fill_time {
+            let message = Arc::make_mut(&mut message);
+            if message.key.is_none() {
+                message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
+            }
+            if message.published_at == SystemTime::UNIX_EPOCH {
+                if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
+                    message.published_at = from_millis(ts as u64);
+                }
             }
         }
         let receipt =
             KafkaReceipt { reader: Arc::clone(self), topic: m.topic, partition: m.partition, offset: m.offset, epoch };
-        Delivery::new(
-            Arc::clone(&self.topic),
-            Arc::clone(&self.group),
-            decoded.message,
-            decoded.malformed,
-            Receipt::new(receipt),
-        )
+        Delivery::new(Arc::clone(&self.topic), Arc::clone(&self.group), message, malformed, Receipt::new(receipt))
     }
 
     /// A waiting message at the head of its partition that is not due:
@@ -1309,7 +1318,10 @@ mod tests {
             offset,
             timestamp_ms: None,
             key: None,
-            body: Body::Decoded(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1)),
+            body: Body::Decoded {
+                message: Arc::new(wire::decode(Vec::<(String, String)>::new(), Bytes::new(), 1).message),
+                malformed: None,
+            },
         }
     }
 
