@@ -416,6 +416,8 @@ impl Worker {
     async fn run_inner(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
         inner.broker.ensure_group(&inner.topic, &inner.group).await?;
+        // What an earlier run dropped half-way left behind.
+        hand_back_leftovers(&inner).await;
         let opts = &inner.options;
         let slots = Arc::new(Semaphore::new(opts.concurrency + opts.prefetch));
         let dispatch = Arc::new(Dispatch { queue: Mutex::new(Queue::new()), ready: Notify::new() });
@@ -467,28 +469,36 @@ impl Worker {
         acks.close();
         let _ = acker.await;
         // Anything left unsettled (handlers stopped mid-way) goes back now.
-        let leftovers = std::mem::take(&mut *inner.abandoned.lock().unwrap());
-        if !leftovers.is_empty() {
-            for (delivery, claim) in &leftovers {
-                if let Some(key) = claim {
-                    let owner = claim_owner(&inner, delivery);
-                    let _ = inner.store.release(&inner.scope, key, &owner).await;
-                }
-            }
-            let deliveries: Vec<Delivery> = leftovers.into_iter().map(|(delivery, _)| delivery).collect();
-            match inner.broker.release(&deliveries).await {
-                Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires")
-                }
-            }
-        }
+        hand_back_leftovers(&inner).await;
         if let Err(e) = inner.broker.stop_receiving(&inner.topic, &inner.group, &inner.consumer).await {
             tracing::warn!(error = %e, "could not hand back messages received ahead; they return with the connection");
         }
         background_stop.cancel();
         let _ = keeper.await;
         fetch_result
+    }
+}
+
+/// Hands back what no handler will settle: deliveries dropped unsettled
+/// (their handler stopped at the end of the shutdown grace), and, after a
+/// run was dropped half-way, what it left listed for the lease keeper (the
+/// slots went with the run).
+async fn hand_back_leftovers(inner: &Inner) {
+    let mut leftovers = std::mem::take(&mut *inner.abandoned.lock().unwrap());
+    leftovers.extend(inner.held.lock().unwrap().drain().map(|(_, held)| (held.delivery, held.claim)));
+    if leftovers.is_empty() {
+        return;
+    }
+    for (delivery, claim) in &leftovers {
+        if let Some(key) = claim {
+            let owner = claim_owner(inner, delivery);
+            let _ = inner.store.release(&inner.scope, key, &owner).await;
+        }
+    }
+    let deliveries: Vec<Delivery> = leftovers.into_iter().map(|(delivery, _)| delivery).collect();
+    match inner.broker.release(&deliveries).await {
+        Ok(()) => bump(&inner.counters.released, deliveries.len() as u64),
+        Err(e) => tracing::warn!(error = %e, "could not hand messages back; they return when their lease expires"),
     }
 }
 
@@ -1303,6 +1313,45 @@ mod tests {
         worker.shutdown();
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().succeeded, 6);
+    }
+
+    /// A run dropped half-way, with a handler mid-message and more messages
+    /// waiting for it, leaves nothing stuck: the next run hands them back
+    /// and handles them at once (before, their leases were renewed for a
+    /// handler that was gone).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_dropped_mid_message_leaves_nothing_stuck() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        let stuck = Arc::new(AtomicBool::new(true));
+        let is_stuck = Arc::clone(&stuck);
+        let handler = move |_: Job| {
+            let stuck = is_stuck.load(Ordering::SeqCst);
+            async move {
+                if stuck {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Ok::<(), HandlerError>(())
+            }
+        };
+        // The default 30 s lease: longer than the test waits.
+        let options = WorkerOptions::default().prefetch(4).poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
+        let task = start(&worker);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while worker.stats().received < 5 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(worker.stats().received, 5);
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        stuck.store(false, Ordering::SeqCst);
+        let task = start(&worker);
+        until_succeeded(&worker, 5).await;
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(worker.stats().succeeded, 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
