@@ -1035,13 +1035,18 @@ mod tests {
         tokio::spawn(async move { runner.run().await })
     }
 
-    /// Waits until `worker` has handled `n` messages or 20 s pass (the
-    /// caller asserts what it expects).
-    async fn until_succeeded(worker: &Worker, n: u64) {
+    /// Waits until `worker`'s stats satisfy `done` or 20 s pass (the caller
+    /// asserts what it expects).
+    async fn until(worker: &Worker, done: impl Fn(&WorkerStats) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while worker.stats().succeeded < n && tokio::time::Instant::now() < deadline {
+        while !done(&worker.stats()) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits until `worker` has handled `n` messages or 20 s pass.
+    async fn until_succeeded(worker: &Worker, n: u64) {
+        until(worker, |s| s.succeeded >= n).await;
     }
 
     /// A handler that succeeds at once.
@@ -1261,10 +1266,7 @@ mod tests {
             };
             let worker = Worker::new(Arc::clone(&broker), "t", "g", stuck, options.clone()).unwrap();
             let task = start(&worker);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while worker.stats().received == 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            until(&worker, |s| s.received >= 1).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             worker.shutdown();
             task.await.unwrap().unwrap();
@@ -1339,10 +1341,7 @@ mod tests {
         let options = WorkerOptions::default().prefetch(4).poll_wait(Duration::from_millis(20));
         let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
         let task = start(&worker);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while worker.stats().received < 5 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        until(&worker, |s| s.received >= 5).await;
         assert_eq!(worker.stats().received, 5);
         task.abort();
         assert!(task.await.unwrap_err().is_cancelled());

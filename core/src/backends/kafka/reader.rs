@@ -1045,30 +1045,23 @@ impl Reader {
     /// The delivery of a message handed out in `epoch`, delivered `earlier`
     /// times before this assignment.
     fn delivery(self: &Arc<Self>, m: Incoming, earlier: u32, epoch: u64) -> Delivery {
+        // Decoded as a first delivery, in the `Arc` only this reader holds
+        // (`make_mut` copies nothing): the earlier ones are added here.
         let (mut message, malformed) = match m.body {
-            Body::Decoded { mut message, malformed } => {
-                // Decoded as a first delivery: add the earlier ones. (The
-                // reader holds the only reference: nothing is copied.)
-                let first = Arc::make_mut(&mut message);
-                first.attempt = first.attempt.saturating_add(earlier);
-                (message, malformed)
-            }
+            Body::Decoded { message, malformed } => (message, malformed),
             Body::Wire { headers, payload } => {
-                let decoded = wire::decode(headers, payload, earlier + 1);
+                let decoded = wire::decode(headers, payload, 1);
                 (Arc::new(decoded.message), decoded.malformed)
             }
         };
-        let fill_key = message.key.is_none() && m.key.is_some();
-        let fill_time = message.published_at == SystemTime::UNIX_EPOCH;
-        if fill_key || fill_time {
-            let message = Arc::make_mut(&mut message);
-            if message.key.is_none() {
-                message.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
-            }
-            if message.published_at == SystemTime::UNIX_EPOCH {
-                if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
-                    message.published_at = from_millis(ts as u64);
-                }
+        let first = Arc::make_mut(&mut message);
+        first.attempt = first.attempt.saturating_add(earlier);
+        if first.key.is_none() {
+            first.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
+        }
+        if first.published_at == SystemTime::UNIX_EPOCH {
+            if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
+                first.published_at = from_millis(ts as u64);
             }
         }
         let receipt =
