@@ -19,7 +19,10 @@
 //! `PB_BENCH_ONLY=raw|sdk` runs one side; `raw-consume`, `sdk-consume` (or
 //! `sdk-consume-async`) publish untimed and then time the consumer alone,
 //! for profiling. `PB_BENCH_N`, `PB_BENCH_ROUNDS`: messages, rounds;
-//! `PB_BENCH_PREFETCH`: the worker's prefetch (84).
+//! `PB_BENCH_PREFETCH`: the worker's prefetch (84). For many quick
+//! consume-only runs, `PB_BENCH_ONLY=publish PB_BENCH_TOPIC=name` publishes
+//! a backlog once; the consume-only modes given `PB_BENCH_TOPIC` then read
+//! it in a new group each round instead of publishing their own.
 
 // The timed consume replaces the plain one here.
 #[allow(dead_code)]
@@ -140,24 +143,42 @@ async fn main() {
     let (mut rp, mut sp) = (0f64, 0f64);
     let (mut rc, mut sc, mut sf) = (Best::default(), Best::default(), Best::default());
     let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
+    let backlog = std::env::var("PB_BENCH_TOPIC").ok().filter(|t| !t.is_empty());
+    if only == "publish" {
+        let topic = backlog.expect("PB_BENCH_ONLY=publish needs PB_BENCH_TOPIC");
+        broker.ensure_group(&topic, "g").await.unwrap();
+        println!("published {n} to {topic} at {:.0} msg/s", rate(n, sdk_publish(&broker, &topic, n).await));
+        return;
+    }
     for round in 0..rounds {
         if only == "sdk-consume" || only == "sdk-consume-async" {
-            // For profiling: publish untimed, then time the consumer alone.
+            // For profiling: publish untimed (or read the backlog), then time the consumer alone.
             let b = if only == "sdk-consume" { &broker } else { &fast };
-            let topic = format!("bench-prof-{run}-{round}");
-            b.ensure_group(&topic, "g").await.unwrap();
-            sdk_publish(b, &topic, n).await;
+            let (topic, group) = match &backlog {
+                Some(topic) => (topic.clone(), format!("g-{run}-{round}")),
+                None => (format!("bench-prof-{run}-{round}"), "g".to_string()),
+            };
+            b.ensure_group(&topic, &group).await.unwrap();
+            if backlog.is_none() {
+                sdk_publish(b, &topic, n).await;
+            }
             eprintln!("published; consuming");
-            sc.add(n, sdk_consume_timed(b, &topic, n, worker_options()).await);
+            sc.add(n, sdk_consume_timed(b, &topic, &group, n, worker_options()).await);
             println!("sdk consume {:.0} msg/s, after the first message {:.0} msg/s", sc.rate, sc.steady);
             continue;
         }
         if only.is_empty() || only.starts_with("raw") {
-            let topic = format!("bench-raw-{run}-{round}");
-            let new = NewTopic::new(&topic, 3, TopicReplication::Fixed(1));
-            admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            rp = rp.max(rate(n, raw_publish(&producer, &topic, n).await));
+            let topic = match (&backlog, only.as_str()) {
+                (Some(topic), "raw-consume") => topic.clone(),
+                _ => {
+                    let topic = format!("bench-raw-{run}-{round}");
+                    let new = NewTopic::new(&topic, 3, TopicReplication::Fixed(1));
+                    admin.create_topics([&new], &AdminOptions::new()).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    rp = rp.max(rate(n, raw_publish(&producer, &topic, n).await));
+                    topic
+                }
+            };
             if only == "raw-consume" {
                 eprintln!("published; consuming");
             }
@@ -171,11 +192,11 @@ async fn main() {
             let topic = format!("bench-sdk-{run}-{round}");
             broker.ensure_group(&topic, "g").await.unwrap();
             sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
-            sc.add(n, sdk_consume_timed(&broker, &topic, n, worker_options()).await);
+            sc.add(n, sdk_consume_timed(&broker, &topic, "g", n, worker_options()).await);
             let topic = format!("bench-sdk-async-{run}-{round}");
             fast.ensure_group(&topic, "g").await.unwrap();
             sdk_publish(&fast, &topic, n).await;
-            sf.add(n, sdk_consume_timed(&fast, &topic, n, worker_options()).await);
+            sf.add(n, sdk_consume_timed(&fast, &topic, "g", n, worker_options()).await);
         }
     }
     if only.starts_with("sdk-consume") || only == "raw-consume" {

@@ -21,7 +21,7 @@ pub async fn sdk_publish(broker: &Arc<dyn Broker>, topic: &str, n: usize) -> Dur
 
 /// Consumes `n` messages with a no-op handler; group `g`.
 pub async fn sdk_consume(broker: &Arc<dyn Broker>, topic: &str, n: usize, options: WorkerOptions) -> Duration {
-    sdk_consume_timed(broker, topic, n, options).await.all
+    sdk_consume_timed(broker, topic, "g", n, options).await.all
 }
 
 /// How long a consume took: in all, and until the first message arrived
@@ -42,9 +42,15 @@ impl Consumed {
 }
 
 /// Like [`sdk_consume`], also timing the first message (to the millisecond).
-pub async fn sdk_consume_timed(broker: &Arc<dyn Broker>, topic: &str, n: usize, options: WorkerOptions) -> Consumed {
+pub async fn sdk_consume_timed(
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    group: &str,
+    n: usize,
+    options: WorkerOptions,
+) -> Consumed {
     let handler = |_job: Job| async { Ok::<(), HandlerError>(()) };
-    let worker = Worker::new(Arc::clone(broker), topic, "g", handler, options).unwrap();
+    let worker = Worker::new(Arc::clone(broker), topic, group, handler, options).unwrap();
     let started = Instant::now();
     let runner = worker.clone();
     let task = tokio::spawn(async move { runner.run().await });
