@@ -208,6 +208,15 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
     /// Settles deliveries as done.
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()>;
 
+    /// Takes deliveries the worker is finished with (settled). By default
+    /// they are dropped here. A backend whose deliveries are built by one
+    /// task of its own may free them there instead: glibc's malloc frees a
+    /// block from another thread under the allocating thread's arena lock,
+    /// which showed at hundreds of thousands of messages a second.
+    fn dispose(&self, deliveries: Vec<Delivery>) {
+        drop(deliveries);
+    }
+
     /// Renews the leases of deliveries still being worked on.
     async fn extend_leases(&self, deliveries: &[Delivery], lease: Duration) -> Result<()>;
 

@@ -666,6 +666,7 @@ async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
                 tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
             }
         }
+        inner.broker.dispose(deliveries);
     }
 }
 
@@ -1176,6 +1177,9 @@ mod tests {
         }
         async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
             self.inner.release(deliveries).await
+        }
+        fn dispose(&self, deliveries: Vec<Delivery>) {
+            self.inner.dispose(deliveries)
         }
         async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
             self.inner.retry(delivery, next).await

@@ -51,6 +51,18 @@ struct Record<'a> {
 }
 
 impl Outbox {
+    /// The idempotent producer (acks=all, a bounded delivery timeout).
+    pub fn new(options: &Options) -> std::result::Result<Outbox, KafkaError> {
+        let mut config = options.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", options.delivery_timeout.as_millis().to_string())
+            .set("linger.ms", options.linger.as_millis().to_string())
+            .set("message.max.bytes", (options.max_message_bytes + 64 * 1024).to_string());
+        Ok(Outbox { producer: config.create()?, timeout: options.delivery_timeout + Duration::from_secs(5) })
+    }
+
     /// Produces one record and waits until Kafka has it.
     pub async fn send(
         &self,
@@ -152,17 +164,10 @@ impl KafkaBroker {
         let redacted = url.redacted();
         let connect_err =
             |e: KafkaError| Error::Connect { backend: BACKEND, url: redacted.clone(), reason: e.to_string() };
-        let mut config = options.client_config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", options.delivery_timeout.as_millis().to_string())
-            .set("linger.ms", options.linger.as_millis().to_string())
-            .set("message.max.bytes", (options.max_message_bytes + 64 * 1024).to_string());
-        let producer: FutureProducer = config.create().map_err(connect_err)?;
+        let outbox = Outbox::new(&options).map_err(connect_err)?;
         let admin: AdminClient<DefaultClientContext> = options.client_config().create().map_err(connect_err)?;
         let dead_letters = Arc::new(DeadLetterViews::new(&options)?);
-        let probe = producer.clone();
+        let probe = outbox.producer.clone();
         let wait = options.connect_timeout;
         let shown = redacted.clone();
         blocking(move || {
@@ -174,7 +179,7 @@ impl KafkaBroker {
         })
         .await?;
         Ok(KafkaBroker {
-            outbox: Outbox { producer, timeout: options.delivery_timeout + Duration::from_secs(5) },
+            outbox,
             options,
             url: url.redacted(),
             admin,
@@ -406,6 +411,14 @@ impl Broker for KafkaBroker {
         match lost {
             Some(message_id) => Err(Error::LeaseLost { message_id }),
             None => Ok(()),
+        }
+    }
+
+    fn dispose(&self, deliveries: Vec<Delivery>) {
+        // A worker's batch comes from one reader, whose reading task built it.
+        match deliveries.first().and_then(|d| self.receipt(d).ok()).map(|r| Arc::clone(&r.reader)) {
+            Some(reader) => reader.dispose(deliveries),
+            None => drop(deliveries),
         }
     }
 
