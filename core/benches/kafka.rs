@@ -19,7 +19,8 @@
 //! `PB_BENCH_ONLY=raw|sdk` runs one side; `raw-consume`, `sdk-consume` (or
 //! `sdk-consume-async`) publish untimed and then time the consumer alone,
 //! for profiling. `PB_BENCH_N`, `PB_BENCH_ROUNDS`: messages, rounds;
-//! `PB_BENCH_PREFETCH`: the worker's prefetch (84). For many quick
+//! `PB_BENCH_CONCURRENCY`, `PB_BENCH_PREFETCH`: the worker's concurrency
+//! (16) and prefetch (100 slots in all by default). For many quick
 //! consume-only runs, `PB_BENCH_ONLY=publish PB_BENCH_TOPIC=name` publishes
 //! a backlog once; the consume-only modes given `PB_BENCH_TOPIC` then read
 //! it in a new group each round instead of publishing their own.
@@ -119,9 +120,10 @@ impl Best {
 }
 
 fn worker_options() -> WorkerOptions {
+    let concurrency = env_number("PB_BENCH_CONCURRENCY", 16);
     WorkerOptions::default()
-        .concurrency(16)
-        .prefetch(env_number("PB_BENCH_PREFETCH", BATCH - 16))
+        .concurrency(concurrency)
+        .prefetch(env_number("PB_BENCH_PREFETCH", BATCH.saturating_sub(concurrency)))
         .poll_wait(Duration::from_millis(200))
 }
 

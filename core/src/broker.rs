@@ -41,6 +41,11 @@ pub struct Capabilities {
     /// record's lead); those count as in flight until received and settled,
     /// and a receive returns at once what is already there.
     pub pushes_ahead: bool,
+    /// A group's consumers each own whole partitions (Kafka): messages one
+    /// consumer holds ahead of its handlers are messages no other consumer
+    /// could take, so a worker's `prefetch` defaults to
+    /// [`crate::worker::PARTITIONED_PREFETCH`] here rather than 0.
+    pub owned_partitions: bool,
     /// [`GroupStats::oldest_age`] is reported.
     pub oldest_age: bool,
     /// How stale inspection figures may be (zero: exact at once). RabbitMQ's

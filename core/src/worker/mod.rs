@@ -47,6 +47,11 @@ use crate::idempotency::{Claim, IdempotencyStore, MemoryStore};
 use crate::message::{now_millis, validate_name, FailureHistory, Message};
 use crate::FastMap;
 
+/// The default `prefetch` where consumers own whole partitions (Kafka):
+/// about the batch a Kafka consumer takes per poll, and past the window
+/// where consuming a backlog stops getting faster.
+pub const PARTITIONED_PREFETCH: usize = 100;
+
 /// How a worker runs. Every field has a default; see [`WorkerOptions::default`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -54,10 +59,13 @@ pub struct WorkerOptions {
     /// Handlers running at once. Default 1.
     pub concurrency: usize,
     /// Messages received and held beyond the running ones, waiting for a
-    /// handler slot. 0 (the default) receives only when a handler slot is
-    /// free, so a long job never holds back messages another worker could
-    /// take.
-    pub prefetch: usize,
+    /// handler slot. 0 receives only when a handler slot is free, so a long
+    /// job never holds back messages another worker could take: the
+    /// default, except where consumers own whole partitions (Kafka), whose
+    /// messages no other consumer could take anyway; there it is
+    /// [`PARTITIONED_PREFETCH`] (a window of one message ran at a tenth of
+    /// the rate).
+    pub prefetch: Option<usize>,
     /// The retry budget and backoff.
     pub retry: RetryPolicy,
     /// A handler running longer fails with kind `timeout` (retryable).
@@ -91,7 +99,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             concurrency: 1,
-            prefetch: 0,
+            prefetch: None,
             retry: RetryPolicy::default(),
             handler_timeout: None,
             lease: Duration::from_secs(30),
@@ -113,7 +121,7 @@ impl WorkerOptions {
     }
     /// Sets `prefetch`.
     pub fn prefetch(mut self, n: usize) -> Self {
-        self.prefetch = n;
+        self.prefetch = Some(n);
         self
     }
     /// Sets the retry policy.
@@ -280,6 +288,9 @@ struct Inner {
     held: Mutex<FastMap<u64, Held>>,
     /// Whether the broker's deliveries have leases to renew.
     leases: bool,
+    /// Most messages held at once: `concurrency` plus the prefetch (the
+    /// backend's default where none was set).
+    capacity: usize,
     /// Deliveries dropped unsettled (their handler stopped at the end of the
     /// shutdown grace, or a bug of ours panicked), with their claim: handed
     /// back when the worker stops.
@@ -339,7 +350,10 @@ impl Worker {
             .consumer_name
             .clone()
             .unwrap_or_else(|| format!("{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000)));
-        let leases = broker.capabilities().leases;
+        let capabilities = broker.capabilities();
+        let prefetch = options.prefetch.unwrap_or(if capabilities.owned_partitions { PARTITIONED_PREFETCH } else { 0 });
+        let leases = capabilities.leases;
+        let capacity = options.concurrency + prefetch;
         Ok(Worker {
             inner: Arc::new(Inner {
                 broker,
@@ -355,6 +369,7 @@ impl Worker {
                 counters: Counters::default(),
                 held: Mutex::new(FastMap::default()),
                 leases,
+                capacity,
                 abandoned: Mutex::new(Vec::new()),
                 next_id: AtomicU64::new(1),
                 running: AtomicBool::new(false),
@@ -419,7 +434,7 @@ impl Worker {
         // What an earlier run dropped half-way left behind.
         hand_back_leftovers(&inner).await;
         let opts = &inner.options;
-        let slots = Arc::new(Semaphore::new(opts.concurrency + opts.prefetch));
+        let slots = Arc::new(Semaphore::new(inner.capacity));
         let dispatch = Arc::new(Dispatch { queue: Mutex::new(Queue::new()), ready: Notify::new() });
         // Handlers stop taking messages on shutdown, or when the fetcher stops for good.
         let stop_taking = inner.cancel.child_token();
@@ -510,7 +525,7 @@ async fn fetch_loop(
     dispatch: Arc<Dispatch>,
     stop: CancellationToken,
 ) -> Result<()> {
-    let capacity = inner.options.concurrency + inner.options.prefetch;
+    let capacity = inner.capacity;
     let pushes_ahead = inner.broker.capabilities().pushes_ahead;
     let mut backoff = Duration::from_millis(100);
     // Kept from receive to receive (growing it permit by permit reallocated
@@ -674,7 +689,7 @@ async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
 /// worker's capacity where the broker pushes ahead, else none.
 fn ack_fill(inner: &Inner) -> usize {
     if inner.broker.capabilities().pushes_ahead {
-        ((inner.options.concurrency + inner.options.prefetch) / 2).clamp(1, ACK_BATCH)
+        (inner.capacity / 2).clamp(1, ACK_BATCH)
     } else {
         1
     }
@@ -1090,6 +1105,39 @@ mod tests {
         peak.load(Ordering::SeqCst)
     }
 
+    /// Where consumers own whole partitions, a worker holds
+    /// `PARTITIONED_PREFETCH` messages beyond its handlers unless told
+    /// otherwise; elsewhere only what its handlers run.
+    #[tokio::test]
+    async fn the_default_window_follows_partition_ownership() {
+        for (owned, prefetch, held) in [(true, None, 1 + PARTITIONED_PREFETCH), (true, Some(0), 1), (false, None, 1)] {
+            let memory = crate::connect("memory://").await.unwrap();
+            memory.ensure_group("t", "g").await.unwrap();
+            memory.publish("t", (0..150).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+            let broker = FaultyBroker { owned_partitions: owned, ..FaultyBroker::new(memory, 0, 0) };
+            // Handlers wait until the gate closes: what was received is held.
+            let gate = Arc::new(tokio::sync::Semaphore::new(0));
+            let g = Arc::clone(&gate);
+            let handler = move |_job: Job| {
+                let g = Arc::clone(&g);
+                async move {
+                    let _ = g.acquire().await;
+                    Ok::<(), HandlerError>(())
+                }
+            };
+            let mut options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+            options.prefetch = prefetch;
+            let worker = Worker::new(Arc::new(broker), "t", "g", handler, options).unwrap();
+            let task = start(&worker);
+            until(&worker, |s| s.received >= held as u64).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(worker.stats().received, held as u64, "owned partitions {owned}, prefetch {prefetch:?}");
+            gate.close();
+            worker.shutdown();
+            task.await.unwrap().unwrap();
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn handlers_that_wait_run_concurrency_at_once() {
         let peak = peak_running(4, 8, || tokio::time::sleep(Duration::from_millis(100))).await;
@@ -1135,11 +1183,18 @@ mod tests {
         failures: AtomicUsize,
         panics: AtomicUsize,
         leases: bool,
+        owned_partitions: bool,
     }
 
     impl FaultyBroker {
         fn new(inner: Arc<dyn Broker>, failures: usize, panics: usize) -> Self {
-            FaultyBroker { inner, failures: AtomicUsize::new(failures), panics: AtomicUsize::new(panics), leases: true }
+            FaultyBroker {
+                inner,
+                failures: AtomicUsize::new(failures),
+                panics: AtomicUsize::new(panics),
+                leases: true,
+                owned_partitions: false,
+            }
         }
     }
 
@@ -1149,7 +1204,11 @@ mod tests {
             self.inner.backend()
         }
         fn capabilities(&self) -> crate::broker::Capabilities {
-            crate::broker::Capabilities { leases: self.leases, ..self.inner.capabilities() }
+            crate::broker::Capabilities {
+                leases: self.leases,
+                owned_partitions: self.owned_partitions,
+                ..self.inner.capabilities()
+            }
         }
         async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
             self.inner.ensure_group(topic, group).await

@@ -571,6 +571,7 @@ impl Broker for AmqpBroker {
             replay_for_new_groups: false,
             leases: false,
             pushes_ahead: true,
+            owned_partitions: false,
             oldest_age: false,
             stats_delay: self.stats_delay,
         }

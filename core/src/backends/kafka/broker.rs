@@ -330,6 +330,7 @@ impl Broker for KafkaBroker {
             // The delivery record claims messages ahead of receive calls;
             // inspection counts them in flight.
             pushes_ahead: self.options.record_deliveries_first,
+            owned_partitions: true,
             oldest_age: false,
             stats_delay: Duration::from_secs(2),
         }

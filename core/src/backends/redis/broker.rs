@@ -614,6 +614,7 @@ impl Broker for RedisBroker {
             replay_for_new_groups: true,
             leases: true,
             pushes_ahead: false,
+            owned_partitions: false,
             oldest_age: true,
             stats_delay: Duration::ZERO,
         }
