@@ -655,7 +655,7 @@ pub(super) struct Reader {
     /// Stops the reading task.
     stop: CancellationToken,
     /// Deliveries the worker is finished with, freed by the reading task
-    /// that allocated them (see `Broker::dispose`: +5-10% consuming a
+    /// that allocated them (see `Broker::dispose`: +3-5% consuming a
     /// backlog with glibc's malloc). Their receipts hold this reader:
     /// emptied when the task stops, so the cycle never outlives it.
     finished: Mutex<Vec<Delivery>>,
