@@ -48,7 +48,7 @@ pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOpt
 pub use error::{Error, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
-pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats};
+pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats, PARTITIONED_PREFETCH};
 
 /// A hash map for keys of our own making (ids, topic and partition) looked
 /// up on every message: ahash instead of SipHash, whose cost showed in

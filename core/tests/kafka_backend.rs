@@ -1,6 +1,7 @@
 //! Kafka specifics against the real broker started by
 //! tests/brokers/start-kafka.sh: rebalances lose nothing, a killed
-//! consumer's messages reach another consumer, lag per partition, bad URLs.
+//! consumer's messages reach another consumer, lag per partition, bad URLs,
+//! the default window.
 //!
 //! The kill test re-runs this binary as the doomed consumer, selected by
 //! the `PB_KAFKA_ROLE` environment variable.
@@ -206,6 +207,41 @@ async fn a_clean_leave_records_exactly_what_was_handed_out() {
     for (body, attempts) in &handled {
         assert_eq!(attempts, &vec![1], "{body}");
     }
+}
+
+/// With default options a Kafka worker holds `PARTITIONED_PREFETCH`
+/// messages beyond its handler (a window of one ran at a tenth of the rate),
+/// and everything it held is handled once the handler moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_default_window_holds_a_batch_ahead() {
+    let topic = unique("window");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, (0..150).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    // The handler waits until the gate closes: what was received is held.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = Arc::clone(&gate);
+    let handler = move |_job: Job| {
+        let g = Arc::clone(&g);
+        async move {
+            let _ = g.acquire().await;
+            Ok::<(), HandlerError>(())
+        }
+    };
+    let worker = Worker::new(Arc::clone(&broker), &topic, "g", handler, WorkerOptions::default()).unwrap();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await.unwrap() });
+    let held = 1 + pillarbox::PARTITIONED_PREFETCH as u64;
+    wait_until(Duration::from_secs(20), || worker.stats().received >= held).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let received = worker.stats().received;
+    // Released before asserting, so that a failure ends rather than hangs.
+    gate.close();
+    let all_handled = wait_until(Duration::from_secs(30), || worker.stats().succeeded == 150).await;
+    worker.shutdown();
+    task.await.unwrap();
+    assert_eq!(received, held, "one handler and the default prefetch");
+    assert!(all_handled, "{:?}", worker.stats());
 }
 
 /// A receive waiting on an empty topic when its consumer stops returns at
