@@ -69,6 +69,13 @@ impl Receipt {
     pub fn get<T: Any>(&self) -> Option<&T> {
         self.0.downcast_ref::<T>()
     }
+
+    /// The backend's receipt value to change, if it is of type `T` and this
+    /// is its only handle: for a backend that reuses the receipts of the
+    /// deliveries it is given back (see [`Broker::dispose`]).
+    pub fn get_mut<T: Any>(&mut self) -> Option<&mut T> {
+        Arc::get_mut(&mut self.0)?.downcast_mut::<T>()
+    }
 }
 
 impl fmt::Debug for Receipt {
@@ -215,9 +222,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Takes deliveries the worker is finished with (settled). By default
     /// they are dropped here. A backend whose deliveries are built by one
-    /// task of its own may free them there instead: glibc's malloc frees a
+    /// task of its own may free them there instead (glibc's malloc frees a
     /// block from another thread under the allocating thread's arena lock,
-    /// which showed at hundreds of thousands of messages a second.
+    /// which showed at hundreds of thousands of messages a second), or
+    /// reuse their message and receipt for the next ones (see
+    /// [`Receipt::get_mut`], [`crate::wire::decode_into`]).
     fn dispose(&self, deliveries: Vec<Delivery>) {
         drop(deliveries);
     }

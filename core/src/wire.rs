@@ -201,10 +201,7 @@ where
     N: AsRef<str> + Into<String>,
     V: AsRef<str> + Into<String>,
 {
-    let mut problems: Vec<String> = Vec::new();
-    let mut headers = BTreeMap::new();
-    // Built field by field: no id is generated unless the message lacks one.
-    let mut m = Message {
+    let mut message = Message {
         id: String::new(),
         key: None,
         idempotency_key: None,
@@ -216,9 +213,33 @@ where
         traceparent: None,
         tracestate: None,
         failures: None,
-        payload,
+        payload: Bytes::new(),
     };
-    let mut id = None;
+    let malformed = decode_into(&mut message, fields, payload, delivery_count);
+    Decoded { message, malformed }
+}
+
+/// [`decode`] into a message that held an earlier one, reusing its
+/// allocations (the id's buffer above all): for a backend that recycles
+/// the messages its consumer is done with. Returns what [`Decoded::malformed`] holds.
+pub fn decode_into<N, V>(
+    m: &mut Message,
+    fields: impl IntoIterator<Item = (N, V)>,
+    payload: Bytes,
+    delivery_count: u32,
+) -> Option<String>
+where
+    N: AsRef<str> + Into<String>,
+    V: AsRef<str> + Into<String>,
+{
+    let mut problems: Vec<String> = Vec::new();
+    // Every field is set afresh (the headers map keeps its nodes' allocator only).
+    m.headers.clear();
+    m.id.clear();
+    (m.key, m.idempotency_key, m.content_type) = (None, None, None);
+    (m.attempt, m.published_at, m.deliver_at) = (1, SystemTime::UNIX_EPOCH, None);
+    (m.traceparent, m.tracestate, m.failures) = (None, None, None);
+    m.payload = payload;
     let mut attempt: Option<u32> = None;
     let mut published_at = None;
     let (mut first_failed, mut last_failed, mut last_kind, mut last_error) = (None, None, None, None);
@@ -234,7 +255,11 @@ where
     for (name, value) in fields {
         let text = value.as_ref();
         match name.as_ref() {
-            ID => id = Some(value.into()),
+            // Copied into the buffer the id already has (a recycled message's).
+            ID => {
+                m.id.clear();
+                m.id.push_str(text);
+            }
             KEY => m.key = Some(value.into()),
             IDEMPOTENCY_KEY => m.idempotency_key = Some(value.into()),
             CONTENT_TYPE => m.content_type = Some(value.into()),
@@ -251,14 +276,13 @@ where
             LAST_ERROR_KIND => last_kind = Some(value.into()),
             LAST_ERROR => last_error = Some(value.into()),
             _ => {
-                headers.insert(name.into(), value.into());
+                m.headers.insert(name.into(), value.into());
             }
         }
     }
-    let from_wire = id.as_ref().is_some_and(|s: &String| !s.is_empty());
-    if let Some(id) = id.filter(|s| !s.is_empty()) {
-        m.id = id;
-    } else {
+    // Without an id on the wire (a plain client's message), a fresh one.
+    let from_wire = !m.id.is_empty();
+    if !from_wire {
         m.id = new_message_id();
     }
     let redeliveries = delivery_count.saturating_sub(1);
@@ -275,8 +299,11 @@ where
             last_error: last_error.unwrap_or_default(),
         });
     }
-    m.headers = headers;
-    Decoded { message: m, malformed: if problems.is_empty() { None } else { Some(problems.join("; ")) } }
+    if problems.is_empty() {
+        None
+    } else {
+        Some(problems.join("; "))
+    }
 }
 
 fn truncate(v: &str) -> String {
@@ -314,6 +341,40 @@ mod tests {
             encoded_headers_len(&plain),
             encode_headers(&plain).iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
         );
+    }
+
+    /// A recycled message keeps nothing of the one it held: decoding into
+    /// it gives what decoding afresh gives, with or without an id on the wire.
+    #[test]
+    fn decoding_into_a_used_message_keeps_nothing_of_it() {
+        let mut full = Message::new("hello")
+            .with_key("k")
+            .with_idempotency_key("idem")
+            .with_content_type("text/plain")
+            .with_header("tenant", "acme")
+            .with_delay(Duration::from_secs(5))
+            .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        full.tracestate = Some("a=b".into());
+        full.attempt = 3;
+        full.failures = Some(FailureHistory {
+            first_failed_at: from_millis(1000),
+            last_failed_at: from_millis(2000),
+            last_error_kind: "ValueError".into(),
+            last_error: "boom".into(),
+        });
+        let plain = Message::new("x");
+        let mut used = decode(encode_headers(&full), full.payload.clone(), 1).message;
+        assert_eq!(used, full);
+        let malformed = decode_into(&mut used, encode_headers(&plain), plain.payload.clone(), 2);
+        assert!(malformed.is_none());
+        assert_eq!(used, decode(encode_headers(&plain), plain.payload.clone(), 2).message);
+        assert_eq!((used.id.as_str(), used.attempt), (plain.id.as_str(), 2));
+        // From a plain client: no id on the wire, a fresh one (not the old one).
+        let before = used.id.clone();
+        let malformed = decode_into(&mut used, [(ATTEMPT, "x")], Bytes::from_static(b"raw"), 1);
+        assert!(malformed.is_some_and(|m| m.contains(ATTEMPT)));
+        assert_ne!(used.id, before);
+        assert_eq!((used.attempt, used.payload.as_ref(), used.published_at), (1, &b"raw"[..], SystemTime::UNIX_EPOCH));
     }
 
     #[test]
