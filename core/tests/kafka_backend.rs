@@ -244,6 +244,56 @@ async fn the_default_window_holds_a_batch_ahead() {
     assert!(all_handled, "{:?}", worker.stats());
 }
 
+/// The reading task reuses the messages the worker is done with for the
+/// next ones it reads: a plain message read into the allocation of one
+/// that carried every field arrives with none of them. Published one at a
+/// time, each once the one before was handled, so that the first one's
+/// allocation is back in the reading task before the later ones are read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reused_messages_carry_nothing_of_the_one_before() {
+    let topic = unique("reuse");
+    let broker: Arc<dyn Broker> = connect(&url("")).await.unwrap();
+    broker.ensure_group(&topic, "g").await.unwrap();
+    // Copies, not the shared message: a message still held is never reused.
+    let seen: Arc<Mutex<Vec<Message>>> = Arc::default();
+    let s = Arc::clone(&seen);
+    let handler = move |job: Job| {
+        let s = Arc::clone(&s);
+        async move {
+            s.lock().unwrap().push(Message::clone(&job.message));
+            Ok::<(), HandlerError>(())
+        }
+    };
+    let worker = Worker::new(Arc::clone(&broker), &topic, "g", handler, WorkerOptions::default()).unwrap();
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await.unwrap() });
+    let mut full = Message::new("full")
+        .with_key("k")
+        .with_content_type("text/plain")
+        .with_header("tenant", "acme")
+        .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+    full.tracestate = Some("vendor=1".into());
+    let plain: Vec<Message> = (0..6).map(|i| Message::new(format!("plain{i}"))).collect();
+    let mut all_handled = true;
+    for (n, m) in std::iter::once(&full).chain(&plain).enumerate() {
+        broker.publish(&topic, vec![m.clone()]).await.unwrap();
+        all_handled &= wait_until(Duration::from_secs(20), || seen.lock().unwrap().len() == n + 1).await;
+    }
+    worker.shutdown();
+    task.await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert!(all_handled, "handled {} of 7", seen.len());
+    assert_eq!(seen[0].headers.get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!((seen[0].key.as_deref(), seen[0].tracestate.as_deref()), (Some("k"), Some("vendor=1")));
+    for (got, sent) in seen[1..].iter().zip(&plain) {
+        assert_eq!((&got.id, &got.payload), (&sent.id, &sent.payload));
+        assert!(got.headers.is_empty(), "{got:?}");
+        assert_eq!((&got.key, &got.content_type, &got.idempotency_key), (&None, &None, &None), "{got:?}");
+        assert_eq!((&got.traceparent, &got.tracestate, got.attempt), (&None, &None, 1), "{got:?}");
+        assert_eq!(got.published_at, sent.published_at, "{got:?}");
+    }
+}
+
 /// A receive waiting on an empty topic when its consumer stops returns at
 /// once, not when its wait runs out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
