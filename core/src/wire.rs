@@ -315,8 +315,8 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn round_trip_keeps_every_field() {
+    /// A message with every field set.
+    fn full_message() -> Message {
         let mut m = Message::new("hello")
             .with_key("k")
             .with_idempotency_key("idem")
@@ -324,6 +324,7 @@ mod tests {
             .with_header("tenant", "acme")
             .with_delay(Duration::from_secs(5))
             .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+        m.tracestate = Some("a=b".into());
         m.attempt = 3;
         m.failures = Some(FailureHistory {
             first_failed_at: from_millis(1000),
@@ -331,6 +332,12 @@ mod tests {
             last_error_kind: "ValueError".into(),
             last_error: "boom".into(),
         });
+        m
+    }
+
+    #[test]
+    fn round_trip_keeps_every_field() {
+        let m = full_message();
         let headers = encode_headers(&m);
         assert_eq!(encoded_headers_len(&m), headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>());
         let d = decode(headers, m.payload.clone(), 1);
@@ -347,21 +354,7 @@ mod tests {
     /// it gives what decoding afresh gives, with or without an id on the wire.
     #[test]
     fn decoding_into_a_used_message_keeps_nothing_of_it() {
-        let mut full = Message::new("hello")
-            .with_key("k")
-            .with_idempotency_key("idem")
-            .with_content_type("text/plain")
-            .with_header("tenant", "acme")
-            .with_delay(Duration::from_secs(5))
-            .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
-        full.tracestate = Some("a=b".into());
-        full.attempt = 3;
-        full.failures = Some(FailureHistory {
-            first_failed_at: from_millis(1000),
-            last_failed_at: from_millis(2000),
-            last_error_kind: "ValueError".into(),
-            last_error: "boom".into(),
-        });
+        let full = full_message();
         let plain = Message::new("x");
         let mut used = decode(encode_headers(&full), full.payload.clone(), 1).message;
         assert_eq!(used, full);
