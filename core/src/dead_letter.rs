@@ -28,8 +28,10 @@ pub struct DeadLetterReason {
     /// The last error's message.
     pub error_message: String,
     /// When the first attempt failed.
+    #[serde(with = "crate::message::millis")]
     pub first_failed_at: SystemTime,
     /// When the last attempt failed.
+    #[serde(with = "crate::message::millis")]
     pub last_failed_at: SystemTime,
 }
 
@@ -83,7 +85,7 @@ pub mod cause {
 }
 
 /// A message in a group's dead letters.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize)]
 #[non_exhaustive]
 pub struct DeadLetter {
     /// Backend id of the dead letter (not the message id), for redrive and purge.

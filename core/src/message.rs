@@ -15,7 +15,11 @@ use crate::wire;
 ///
 /// The payload is a [`Bytes`], so cloning a message or handing it through
 /// the runtime never copies the payload.
-#[derive(Clone, Debug, PartialEq)]
+///
+/// Serialized (for JSON output and the bindings), the payload is bytes and
+/// times are milliseconds since the Unix epoch, the precision every wire
+/// format carries.
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[non_exhaustive]
 pub struct Message {
     /// Unique, time-ordered id (UUIDv7), set at creation.
@@ -31,8 +35,10 @@ pub struct Message {
     /// 1 on first delivery, +1 on each retry or redelivery.
     pub attempt: u32,
     /// When the producer published it.
+    #[serde(with = "millis")]
     pub published_at: SystemTime,
     /// Not delivered before this time (delayed publish or waiting retry).
+    #[serde(with = "millis::option")]
     pub deliver_at: Option<SystemTime>,
     /// W3C trace context (`traceparent`), passed through untouched.
     pub traceparent: Option<String>,
@@ -41,7 +47,12 @@ pub struct Message {
     /// What went wrong on earlier attempts, if any.
     pub failures: Option<FailureHistory>,
     /// The payload.
+    #[serde(serialize_with = "as_bytes")]
     pub payload: Bytes,
+}
+
+fn as_bytes<S: serde::Serializer>(payload: &Bytes, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+    serializer.serialize_bytes(payload)
 }
 
 /// What went wrong on the earlier attempts of a message, carried with it
@@ -49,8 +60,10 @@ pub struct Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FailureHistory {
     /// When the first attempt failed.
+    #[serde(with = "millis")]
     pub first_failed_at: SystemTime,
     /// When the latest attempt failed.
+    #[serde(with = "millis")]
     pub last_failed_at: SystemTime,
     /// Kind (class / type name) of the latest error.
     pub last_error_kind: String,
@@ -132,6 +145,12 @@ impl Message {
     /// Sets the W3C `traceparent`.
     pub fn with_traceparent(mut self, traceparent: impl Into<String>) -> Self {
         self.traceparent = Some(traceparent.into());
+        self
+    }
+
+    /// Sets the W3C `tracestate`.
+    pub fn with_tracestate(mut self, tracestate: impl Into<String>) -> Self {
+        self.tracestate = Some(tracestate.into());
         self
     }
 
@@ -235,6 +254,41 @@ pub fn from_millis(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
+/// Times as milliseconds since the Unix epoch, in serialized forms
+/// (`#[serde(with = "millis")]`).
+pub(crate) mod millis {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(super::to_millis(*t))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<SystemTime, D::Error> {
+        u64::deserialize(deserializer).map(super::from_millis)
+    }
+
+    /// The same for an optional time.
+    pub mod option {
+        use std::time::SystemTime;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(t: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => serializer.serialize_some(&super::super::to_millis(*t)),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        #[allow(dead_code)]
+        pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SystemTime>, D::Error> {
+            Ok(Option::<u64>::deserialize(deserializer)?.map(super::super::from_millis))
+        }
+    }
+}
+
 /// Checks a topic or group name: non-empty, at most 200 bytes, and only
 /// characters that every backend accepts in its own names.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
@@ -292,6 +346,25 @@ mod tests {
         assert!(validate_name("topic", "").is_err());
         assert!(validate_name("topic", "a b").is_err());
         assert!(validate_name("group", &"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn a_message_serializes_with_its_payload_as_bytes_and_times_in_milliseconds() {
+        let mut m =
+            Message::new(vec![0u8, 255]).with_tracestate("vendor=1").with_deliver_at(from_millis(1_700_000_000_123));
+        m.failures = Some(FailureHistory {
+            first_failed_at: from_millis(5),
+            last_failed_at: from_millis(6),
+            last_error_kind: "ValueError".into(),
+            last_error: "boom".into(),
+        });
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["payload"], serde_json::json!([0, 255]));
+        assert_eq!(v["published_at"], serde_json::json!(to_millis(m.published_at)));
+        assert_eq!(v["deliver_at"], serde_json::json!(1_700_000_000_123u64));
+        assert_eq!(v["tracestate"], "vendor=1");
+        assert_eq!(v["failures"]["first_failed_at"], 5);
+        assert_eq!(v["id"], m.id.as_str());
     }
 
     #[test]

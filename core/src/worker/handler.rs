@@ -2,13 +2,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
 
-/// The job a handler runs: the message and where it stands in its budget.
+/// The job a handler runs: the message, where it stands in its budget, and
+/// when it must stop.
+///
+/// A handler that runs outside this runtime's futures (a Python coroutine,
+/// a JavaScript promise, a thread) is not stopped by the worker dropping
+/// its future: it should watch [`Job::cancelled`] (or poll
+/// [`Job::is_cancelled`]) and stop early, leaving nothing half-done that a
+/// retry cannot redo. The message goes back to the broker either way.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Job {
@@ -20,9 +28,43 @@ pub struct Job {
     pub group: Arc<str>,
     /// Attempts the retry budget allows in all.
     pub max_attempts: u32,
+    /// When this attempt times out (the worker's `handler_timeout`), if it can.
+    pub deadline: Option<SystemTime>,
+    cancellation: CancellationToken,
 }
 
 impl Job {
+    /// A job for `message` (for handlers tested on their own, and for the
+    /// bindings): no deadline, never cancelled unless
+    /// [`Job::with_cancellation`] says otherwise.
+    pub fn new(
+        message: impl Into<Arc<Message>>,
+        topic: impl Into<Arc<str>>,
+        group: impl Into<Arc<str>>,
+        max_attempts: u32,
+    ) -> Self {
+        Job {
+            message: message.into(),
+            topic: topic.into(),
+            group: group.into(),
+            max_attempts,
+            deadline: None,
+            cancellation: CancellationToken::new(),
+        }
+    }
+
+    /// Sets the deadline.
+    pub fn with_deadline(mut self, deadline: SystemTime) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Cancels this job when `token` is cancelled.
+    pub fn with_cancellation(mut self, token: CancellationToken) -> Self {
+        self.cancellation = token;
+        self
+    }
+
     /// This attempt's number, 1 on first delivery.
     pub fn attempt(&self) -> u32 {
         self.message.attempt
@@ -31,6 +73,25 @@ impl Job {
     /// Whether a failure now goes to the dead letters rather than a retry.
     pub fn is_last_attempt(&self) -> bool {
         self.message.attempt >= self.max_attempts
+    }
+
+    /// Whether the worker has given up on this attempt: its `handler_timeout`
+    /// passed, or the shutdown grace ended while it ran. Whatever the
+    /// handler does after that is not waited for; the message is retried
+    /// (timeout) or handed back (shutdown).
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+
+    /// Completes when the job is cancelled (see [`Job::is_cancelled`]).
+    pub async fn cancelled(&self) {
+        self.cancellation.cancelled().await
+    }
+
+    /// The job's cancellation token, for a binding that forwards it to its
+    /// own runtime (cancelling an asyncio task, aborting an `AbortSignal`).
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.cancellation
     }
 }
 

@@ -124,6 +124,11 @@ impl WorkerOptions {
         self.prefetch = Some(n);
         self
     }
+    /// Leaves `prefetch` to the backend's default (see [`WorkerOptions::prefetch`]).
+    pub fn default_prefetch(mut self) -> Self {
+        self.prefetch = None;
+        self
+    }
     /// Sets the retry policy.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
@@ -152,6 +157,12 @@ impl WorkerOptions {
     /// Sets the idempotency store.
     pub fn idempotency_store(mut self, store: Arc<dyn IdempotencyStore>) -> Self {
         self.idempotency_store = Some(store);
+        self
+    }
+    /// Sets how long a done idempotency key is remembered (raised to at
+    /// least twice the retry horizon).
+    pub fn idempotency_retention(mut self, retention: Duration) -> Self {
+        self.idempotency_retention = retention;
         self
     }
     /// Sets the busy-key delay.
@@ -478,6 +489,7 @@ impl Worker {
             tokio::time::timeout(opts.shutdown_grace, async { while handlers.join_next().await.is_some() {} }).await;
         if graceful.is_err() {
             tracing::warn!(topic = %inner.topic, group = %inner.group, "handlers still running after the shutdown grace period; handing their messages back");
+            // Aborting the loops drops each running attempt, which cancels its job.
             handlers.shutdown().await;
         }
         // Every handler loop has ended: the acker takes what is left, then stops.
@@ -912,7 +924,7 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
 
     let delivery = &unsettled.slot().delivery;
     let (topic, group) = (Arc::clone(&delivery.topic), Arc::clone(&delivery.group));
-    let job = Job { message: Arc::clone(&message), topic, group, max_attempts };
+    let job = Job::new(Arc::clone(&message), topic, group, max_attempts);
     let outcome = run_handler(inner, job).await;
 
     match outcome {
@@ -955,23 +967,32 @@ async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot>) {
 }
 
 /// Runs the handler so that a panic or a timeout is a failure of this
-/// message, never of the worker.
-async fn run_handler(inner: &Arc<Inner>, job: Job) -> std::result::Result<(), HandlerError> {
+/// message, never of the worker. The job's cancellation fires when the
+/// timeout passes or this attempt is abandoned (its future dropped: the
+/// shutdown grace ended, or the run was dropped), for handlers that run
+/// outside this future.
+async fn run_handler(inner: &Arc<Inner>, mut job: Job) -> std::result::Result<(), HandlerError> {
     use futures_util::FutureExt;
+    let abandoned = job.cancellation_token().clone().drop_guard();
+    let limit = inner.options.handler_timeout;
+    job.deadline = limit.map(|limit| SystemTime::now() + limit);
     // The handler is only ever polled here; a panic leaves nothing of ours half-updated.
     let guarded = std::panic::AssertUnwindSafe(inner.handler.handle(job)).catch_unwind();
-    let outcome = match inner.options.handler_timeout {
+    let outcome = match limit {
         None => guarded.await,
         Some(limit) => match tokio::time::timeout(limit, guarded).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                // Dropping the future stops the handler at its next await.
+                // Dropping the future stops a Rust handler at its next
+                // await; dropping the guard tells any other kind.
+                drop(abandoned);
                 return Err(
                     HandlerError::retryable(format!("handler did not finish within {limit:?}")).with_kind("timeout")
                 );
             }
         },
     };
+    abandoned.disarm();
     outcome.unwrap_or_else(|payload| {
         let text = payload
             .downcast_ref::<&str>()
@@ -1351,6 +1372,100 @@ mod tests {
             assert_eq!(*attempts.lock().unwrap(), vec![1], "leases: {leases}");
             assert_eq!(next.stats().deferred, 0, "the claim was not released (leases: {leases})");
         }
+    }
+
+    /// A handler that hands its job to work outside its own future (as the
+    /// bindings do with a Python coroutine or a JavaScript promise), then
+    /// waits far longer than any test; the outside work reports when it
+    /// sees the job cancelled, and the job's deadline.
+    fn hands_off(
+        seen: tokio::sync::mpsc::UnboundedSender<(Option<SystemTime>, bool)>,
+    ) -> impl Fn(Job) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), HandlerError>> + Send>>
+           + Send
+           + Sync
+           + 'static {
+        move |job: Job| {
+            let seen = seen.clone();
+            Box::pin(async move {
+                let outside = job.clone();
+                tokio::spawn(async move {
+                    let in_time = tokio::time::timeout(Duration::from_secs(20), outside.cancelled()).await.is_ok();
+                    let _ = seen.send((outside.deadline, in_time));
+                });
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_past_its_timeout_is_cancelled_and_knew_its_deadline() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("slow")]).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let options = WorkerOptions::default()
+            .handler_timeout(Duration::from_millis(200))
+            .retry(RetryPolicy::retries(0))
+            .poll_wait(Duration::from_millis(20));
+        let started = SystemTime::now();
+        let worker = Worker::new(broker, "t", "g", hands_off(tx), options).unwrap();
+        let task = start(&worker);
+        let (deadline, cancelled) = rx.recv().await.unwrap();
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert!(cancelled, "the job was never cancelled");
+        let deadline = deadline.expect("a job with a timeout has a deadline");
+        assert!(deadline >= started + Duration::from_millis(200), "deadline {deadline:?} before the timeout");
+        assert!(deadline <= SystemTime::now(), "deadline {deadline:?} after the cancellation");
+        assert_eq!(worker.stats().dead_lettered, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn jobs_running_past_the_shutdown_grace_are_cancelled() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("stuck")]).await.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+        let handler = hands_off(tx);
+        let noting = move |job: Job| {
+            let _ = running_tx.send(());
+            handler(job)
+        };
+        let options =
+            WorkerOptions::default().shutdown_grace(Duration::from_millis(100)).poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(broker, "t", "g", noting, options).unwrap();
+        let task = start(&worker);
+        running.recv().await.unwrap();
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        let (deadline, cancelled) = rx.recv().await.unwrap();
+        assert!(cancelled, "the job was never cancelled");
+        assert_eq!(deadline, None, "no timeout, no deadline");
+        assert_eq!(worker.stats().released, 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_finished_is_not_cancelled() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("quick")]).await.unwrap();
+        let kept = Arc::new(Mutex::new(None));
+        let keep = Arc::clone(&kept);
+        let handler = move |job: Job| {
+            *keep.lock().unwrap() = Some(job);
+            async { Ok::<(), HandlerError>(()) }
+        };
+        let options =
+            WorkerOptions::default().handler_timeout(Duration::from_secs(5)).poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(broker, "t", "g", handler, options).unwrap();
+        let task = start(&worker);
+        until_succeeded(&worker, 1).await;
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        let job = kept.lock().unwrap().take().expect("the handler ran");
+        assert!(!job.is_cancelled(), "a finished job reads as cancelled");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
