@@ -1,0 +1,87 @@
+"""Pillarbox: one producer/consumer API over Redis, RabbitMQ, Kafka and an
+embedded store, with retries, dead letters and idempotency keys that behave
+the same on every backend and in every language.
+
+::
+
+    import pillarbox
+
+    broker = pillarbox.connect("sqlite://queue.db")
+    broker.ensure_group("emails", "sender")
+    broker.publish("emails", b'{"to": "ada@example.com"}', idempotency_key="welcome-1")
+
+    def send(job: pillarbox.Job) -> None:
+        print(job.attempt, job.json())
+
+    pillarbox.Worker(broker, "emails", "sender", send, concurrency=4).run()
+
+The blocking API lives here; :mod:`pillarbox.aio` has the same broker as
+coroutines; :class:`pillarbox.App` is a Celery-style task layer.
+"""
+
+from . import aio, errors
+from ._broker import Broker, connect
+from ._handlers import Fatal, Retry
+from ._native import (
+    DeadLetter,
+    DeadLetterReason,
+    GroupStats,
+    Job,
+    Message,
+    PartitionLag,
+    WorkerStats,
+    __version__,
+)
+from ._worker import RetryPolicy, Worker
+from .errors import (
+    BackendError,
+    BackendNotEnabled,
+    Closed,
+    ConnectError,
+    Error,
+    InvalidMessage,
+    InvalidOption,
+    InvalidUrl,
+    LeaseLost,
+    MessageTooLarge,
+    QueueFull,
+    Timeout,
+    UnknownScheme,
+    Unsupported,
+)
+from .tasks import App, Task
+
+__all__ = [
+    "App",
+    "BackendError",
+    "BackendNotEnabled",
+    "Broker",
+    "Closed",
+    "ConnectError",
+    "DeadLetter",
+    "DeadLetterReason",
+    "Error",
+    "Fatal",
+    "GroupStats",
+    "InvalidMessage",
+    "InvalidOption",
+    "InvalidUrl",
+    "Job",
+    "LeaseLost",
+    "Message",
+    "MessageTooLarge",
+    "PartitionLag",
+    "QueueFull",
+    "Retry",
+    "RetryPolicy",
+    "Task",
+    "Timeout",
+    "UnknownScheme",
+    "Unsupported",
+    "Worker",
+    "WorkerStats",
+    "__version__",
+    "aio",
+    "connect",
+    "errors",
+]

@@ -1,0 +1,262 @@
+"""A task layer for people coming from Celery.
+
+::
+
+    app = pillarbox.App("redis://localhost")
+
+    @app.task(max_retries=5, idempotency_key=lambda to: f"welcome-{to}")
+    def send_welcome(to: str) -> None:
+        ...
+
+    send_welcome.delay("ada@example.com")
+
+and run the tasks with ``pillarbox worker myproject.tasks:app``.
+
+A task call travels as one JSON envelope (see ``docs/tasks.md``), which
+the Node and Rust task layers read and write too, so a task published here
+runs in a Node worker and the other way round. Arguments must be JSON:
+nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import threading
+from datetime import datetime, timedelta
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from ._broker import Broker, connect
+from ._handlers import Fatal
+from ._worker import RetryPolicy, Worker
+
+log = logging.getLogger("pillarbox")
+
+#: The group that runs an app's tasks on each topic.
+DEFAULT_GROUP = "workers"
+#: Where tasks go unless they name a topic.
+DEFAULT_TOPIC = "tasks"
+#: The header that names the task (readable by plain broker tools).
+TASK_HEADER = "task"
+
+
+def envelope(name: str, args: Sequence[Any], kwargs: Dict[str, Any]) -> bytes:
+    """The JSON a task call travels as."""
+    try:
+        return json.dumps({"task": name, "args": list(args), "kwargs": kwargs}, separators=(",", ":")).encode()
+    except TypeError as exc:
+        raise TypeError(f"arguments of task {name} must be JSON: {exc}") from None
+
+
+def read_envelope(payload: bytes) -> Tuple[str, List[Any], Dict[str, Any]]:
+    """The task name, args and kwargs of an envelope; ``ValueError`` if it is not one."""
+    try:
+        body = json.loads(payload)
+    except ValueError as exc:
+        raise ValueError(f"not a task envelope (invalid JSON: {exc})") from None
+    if not isinstance(body, dict) or not isinstance(body.get("task"), str):
+        raise ValueError("not a task envelope (no task name)")
+    args, kwargs = body.get("args", []), body.get("kwargs", {})
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise ValueError("not a task envelope (args must be a list, kwargs an object)")
+    return body["task"], args, kwargs
+
+
+class Task:
+    """A registered task. Call it to run it here; ``delay`` or
+    ``apply_async`` to have a worker run it."""
+
+    def __init__(
+        self,
+        app: "App",
+        fn: Callable[..., Any],
+        name: str,
+        topic: str,
+        idempotency_key: Optional[Callable[..., Optional[str]]],
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.topic = topic
+        self.idempotency_key = idempotency_key
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def delay(self, *args: Any, **kwargs: Any) -> str:
+        """Publishes a call of this task; returns the message id."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+        *,
+        countdown: Union[float, timedelta, None] = None,
+        eta: Optional[datetime] = None,
+        key: Optional[str] = None,
+        idempotency_key: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
+    ) -> str:
+        """Publishes a call of this task: run no sooner than ``countdown``
+        (seconds or a ``timedelta``) or ``eta``, with ``key`` for ordering and
+        ``idempotency_key`` (default: the task's own rule) so that it runs
+        once however often it is published."""
+        kwargs = dict(kwargs or {})
+        if idempotency_key is None and self.idempotency_key is not None:
+            idempotency_key = self.idempotency_key(*args, **kwargs)
+        return self.app.broker.publish(
+            self.topic,
+            envelope(self.name, args, kwargs),
+            key=key,
+            idempotency_key=idempotency_key,
+            headers={**(headers or {}), TASK_HEADER: self.name},
+            content_type="application/json",
+            delay=countdown,
+            deliver_at=eta,
+        )
+
+    def __repr__(self) -> str:
+        return f"<pillarbox.Task {self.name} on {self.topic}>"
+
+
+class App:
+    """Tasks, the broker they go through, and the workers that run them.
+
+    ``url`` is the broker (``PILLARBOX_URL`` style); the connection opens on
+    first use. Retries are set per topic: the tasks of one topic share its
+    worker's retry policy (give a task its own topic for another policy).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        group: str = DEFAULT_GROUP,
+        default_topic: str = DEFAULT_TOPIC,
+    ) -> None:
+        self.url = url
+        self.group = group
+        self.default_topic = default_topic
+        self.tasks: Dict[str, Task] = {}
+        self._retry: Dict[str, RetryPolicy] = {}
+        self._broker: Optional[Broker] = None
+        self._lock = threading.Lock()
+
+    @property
+    def broker(self) -> Broker:
+        """The app's connection, opened on first use."""
+        with self._lock:
+            if self._broker is None:
+                self._broker = connect(self.url)
+                for topic in sorted({t.topic for t in self.tasks.values()}):
+                    self._broker.ensure_group(topic, self.group)
+            return self._broker
+
+    def task(
+        self,
+        fn: Optional[Callable[..., Any]] = None,
+        *,
+        name: Optional[str] = None,
+        topic: Optional[str] = None,
+        max_retries: Optional[int] = None,
+        retry: Optional[RetryPolicy] = None,
+        idempotency_key: Optional[Callable[..., Optional[str]]] = None,
+    ) -> Any:
+        """Registers a task: ``@app.task`` or ``@app.task(max_retries=5, ...)``.
+
+        ``name`` defaults to ``module.function``; ``max_retries`` or a full
+        ``retry`` policy apply to the task's topic; ``idempotency_key`` is
+        called with the task's arguments to give the key each call carries.
+        """
+
+        def register(f: Callable[..., Any]) -> Task:
+            task_name = name or f"{f.__module__}.{f.__qualname__}"
+            if task_name in self.tasks:
+                raise ValueError(f"a task named {task_name} is already registered")
+            task_topic = topic or self.default_topic
+            policy = retry or (RetryPolicy(max_retries=max_retries) if max_retries is not None else None)
+            if policy is not None:
+                known = self._retry.get(task_topic)
+                if known is not None and known != policy:
+                    raise ValueError(
+                        f"task {task_name}: topic {task_topic} already has retry policy {known}; "
+                        "tasks of one topic share one policy (give this task a topic of its own)"
+                    )
+                self._retry[task_topic] = policy
+            t = Task(self, f, task_name, task_topic, idempotency_key)
+            self.tasks[task_name] = t
+            return t
+
+        return register(fn) if fn is not None else register
+
+    def topics(self) -> List[str]:
+        """The topics the registered tasks go to."""
+        return sorted({t.topic for t in self.tasks.values()})
+
+    def handler(self, topic: str) -> Callable[[Any], None]:
+        """The handler that runs this app's tasks from ``topic``'s messages."""
+
+        def run_task(job: Any) -> None:
+            try:
+                name, args, kwargs = read_envelope(job.payload)
+            except ValueError as exc:
+                raise Fatal(str(exc), kind="InvalidEnvelope") from None
+            task = self.tasks.get(name)
+            if task is None:
+                raise Fatal(f"no task named {name} is registered in this worker", kind="UnknownTask")
+            result = task.fn(*args, **kwargs)
+            if asyncio.iscoroutine(result):
+                asyncio.run(result)
+
+        return run_task
+
+    def workers(self, topics: Optional[Iterable[str]] = None, **options: Any) -> List[Worker]:
+        """One worker per topic (all of the app's by default), with ``options``
+        as :class:`pillarbox.Worker` takes them."""
+        chosen = list(topics) if topics is not None else self.topics()
+        if not chosen:
+            raise ValueError("no tasks are registered, so there is nothing to run")
+        return [
+            Worker(
+                self.broker,
+                topic,
+                self.group,
+                self.handler(topic),
+                **{"retry": self._retry.get(topic), **options},
+            )
+            for topic in chosen
+        ]
+
+    def run_worker(self, topics: Optional[Iterable[str]] = None, **options: Any) -> None:
+        """Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down
+        gracefully: what the ``pillarbox worker`` command does."""
+        workers = self.workers(topics, **options)
+        stop = threading.Event()
+        threads = [
+            threading.Thread(target=w.run, name=f"pillarbox-{w.consumer_name}", daemon=True) for w in workers
+        ]
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+        try:
+            for t in threads:
+                t.start()
+            log.info("running %d task(s) on %s", len(self.tasks), ", ".join(self.topics()))
+            while not stop.wait(0.2) and any(t.is_alive() for t in threads):
+                pass
+        finally:
+            for w in workers:
+                w.shutdown()
+            for t in threads:
+                t.join()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def __repr__(self) -> str:
+        return f"<pillarbox.App {len(self.tasks)} task(s)>"

@@ -1,0 +1,223 @@
+//! `pillarbox._native.Broker`: a connection, with every call an
+//! [`Operation`] (blocking or asyncio, chosen by the Python facade).
+
+use std::sync::{Arc, Mutex};
+
+use pillarbox::dead_letter::{self, DeadLetterFilter, RedriveOptions};
+use pillarbox::{Broker, Message};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3::IntoPyObjectExt;
+
+use crate::convert;
+use crate::errors::OrRaise;
+use crate::message::PyMessage;
+use crate::operation::Operation;
+use crate::runtime::block_on;
+use crate::stats::{PyDeadLetter, PyGroupStats};
+
+/// Connects to the broker `url` names.
+#[pyfunction]
+pub fn connect(url: String) -> Operation {
+    Operation::new(async move {
+        let broker = pillarbox::connect(&url).await?;
+        Ok::<_, pillarbox::Error>(PyBroker::new(url, broker))
+    })
+}
+
+/// The connection of this process: after `fork()` the child makes its own
+/// (the parent's sockets and runtime threads are not its to use).
+struct Connection {
+    pid: u32,
+    broker: Arc<dyn Broker>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    /// The URL as given, kept to reconnect after a fork; never shown.
+    url: Arc<str>,
+    connection: Arc<Mutex<Connection>>,
+}
+
+impl Shared {
+    async fn get(&self) -> pillarbox::Result<Arc<dyn Broker>> {
+        let pid = std::process::id();
+        {
+            let c = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+            if c.pid == pid {
+                return Ok(Arc::clone(&c.broker));
+            }
+        }
+        let fresh = pillarbox::connect(&self.url).await?;
+        let mut c = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        if c.pid != pid {
+            // The parent's connection is leaked, not closed: closing would
+            // talk over sockets the parent still uses.
+            std::mem::forget(std::mem::replace(&mut c.broker, fresh));
+            c.pid = pid;
+        }
+        Ok(Arc::clone(&c.broker))
+    }
+}
+
+#[pyclass(frozen, name = "Broker", module = "pillarbox._native")]
+pub struct PyBroker {
+    shared: Shared,
+    backend: &'static str,
+    redacted: String,
+    capabilities: pillarbox::Capabilities,
+}
+
+impl PyBroker {
+    fn new(url: String, broker: Arc<dyn Broker>) -> Self {
+        PyBroker {
+            backend: broker.backend(),
+            redacted: pillarbox::url::redact(&url),
+            capabilities: broker.capabilities(),
+            shared: Shared {
+                url: url.into(),
+                connection: Arc::new(Mutex::new(Connection { pid: std::process::id(), broker })),
+            },
+        }
+    }
+
+    /// This process's connection, reconnecting after a fork.
+    pub fn current(&self, py: Python<'_>) -> PyResult<Arc<dyn Broker>> {
+        block_on(py, self.shared.get())?.or_raise(py)
+    }
+
+    /// Runs `call` on this process's connection.
+    fn call<T, F, Fut>(&self, call: F) -> impl std::future::Future<Output = pillarbox::Result<T>> + Send + 'static
+    where
+        F: FnOnce(Arc<dyn Broker>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = pillarbox::Result<T>> + Send,
+    {
+        let shared = self.shared.clone();
+        async move { call(shared.get().await?).await }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn filter(
+    error_kind: Option<String>,
+    cause: Option<String>,
+    error_contains: Option<String>,
+    failed_before: Option<&Bound<'_, PyAny>>,
+    message_ids: Option<Vec<String>>,
+) -> PyResult<DeadLetterFilter> {
+    Ok(DeadLetterFilter {
+        error_kind,
+        cause,
+        error_contains,
+        failed_before: convert::time(failed_before, "failed_before")?,
+        message_ids,
+    })
+}
+
+#[pymethods]
+impl PyBroker {
+    #[getter]
+    fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The URL with its credentials redacted.
+    #[getter]
+    fn url(&self) -> &str {
+        &self.redacted
+    }
+
+    #[getter]
+    fn capabilities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.capabilities;
+        let d = PyDict::new(py);
+        d.set_item("max_message_bytes", c.max_message_bytes)?;
+        d.set_item("delayed_delivery", c.delayed_delivery)?;
+        d.set_item("ordered_delivery", c.ordered_delivery)?;
+        d.set_item("replay_for_new_groups", c.replay_for_new_groups)?;
+        d.set_item("leases", c.leases)?;
+        d.set_item("owned_partitions", c.owned_partitions)?;
+        d.set_item("stats_delay", convert::timedelta(py, c.stats_delay)?)?;
+        Ok(d)
+    }
+
+    fn ensure_group(&self, topic: String, group: String) -> Operation {
+        Operation::new(self.call(move |b| async move { b.ensure_group(&topic, &group).await }))
+    }
+
+    /// Publishes a batch; resolves to the message ids.
+    fn publish(&self, topic: String, messages: Vec<Bound<'_, PyMessage>>) -> Operation {
+        let batch: Vec<Message> = messages.iter().map(|m| Message::clone(&m.get().0)).collect();
+        let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
+        Operation::new(self.call(move |b| async move { b.publish(&topic, batch).await.map(|()| ids) }))
+    }
+
+    fn inspect(&self, topic: String, group: String) -> Operation {
+        Operation::new(self.call(move |b| async move { b.inspect(&topic, &group).await.map(PyGroupStats::from) }))
+    }
+
+    fn groups(&self, topic: String) -> Operation {
+        Operation::new(self.call(move |b| async move { b.groups(&topic).await }))
+    }
+
+    #[pyo3(signature = (topic, group, after=None, limit=100))]
+    fn dead_letters(&self, topic: String, group: String, after: Option<String>, limit: usize) -> Operation {
+        Operation::converting(
+            self.call(move |b| async move { b.list_dead_letters(&topic, &group, after.as_deref(), limit).await }),
+            |py, found| {
+                let found: PyResult<Vec<PyDeadLetter>> = found.into_iter().map(|d| PyDeadLetter::new(py, d)).collect();
+                found?.into_py_any(py)
+            },
+        )
+    }
+
+    #[pyo3(signature = (topic, group, *, error_kind=None, cause=None, error_contains=None, failed_before=None, message_ids=None, per_second=None, limit=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn redrive(
+        &self,
+        topic: String,
+        group: String,
+        error_kind: Option<String>,
+        cause: Option<String>,
+        error_contains: Option<String>,
+        failed_before: Option<&Bound<'_, PyAny>>,
+        message_ids: Option<Vec<String>>,
+        per_second: Option<f64>,
+        limit: Option<usize>,
+    ) -> PyResult<Operation> {
+        let options = RedriveOptions {
+            filter: filter(error_kind, cause, error_contains, failed_before, message_ids)?,
+            per_second,
+            limit,
+        };
+        Ok(Operation::new(
+            self.call(move |b| async move { dead_letter::redrive(b.as_ref(), &topic, &group, &options).await }),
+        ))
+    }
+
+    #[pyo3(signature = (topic, group, *, error_kind=None, cause=None, error_contains=None, failed_before=None, message_ids=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn purge(
+        &self,
+        topic: String,
+        group: String,
+        error_kind: Option<String>,
+        cause: Option<String>,
+        error_contains: Option<String>,
+        failed_before: Option<&Bound<'_, PyAny>>,
+        message_ids: Option<Vec<String>>,
+    ) -> PyResult<Operation> {
+        let filter = filter(error_kind, cause, error_contains, failed_before, message_ids)?;
+        Ok(Operation::new(
+            self.call(move |b| async move { dead_letter::purge(b.as_ref(), &topic, &group, &filter).await }),
+        ))
+    }
+
+    fn close(&self) -> Operation {
+        Operation::new(self.call(|b| async move { b.close().await }))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<pillarbox._native.Broker {}>", self.redacted)
+    }
+}

@@ -1,0 +1,41 @@
+//! `pillarbox._native`: the Pillarbox core, driven from Python.
+//!
+//! Thin on purpose: arguments are converted, the core is called, errors are
+//! mapped. Retries, dead letters, idempotency, leases and shutdown are the
+//! core worker's; the Python facade (`python/pillarbox/`) gives the API its
+//! Python shape.
+
+mod broker;
+mod conformance;
+mod convert;
+mod errors;
+mod handler;
+mod job;
+mod logging;
+mod message;
+mod operation;
+mod runtime;
+mod stats;
+mod worker;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<broker::PyBroker>()?;
+    m.add_class::<operation::Operation>()?;
+    m.add_class::<message::PyMessage>()?;
+    m.add_class::<job::PyJob>()?;
+    m.add_class::<worker::PyWorker>()?;
+    m.add_class::<stats::PyGroupStats>()?;
+    m.add_class::<stats::PyPartitionLag>()?;
+    m.add_class::<stats::PyDeadLetter>()?;
+    m.add_class::<stats::PyDeadLetterReason>()?;
+    m.add_class::<stats::PyWorkerStats>()?;
+    m.add_function(wrap_pyfunction!(broker::connect, m)?)?;
+    m.add_function(wrap_pyfunction!(conformance::scenarios, m)?)?;
+    m.add_function(wrap_pyfunction!(conformance::run_scenario, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,152 @@
+//! `pillarbox.Message`: payload bytes plus metadata, shared with the core
+//! (a message handed to a handler is the core's, not a copy).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use pillarbox::Message;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::convert;
+
+#[pyclass(frozen, name = "Message", module = "pillarbox._native")]
+pub struct PyMessage(pub Arc<Message>);
+
+static JSON_LOADS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The payload parsed as JSON (never pickle, never eval).
+pub fn json<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    JSON_LOADS.import(py, "json", "loads")?.call1((PyBytes::new(py, payload),))
+}
+
+/// The payload as UTF-8 text.
+pub fn text(payload: &[u8]) -> PyResult<String> {
+    String::from_utf8(payload.to_vec()).map_err(|e| pyo3::exceptions::PyUnicodeDecodeError::new_err(e.to_string()))
+}
+
+#[pymethods]
+impl PyMessage {
+    #[new]
+    #[pyo3(signature = (payload, *, key=None, idempotency_key=None, headers=None, content_type=None, delay=None, deliver_at=None, traceparent=None, tracestate=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        payload: &Bound<'_, PyAny>,
+        key: Option<String>,
+        idempotency_key: Option<String>,
+        headers: Option<HashMap<String, String>>,
+        content_type: Option<String>,
+        delay: Option<&Bound<'_, PyAny>>,
+        deliver_at: Option<&Bound<'_, PyAny>>,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
+    ) -> PyResult<Self> {
+        let mut m = Message::new(convert::payload(payload)?);
+        m.key = key;
+        m.idempotency_key = idempotency_key;
+        m.content_type = content_type;
+        m.traceparent = traceparent;
+        m.tracestate = tracestate;
+        if let Some(headers) = headers {
+            m.headers = headers.into_iter().collect::<BTreeMap<_, _>>();
+        }
+        if let Some(delay) = convert::duration(delay, "delay")? {
+            m = m.with_delay(delay);
+        }
+        if let Some(at) = convert::time(deliver_at, "deliver_at")? {
+            m = m.with_deliver_at(at);
+        }
+        Ok(PyMessage(Arc::new(m)))
+    }
+
+    /// Unique, time-ordered id (UUIDv7).
+    #[getter]
+    fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The payload bytes.
+    #[getter]
+    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.0.payload)
+    }
+
+    #[getter]
+    fn key(&self) -> Option<&str> {
+        self.0.key.as_deref()
+    }
+
+    #[getter]
+    fn idempotency_key(&self) -> Option<&str> {
+        self.0.idempotency_key.as_deref()
+    }
+
+    #[getter]
+    fn content_type(&self) -> Option<&str> {
+        self.0.content_type.as_deref()
+    }
+
+    /// Application headers (a new dict each time).
+    #[getter]
+    fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (k, v) in &self.0.headers {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    /// 1 on first delivery, +1 on each retry or redelivery.
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+
+    #[getter]
+    fn published_at<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        convert::datetime(py, self.0.published_at)
+    }
+
+    #[getter]
+    fn deliver_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        convert::maybe_datetime(py, self.0.deliver_at)
+    }
+
+    #[getter]
+    fn traceparent(&self) -> Option<&str> {
+        self.0.traceparent.as_deref()
+    }
+
+    #[getter]
+    fn tracestate(&self) -> Option<&str> {
+        self.0.tracestate.as_deref()
+    }
+
+    /// What went wrong on earlier attempts: a dict with `first_failed_at`,
+    /// `last_failed_at`, `last_error_kind` and `last_error`, or `None`.
+    #[getter]
+    fn failures<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(f) = &self.0.failures else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("first_failed_at", convert::datetime(py, f.first_failed_at)?)?;
+        d.set_item("last_failed_at", convert::datetime(py, f.last_failed_at)?)?;
+        d.set_item("last_error_kind", &f.last_error_kind)?;
+        d.set_item("last_error", &f.last_error)?;
+        Ok(Some(d))
+    }
+
+    /// The payload parsed as JSON.
+    fn json<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        json(py, &self.0.payload)
+    }
+
+    /// The payload as UTF-8 text.
+    fn text(&self) -> PyResult<String> {
+        text(&self.0.payload)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<pillarbox.Message {} attempt={} {} bytes>", self.0.id, self.0.attempt, self.0.payload.len())
+    }
+}

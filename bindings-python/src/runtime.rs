@@ -1,0 +1,58 @@
+//! One tokio runtime per process, made on first use, and made again in a
+//! child after `fork()`: the parent's runtime threads do not exist there
+//! (gunicorn, multiprocessing and Celery-style prefork all fork).
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+/// How often a blocking call looks at Python's signals (Ctrl-C) while it waits.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+static RUNTIME: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+
+/// This process's runtime.
+pub fn runtime() -> &'static Runtime {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|e| e.into_inner());
+    match *slot {
+        Some((owner, runtime)) if owner == pid => runtime,
+        _ => {
+            // A parent's runtime is leaked, never dropped: dropping it would
+            // wait for threads that were not forked.
+            let runtime: &'static Runtime = Box::leak(Box::new(
+                tokio::runtime::Builder::new_multi_thread()
+                    .thread_name("pillarbox")
+                    .enable_all()
+                    .build()
+                    .expect("cannot start Pillarbox's runtime threads"),
+            ));
+            *slot = Some((pid, runtime));
+            runtime
+        }
+    }
+}
+
+/// Runs `future` to completion on the runtime with the GIL released,
+/// looking at Python's signals every `SIGNAL_CHECK`: a signal handler that
+/// raises (Ctrl-C's `KeyboardInterrupt`) drops the future and raises here.
+pub fn block_on<F>(py: Python<'_>, future: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let runtime = runtime();
+    let mut future = Box::pin(future);
+    loop {
+        let step = &mut future;
+        // The timer is made inside the runtime, whose clock it needs.
+        let waited = py.detach(move || runtime.block_on(async { tokio::time::timeout(SIGNAL_CHECK, step).await }));
+        if let Ok(output) = waited {
+            return Ok(output);
+        }
+        py.check_signals()?;
+    }
+}
