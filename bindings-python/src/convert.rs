@@ -5,9 +5,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyMemoryView, PyString};
 
-/// A payload from `bytes`, `str` (UTF-8), or anything `bytes()` accepts:
+/// A payload from `bytes`, `str` (UTF-8), or a buffer (`bytearray`, `memoryview`...):
 /// the one copy into the core.
 pub fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(b) = value.cast::<PyBytes>() {
@@ -16,13 +16,16 @@ pub fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(s) = value.cast::<PyString>() {
         return Ok(Bytes::from(s.to_cow()?.into_owned()));
     }
-    let converted = value.py().get_type::<PyBytes>().call1((value,)).map_err(|_| {
+    // Only what has the buffer protocol (bytearray, memoryview, array...):
+    // `bytes(42)` would make 42 zero bytes of an int passed by mistake.
+    let view = value.py().get_type::<PyMemoryView>().call1((value,)).map_err(|_| {
         pyo3::exceptions::PyTypeError::new_err(format!(
             "a payload must be bytes, str or a buffer, not {}",
             value.get_type().name().map(|n| n.to_string()).unwrap_or_default()
         ))
     })?;
-    Ok(Bytes::copy_from_slice(converted.cast::<PyBytes>()?.as_bytes()))
+    let copied = view.call_method0("tobytes")?;
+    Ok(Bytes::copy_from_slice(copied.cast::<PyBytes>()?.as_bytes()))
 }
 
 /// A duration from seconds (int or float) or a `timedelta`.

@@ -5,6 +5,7 @@
 //! core worker's; the Python facade (`python/pillarbox/`) gives the API its
 //! Python shape.
 
+mod bench;
 mod broker;
 mod conformance;
 mod convert;
@@ -37,5 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(broker::connect, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::scenarios, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::run_scenario, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_publish, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_consume, m)?)?;
     Ok(())
 }

@@ -17,7 +17,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 from . import _native
 from ._durations import seconds
@@ -141,7 +141,7 @@ class _stop_on_signals:
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
-        self.previous: dict = {}
+        self.previous: Dict[int, Any] = {}
         self.stopping = False
 
     def _handle(self, signum: int, frame: Any) -> None:

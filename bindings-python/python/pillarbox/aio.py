@@ -21,7 +21,7 @@ from ._native import DeadLetter, GroupStats, Message
 __all__ = ["connect", "Broker"]
 
 
-async def wait(operation: _native.Operation) -> Any:
+async def wait(operation: "_native.Operation[Any]") -> Any:
     """Awaits a native operation: it runs on Pillarbox's threads and resolves
     this loop's future when done, so the loop never blocks."""
     loop = asyncio.get_running_loop()

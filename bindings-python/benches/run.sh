@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The Python benchmark: a release build of the package in a virtualenv of its
+# own with the peers (redis-py, Celery 5, pika), the test brokers started,
+# then benches/compare.py. Figures go to standard output.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+bash tests/brokers/start-redis.sh
+bash tests/brokers/start-rabbitmq.sh
+venv=.pillarbox-test/bench-venv
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+source "$venv/bin/activate"
+python -m pip install -q --upgrade pip
+python -m pip install -q "redis==8.1.0" "celery==5.7.0" "pika==1.4.4"
+python -m pip install -q ./bindings-python       # release profile: what users get
+python bindings-python/benches/compare.py

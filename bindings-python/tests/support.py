@@ -1,0 +1,33 @@
+"""Helpers the tests share."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import pillarbox
+
+
+def run_until(worker: pillarbox.Worker, done, limit: float = 30.0) -> None:
+    """Runs ``worker`` on a thread until ``done()`` or ``limit`` seconds, then stops it."""
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    deadline = time.monotonic() + limit
+    try:
+        while not done() and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        worker.shutdown()
+        thread.join(30)
+    assert done(), f"not done after {limit}s: {worker.stats}"
+
+
+def wait_stats(broker: pillarbox.Broker, topic: str, group: str, expect, limit: float = 8.0):
+    """Inspection figures once they satisfy ``expect`` (some backends refresh them periodically)."""
+    deadline = time.monotonic() + limit
+    while True:
+        stats = broker.inspect(topic, group)
+        if expect(stats) or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.1)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The Python package, as a user gets it: `pip install ./bindings-python` into
+# a fresh virtualenv (pip fetches maturin and builds the native module with
+# cargo), its type stubs checked against the module, the package and the
+# example type-checked, then its tests against the brokers tests/run.sh started.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+python=${PYTHON:-python3}
+venv=.pillarbox-test/python-venv
+rm -rf "$venv"
+if ! "$python" -m venv "$venv" 2>/dev/null; then
+  source tests/lib/apt.sh
+  apt_install python3-venv
+  "$python" -m venv "$venv"
+fi
+source "$venv/bin/activate"
+python -m pip install -q --upgrade pip
+python -m pip install -q "pytest==9.2.0" "mypy==2.4.1"
+
+# The dev profile with every backend, as `cargo test --all-features` built
+# the core: cargo reuses that build instead of compiling a release one.
+started=$(date +%s)
+MATURIN_PEP517_ARGS="--profile dev" python -m pip install -q ./bindings-python
+echo "pip install ./bindings-python: $(( $(date +%s) - started ))s"
+
+echo "mypy.stubtest (the native module against its stubs)"
+(cd "$venv" && python -m mypy.stubtest pillarbox._native)
+echo "mypy --strict (the package and the example)"
+python -m mypy --strict bindings-python/python/pillarbox examples/python/quickstart.py
+
+echo "the Python quickstart"
+python examples/python/quickstart.py >/dev/null
+
+cd bindings-python
+python -m pytest -q tests
