@@ -36,9 +36,11 @@ ONE = int(os.environ.get("PB_BENCH_ONE", 3000))  # messages published one at a t
 MANY = int(os.environ.get("PB_BENCH_MANY", 50_000))  # messages published in batches, then consumed
 CELERY = int(os.environ.get("PB_BENCH_CELERY", 3000))  # Celery is slow: fewer
 BATCH = 100
-# The same worker settings for the Rust core and Python: a window of 200.
-CONCURRENCY, PREFETCH = 1, 199
-ASYNC_CONCURRENCY = 16
+# The same worker settings for the Rust core and Python (those of the core's
+# Redis benchmark): 16 handlers at once, a window of 200.
+CONCURRENCY = int(os.environ.get("PB_BENCH_CONCURRENCY", 16))
+PREFETCH = 200 - CONCURRENCY
+ASYNC_CONCURRENCY = int(os.environ.get("PB_BENCH_ASYNC_CONCURRENCY", 16))
 
 Rates = Dict[Tuple[str, str], float]
 
@@ -259,8 +261,12 @@ def report(rates: Rates) -> None:
 
 
 def main() -> None:
+    # PB_BENCH_ONLY=redis (or amqp, peers, or consume for Pillarbox's consume on Redis alone)
     only = set(os.environ.get("PB_BENCH_ONLY", "redis,amqp,peers").split(","))
     rates: Rates = {}
+    if only == {"consume"}:
+        pillarbox_consume(REDIS_URL, rates, "redis")
+        return report(rates)
     if "redis" in only:
         pillarbox_publish(REDIS_URL, rates, "redis")
         pillarbox_consume(REDIS_URL, rates, "redis")

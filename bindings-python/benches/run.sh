@@ -10,6 +10,6 @@ venv=.pillarbox-test/bench-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 source "$venv/bin/activate"
 python -m pip install -q --upgrade pip
-python -m pip install -q "redis==8.1.0" "celery==5.7.0" "pika==1.4.4"
+python -m pip install -q "redis==8.1.0" "celery==5.7.0" "pika==1.4.4" packaging
 python -m pip install -q ./bindings-python       # release profile: what users get
 python bindings-python/benches/compare.py

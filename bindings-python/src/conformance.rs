@@ -50,8 +50,9 @@ impl Handlers for PythonHandlers {
     fn handler(&self, script: &Script) -> Arc<dyn Handler> {
         let made = Python::attach(|py| {
             let invoke = self.make_invoker.call1(py, (script.to_json(),))?;
-            let handler = PyHandler::new(invoke, self.is_async);
-            handler.set_loop(self.event_loop.as_ref().map(|l| l.clone_ref(py)));
+            // As many threads as any scenario runs handlers at once.
+            let handler = PyHandler::new(invoke, self.is_async, 4)?;
+            handler.set_loop(py, self.event_loop.as_ref().map(|l| l.clone_ref(py)))?;
             PyResult::Ok(handler)
         });
         match made {

@@ -3,10 +3,10 @@
 //!
 //! The Python side (`pillarbox._handlers.invoker`) calls the user's handler
 //! and reports an outcome: `None` for success, or `(kind, message,
-//! retryable, retry_after)`. Plain functions run on the runtime's blocking
-//! threads, taking the GIL only for the call; coroutines run on an asyncio
-//! loop, and are cancelled when the core gives up on the attempt (its
-//! future dropped on timeout or at the end of the shutdown grace).
+//! retryable, retry_after)`. Plain functions run on Python threads of the
+//! handler's own ([`Threads`]), taking the GIL only for the call; coroutines
+//! run on an asyncio loop ([`Coroutines`]), and are cancelled when the core gives up on the
+//! attempt (its future dropped on timeout or at the end of the shutdown grace).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,86 +14,75 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pillarbox::{HandlerError, Job};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use tokio::sync::oneshot;
 
+use crate::coroutines::Coroutines;
 use crate::job::PyJob;
+use crate::threads::{Task, Threads};
 
 pub struct PyHandler {
-    invoke: Arc<Py<PyAny>>,
-    is_async: bool,
-    /// Where coroutines run: set when the worker starts.
-    event_loop: Mutex<Option<Arc<Py<PyAny>>>>,
+    runs_on: RunsOn,
+}
+
+/// Where the handler runs.
+enum RunsOn {
+    /// A plain function: on threads of its own.
+    Threads(Arc<Threads>),
+    /// A coroutine function: on an event loop.
+    Coroutines(Arc<Coroutines>),
 }
 
 impl PyHandler {
-    pub fn new(invoke: Py<PyAny>, is_async: bool) -> Self {
-        PyHandler { invoke: Arc::new(invoke), is_async, event_loop: Mutex::new(None) }
-    }
-
-    /// Where coroutines run from now on.
-    pub fn set_loop(&self, event_loop: Option<Py<PyAny>>) {
-        *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = event_loop.map(Arc::new);
-    }
-
-    async fn call(&self, job: Job) -> Result<(), HandlerError> {
-        let invoke = Arc::clone(&self.invoke);
-        let outcome = tokio::task::spawn_blocking(move || {
-            Python::attach(|py| -> Result<(), HandlerError> {
-                let job = PyJob::new(py, job).map_err(|e| failure(py, e))?;
-                let result = invoke.bind(py).call1((job,)).map_err(|e| failure(py, e))?;
-                outcome(&result)
-            })
-        })
-        .await;
-        outcome.unwrap_or_else(|e| Err(HandlerError::retryable(e.to_string()).with_kind("panic")))
-    }
-
-    async fn call_async(&self, job: Job) -> Result<(), HandlerError> {
-        let Some(event_loop) = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-            return Err(HandlerError::fatal(
-                "an async handler needs an event loop: run the worker with run() or run_async()",
-            )
-            .with_kind("RuntimeError"));
+    /// A handler over the Python invoker `invoke`: a coroutine function
+    /// when `is_async`, else a plain one run on up to `threads` threads.
+    pub fn new(invoke: Py<PyAny>, is_async: bool, threads: usize) -> PyResult<Self> {
+        let invoke = Arc::new(invoke);
+        let runs_on = if is_async {
+            RunsOn::Coroutines(Coroutines::new(invoke)?)
+        } else {
+            RunsOn::Threads(Threads::new(threads, invoke, call_with_gil))
         };
-        let invoke = Arc::clone(&self.invoke);
-        let (done, outcome) = oneshot::channel();
-        let started = tokio::task::spawn_blocking(move || {
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                let job = PyJob::new(py, job)?;
-                let coroutine = invoke.bind(py).call1((job,))?;
-                let future = RUN_THREADSAFE
-                    .import(py, "asyncio", "run_coroutine_threadsafe")?
-                    .call1((coroutine, event_loop.bind(py)))?;
-                future.call_method1("add_done_callback", (Completion { done: Mutex::new(Some(done)) },))?;
-                Ok(future.unbind())
-            })
-        })
-        .await;
-        let future = match started {
-            Ok(Ok(future)) => future,
-            Ok(Err(e)) => return Err(Python::attach(|py| failure(py, e))),
-            Err(e) => return Err(HandlerError::retryable(e.to_string()).with_kind("panic")),
-        };
-        // Until the coroutine reports, dropping this attempt cancels it.
-        let cancel = CancelOnDrop(Some(future));
-        let reported = outcome.await;
-        drop(cancel.disarm());
-        reported.unwrap_or_else(|_| Err(HandlerError::retryable("the coroutine was never awaited").with_kind("error")))
+        Ok(PyHandler { runs_on })
+    }
+
+    /// Where coroutines run from now on (nothing to do for plain functions).
+    pub fn set_loop(&self, py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<()> {
+        match (&self.runs_on, event_loop) {
+            (RunsOn::Coroutines(coroutines), Some(event_loop)) => coroutines.attach(py, event_loop),
+            _ => Ok(()),
+        }
     }
 }
-
-static RUN_THREADSAFE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[async_trait]
 impl pillarbox::Handler for PyHandler {
     async fn handle(&self, job: Job) -> Result<(), HandlerError> {
-        if self.is_async {
-            self.call_async(job).await
-        } else {
-            self.call(job).await
+        match &self.runs_on {
+            RunsOn::Threads(threads) => {
+                let (done, outcome) = oneshot::channel();
+                threads.submit(Task { job, done });
+                outcome
+                    .await
+                    .unwrap_or_else(|_| Err(HandlerError::retryable("the handler thread stopped").with_kind("error")))
+            }
+            RunsOn::Coroutines(coroutines) => coroutines.run(job).await,
         }
     }
+}
+
+impl Drop for PyHandler {
+    fn drop(&mut self) {
+        if let RunsOn::Threads(threads) = &self.runs_on {
+            threads.close();
+        }
+    }
+}
+
+/// Runs a plain-function invoker on a job (on a handler thread, GIL held).
+fn call_with_gil(py: Python<'_>, invoke: &Py<PyAny>, job: Job) -> Result<(), HandlerError> {
+    let job = PyJob::new(py, job).map_err(|e| failure(py, e))?;
+    let result = invoke.bind(py).call1((job,)).map_err(|e| failure(py, e))?;
+    outcome(&result)
 }
 
 /// The outcome the Python invoker reported.
@@ -121,8 +110,14 @@ fn failure(py: Python<'_>, e: PyErr) -> HandlerError {
 
 /// Called by asyncio when the handler's coroutine is done.
 #[pyclass(frozen)]
-struct Completion {
+pub struct Completion {
     done: Mutex<Option<oneshot::Sender<Result<(), HandlerError>>>>,
+}
+
+impl Completion {
+    pub fn new(done: oneshot::Sender<Result<(), HandlerError>>) -> Self {
+        Completion { done: Mutex::new(Some(done)) }
+    }
 }
 
 #[pymethods]
@@ -140,31 +135,5 @@ impl Completion {
             let _ = done.send(verdict);
         }
         Ok(())
-    }
-}
-
-/// Cancels a running coroutine (its `concurrent.futures.Future`) when dropped.
-struct CancelOnDrop(Option<Py<PyAny>>);
-
-impl CancelOnDrop {
-    fn disarm(mut self) -> Option<Py<PyAny>> {
-        self.0.take()
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(future) = self.0.take() {
-            // Off the runtime's worker threads: taking the GIL may wait.
-            let cancel = move || {
-                Python::try_attach(|py| {
-                    let _ = future.call_method0(py, "cancel");
-                });
-            };
-            match tokio::runtime::Handle::try_current() {
-                Ok(handle) => drop(handle.spawn_blocking(cancel)),
-                Err(_) => cancel(),
-            }
-        }
     }
 }

@@ -9,6 +9,7 @@ mod bench;
 mod broker;
 mod conformance;
 mod convert;
+mod coroutines;
 mod errors;
 mod handler;
 mod job;
@@ -17,6 +18,7 @@ mod message;
 mod operation;
 mod runtime;
 mod stats;
+mod threads;
 mod worker;
 
 use pyo3::prelude::*;

@@ -93,7 +93,7 @@ impl PyWorker {
             let store = block_on(py, pillarbox::idempotency::open(&url))?.or_raise(py)?;
             options = options.idempotency_store(store);
         }
-        let handler = Arc::new(PyHandler::new(invoke, is_async));
+        let handler = Arc::new(PyHandler::new(invoke, is_async, concurrency)?);
         let shared: Arc<dyn pillarbox::Handler> = handler.clone();
         let worker = Worker::with_handler(broker.get().current(py)?, topic, group, shared, options).or_raise(py)?;
         Ok(PyWorker { worker, handler })
@@ -117,7 +117,7 @@ impl PyWorker {
     /// once (what it held returns to the broker after its lease).
     #[pyo3(signature = (event_loop=None))]
     fn run(&self, py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<()> {
-        self.handler.set_loop(event_loop);
+        self.handler.set_loop(py, event_loop)?;
         let worker = self.worker.clone();
         let task = runtime().spawn(async move { worker.run().await });
         let abort = task.abort_handle();
@@ -132,9 +132,9 @@ impl PyWorker {
     }
 
     /// Runs until shut down, with coroutines on `event_loop`.
-    fn run_async(&self, event_loop: Py<PyAny>) -> Operation {
-        self.handler.set_loop(Some(event_loop));
+    fn run_async(&self, py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<Operation> {
+        self.handler.set_loop(py, Some(event_loop))?;
         let worker = self.worker.clone();
-        Operation::new(async move { worker.run().await })
+        Ok(Operation::new(async move { worker.run().await }))
     }
 }
