@@ -145,11 +145,19 @@ impl PyBroker {
         Operation::new(self.call(move |b| async move { b.ensure_group(&topic, &group).await }))
     }
 
-    /// Publishes a batch; resolves to the message ids.
-    fn publish(&self, topic: String, messages: Vec<Bound<'_, PyMessage>>) -> Operation {
-        let batch: Vec<Message> = messages.iter().map(|m| Message::clone(&m.get().0)).collect();
+    /// Publishes a batch of messages or bare payloads; resolves to the
+    /// message ids. A payload becomes a message here, with no Python object
+    /// made for it.
+    fn publish(&self, topic: String, messages: Vec<Bound<'_, PyAny>>) -> PyResult<Operation> {
+        let batch = messages
+            .iter()
+            .map(|m| match m.cast::<PyMessage>() {
+                Ok(message) => Ok(Message::clone(&message.get().0)),
+                Err(_) => convert::payload(m).map(Message::new),
+            })
+            .collect::<PyResult<Vec<Message>>>()?;
         let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
-        Operation::new(self.call(move |b| async move { b.publish(&topic, batch).await.map(|()| ids) }))
+        Ok(Operation::new(self.call(move |b| async move { b.publish(&topic, batch).await.map(|()| ids) })))
     }
 
     fn inspect(&self, topic: String, group: String) -> Operation {

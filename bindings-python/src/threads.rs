@@ -24,6 +24,8 @@ struct Queue {
     tasks: VecDeque<Task>,
     /// Threads waiting for a task.
     idle: usize,
+    /// Threads woken for a task that have not looked at the queue yet.
+    waking: usize,
     /// Threads started.
     started: usize,
     closed: bool,
@@ -46,18 +48,24 @@ impl Threads {
     /// Queues a task; starts another thread when every one is busy and
     /// there is room for more.
     pub fn submit(self: &Arc<Self>, task: Task) {
-        let start = {
+        // Wakes an idle thread only for a task no woken thread will take:
+        // waking one per task would have them all queue for the GIL.
+        let (start, wake) = {
             let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
             q.tasks.push_back(task);
             let start = q.idle == 0 && q.started < self.size;
+            let wake = !start && q.idle > q.waking && q.tasks.len() > q.waking;
             if start {
                 q.started += 1;
             }
-            start
+            if wake {
+                q.waking += 1;
+            }
+            (start, wake)
         };
         if start {
             self.start_thread();
-        } else {
+        } else if wake {
             self.ready.notify_one();
         }
     }
@@ -92,7 +100,13 @@ impl Threads {
             q.idle += 1;
             q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
             q.idle -= 1;
+            q.waking = q.waking.saturating_sub(1);
         }
+    }
+
+    /// The next task if one is queued.
+    fn try_next(&self) -> Option<Task> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).tasks.pop_front()
     }
 
     /// Lets the threads end once the queue is empty.
@@ -110,9 +124,14 @@ struct Serving(Arc<Threads>);
 impl Serving {
     fn serve(&self, py: Python<'_>) {
         let threads = &self.0;
-        while let Some(task) = py.detach(|| threads.next()) {
+        // Waits without the GIL only when there is nothing queued: while
+        // jobs keep coming, this thread goes on holding it, and the others
+        // (woken for them) get it at the interpreter's switch interval.
+        let mut next = py.detach(|| threads.next());
+        while let Some(task) = next {
             let outcome = (threads.run)(py, &threads.invoke, task.job);
             let _ = task.done.send(outcome);
+            next = threads.try_next().or_else(|| py.detach(|| threads.next()));
         }
         threads.queue.lock().unwrap_or_else(|e| e.into_inner()).started -= 1;
     }

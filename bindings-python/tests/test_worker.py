@@ -204,3 +204,49 @@ def test_the_cores_events_reach_pythons_logging(sqlite_url: str, topic: str, cap
         time.sleep(0.05)
     logged = [r for r in caplog.records if "dead-lettered" in r.getMessage()]
     assert logged and logged[0].levelno == logging.WARNING and logged[0].name == "pillarbox"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["def", "async-def"])
+def test_handlers_that_wait_run_concurrency_at_once(sqlite_url: str, topic: str, asynchronous: bool) -> None:
+    with pillarbox.connect(sqlite_url) as broker:
+        broker.ensure_group(topic, "g")
+        lock = threading.Lock()
+        running, peak = [0], [0]
+
+        def enter() -> None:
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+
+        def leave() -> None:
+            with lock:
+                running[0] -= 1
+
+        def waits(job: pillarbox.Job) -> None:
+            enter()
+            time.sleep(0.3)
+            leave()
+
+        async def waits_async(job: pillarbox.Job) -> None:
+            enter()
+            await asyncio.sleep(0.3)
+            leave()
+
+        worker = pillarbox.Worker(
+            broker, topic, "g", waits_async if asynchronous else waits, concurrency=4, prefetch=8, poll_wait=0.05
+        )
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        try:
+            # Two rounds: the second finds the threads idle rather than starting.
+            for round in (1, 2):
+                broker.publish_many(topic, [b"x"] * 8)
+                deadline = time.monotonic() + 30
+                while worker.stats.succeeded < 8 * round and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert worker.stats.succeeded == 8 * round, worker.stats
+                assert peak[0] == 4, f"round {round}: at most {peak[0]} handlers ran at once"
+                peak[0] = 0
+        finally:
+            worker.shutdown()
+            thread.join(30)

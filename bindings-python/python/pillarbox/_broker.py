@@ -40,9 +40,9 @@ def message(
     )
 
 
-def messages(items: Iterable[Union[Payload, Message]]) -> List[Message]:
-    """A batch: each item a :class:`Message` or a bare payload."""
-    return [message(item) for item in items]
+def messages(items: Iterable[Union[Payload, Message]]) -> List[Union[Payload, Message]]:
+    """A batch: each item a :class:`Message` or a bare payload (made a message natively)."""
+    return items if isinstance(items, list) else list(items)
 
 
 def connect(url: str) -> "Broker":
