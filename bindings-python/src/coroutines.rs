@@ -111,10 +111,8 @@ impl Drain {
             }
             let started = (|| -> PyResult<Py<PyAny>> {
                 let job = PyJob::new(py, queued.job)?;
-                let coroutine = coroutines.invoke.bind(py).call1((job,))?;
-                let task = event_loop.call_method1(py, "create_task", (coroutine,))?;
-                task.call_method1(py, "add_done_callback", (Completion::new(queued.done),))?;
-                Ok(task)
+                let coroutine = coroutines.invoke.bind(py).call1((job, Completion::new(queued.done)))?;
+                event_loop.call_method1(py, "create_task", (coroutine,))
             })();
             match started {
                 Ok(task) => *state = State::Running(task),

@@ -108,7 +108,8 @@ fn failure(py: Python<'_>, e: PyErr) -> HandlerError {
     HandlerError::retryable(e.value(py).to_string()).with_kind(kind)
 }
 
-/// Called by asyncio when the handler's coroutine is done.
+/// Handed to an async handler's invoker: called with the outcome once the
+/// coroutine is done.
 #[pyclass(frozen)]
 pub struct Completion {
     done: Mutex<Option<oneshot::Sender<Result<(), HandlerError>>>>,
@@ -122,18 +123,9 @@ impl Completion {
 
 #[pymethods]
 impl Completion {
-    fn __call__(&self, py: Python<'_>, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        let verdict = if future.call_method0("cancelled")?.is_truthy()? {
-            Err(HandlerError::retryable("the handler was cancelled").with_kind("CancelledError"))
-        } else {
-            match future.call_method0("result") {
-                Ok(result) => outcome(&result),
-                Err(e) => Err(failure(py, e)),
-            }
-        };
+    fn __call__(&self, reported: &Bound<'_, PyAny>) {
         if let Some(done) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = done.send(verdict);
+            let _ = done.send(outcome(reported));
         }
-        Ok(())
     }
 }

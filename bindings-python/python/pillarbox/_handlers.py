@@ -83,21 +83,31 @@ def is_async(handler: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def invoker(handler: Callable[..., Any], classifier: Classifier) -> Callable[[Any], Any]:
+def invoker(handler: Callable[..., Any], classifier: Classifier) -> Callable[..., Any]:
     """What the native worker calls with each job: the handler, with its
-    exceptions turned into an :data:`Outcome` (a coroutine function for an
-    async handler, whose cancellation is left to propagate)."""
+    exceptions turned into an :data:`Outcome`.
+
+    For a plain function, ``invoke(job)`` returns the outcome. For an async
+    handler, ``invoke(job, done)`` is a coroutine that hands the outcome to
+    ``done`` itself (sooner than a task's done-callback would), and lets a
+    cancellation propagate after reporting it.
+    """
     if is_async(handler):
         async_handler: Callable[[Any], Awaitable[Any]] = handler
 
-        async def invoke_async(job: Any) -> Outcome:
+        async def invoke_async(job: Any, done: Callable[[Outcome], None]) -> None:
             try:
                 await async_handler(job)
             except asyncio.CancelledError:
+                done(("CancelledError", "the handler was cancelled", True, None))
                 raise
             except Exception as exc:
-                return classifier.outcome(exc)
-            return None
+                done(classifier.outcome(exc))
+                return
+            except BaseException as exc:
+                done((type(exc).__name__, str(exc), True, None))
+                raise
+            done(None)
 
         return invoke_async
 

@@ -38,7 +38,7 @@ def _bench_consume(url: str, topic: str, group: str, count: int, concurrency: in
 def run_scenario(
     url: str,
     name: str,
-    make_invoker: Callable[[str], Callable[[Job], Any]],
+    make_invoker: Callable[[str], Callable[..., Any]],
     is_async: bool,
     event_loop: Optional[asyncio.AbstractEventLoop] = None,
 ) -> Operation[Optional[str]]: ...
@@ -159,7 +159,7 @@ class Worker:
         broker: Broker,
         topic: str,
         group: str,
-        invoke: Callable[[Job], Any],
+        invoke: Callable[..., Any],
         is_async: bool,
         *,
         concurrency: int = 1,
