@@ -128,3 +128,56 @@ def test_ctrl_c_interrupts_a_blocking_call(tmp_path: Path) -> None:
     finally:
         process.kill()
         silent.close()
+
+
+RACER = textwrap.dedent(
+    """
+    import sys, time, pathlib, pillarbox
+    url, topic, effects, ready = sys.argv[1:5]
+    broker = pillarbox.connect(url)
+
+    def pay(job):
+        time.sleep(0.4)
+        with open(effects, "a") as f:
+            f.write(job.id + "\\n")
+
+    worker = pillarbox.Worker(broker, topic, "g", pay, lease=2.0, poll_wait=0.05, busy_key_delay=0.2)
+    pathlib.Path(ready).touch()
+    worker.run()
+    """
+)
+
+
+@pytest.mark.parametrize("backend", SHARED)
+def test_two_worker_processes_racing_on_one_key_run_it_once(backend: str, tmp_path: Path, topic: str) -> None:
+    url = URLS[backend](tmp_path)
+    effects = tmp_path / "effects"
+    with pillarbox.connect(url) as broker:
+        broker.ensure_group(topic, "g")
+        racers = []
+        for n in range(2):
+            ready = tmp_path / f"ready-{n}"
+            racers.append(
+                subprocess.Popen([sys.executable, "-c", RACER, url, topic, str(effects), str(ready)])
+            )
+            deadline = time.monotonic() + 30
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        try:
+            broker.publish_many(
+                topic,
+                [pillarbox.Message(b"pay", idempotency_key="pay-1"), pillarbox.Message(b"pay", idempotency_key="pay-1")],
+            )
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                stats = broker.inspect(topic, "g")
+                if stats.ready == 0 and stats.in_flight == 0 and stats.waiting == 0 and effects.exists():
+                    break
+                time.sleep(0.1)
+        finally:
+            for racer in racers:
+                racer.send_signal(signal.SIGTERM)
+            for racer in racers:
+                racer.wait(30)
+        assert [r.returncode for r in racers] == [0, 0]
+        assert len(effects.read_text().splitlines()) == 1, effects.read_text()
