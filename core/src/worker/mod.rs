@@ -306,6 +306,8 @@ struct Inner {
     /// shutdown grace, or a bug of ours panicked), with their claim: handed
     /// back when the worker stops.
     abandoned: Mutex<Vec<(Delivery, Option<String>)>>,
+    /// Held by a run's fetcher for as long as it runs.
+    fetching: Arc<tokio::sync::Mutex<()>>,
     next_id: AtomicU64,
     running: AtomicBool,
 }
@@ -382,6 +384,7 @@ impl Worker {
                 leases,
                 capacity,
                 abandoned: Mutex::new(Vec::new()),
+                fetching: Arc::new(tokio::sync::Mutex::new(())),
                 next_id: AtomicU64::new(1),
                 running: AtomicBool::new(false),
             }),
@@ -442,6 +445,10 @@ impl Worker {
     async fn run_inner(&self) -> Result<()> {
         let inner = Arc::clone(&self.inner);
         inner.broker.ensure_group(&inner.topic, &inner.group).await?;
+        // A run dropped half-way leaves its fetcher to finish the receive in
+        // progress (it never abandons one); what that receive got is listed
+        // only once it is done, so wait for it before handing back.
+        let fetching = Arc::clone(&inner.fetching).lock_owned().await;
         // What an earlier run dropped half-way left behind.
         hand_back_leftovers(&inner).await;
         let opts = &inner.options;
@@ -461,12 +468,11 @@ impl Worker {
         let stop_fetching = inner.cancel.child_token();
         let _stop_tasks = (stop_fetching.clone().drop_guard(), background_stop.clone().drop_guard());
 
-        let fetcher = tokio::spawn(fetch_loop(
-            Arc::clone(&inner),
-            Arc::clone(&slots),
-            Arc::clone(&dispatch),
-            stop_fetching.clone(),
-        ));
+        let fetch = fetch_loop(Arc::clone(&inner), Arc::clone(&slots), Arc::clone(&dispatch), stop_fetching.clone());
+        let fetcher = tokio::spawn(async move {
+            let _fetching = fetching;
+            fetch.await
+        });
         let keeper = tokio::spawn(lease_loop(Arc::clone(&inner), background_stop.clone()));
         let acker = tokio::spawn(ack_loop(Arc::clone(&inner), Arc::clone(&acks)));
         let mut handlers = JoinSet::new();
@@ -547,9 +553,11 @@ async fn fetch_loop(
         // What a failed receive took goes back before waiting for a slot
         // (else a receive error with every slot taken waited forever).
         permits.clear();
+        // Stopping first: a fetcher stopped before it began must not receive.
         let first = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
+            biased;
             _ = stop.cancelled() => return Ok(()),
+            permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
         };
         permits.push(first);
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
@@ -1205,6 +1213,11 @@ mod tests {
         panics: AtomicUsize,
         leases: bool,
         owned_partitions: bool,
+        /// The next receive that gets messages says so on `holding`, then
+        /// waits for `go_on` before returning them.
+        hold_once: AtomicBool,
+        holding: Notify,
+        go_on: Notify,
     }
 
     impl FaultyBroker {
@@ -1215,6 +1228,9 @@ mod tests {
                 panics: AtomicUsize::new(panics),
                 leases: true,
                 owned_partitions: false,
+                hold_once: AtomicBool::new(false),
+                holding: Notify::new(),
+                go_on: Notify::new(),
             }
         }
     }
@@ -1244,7 +1260,12 @@ mod tests {
             if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 return Err(Error::Backend { backend: "test", reason: "receive failed".into() });
             }
-            self.inner.receive(request).await
+            let got = self.inner.receive(request).await?;
+            if !got.is_empty() && self.hold_once.swap(false, Ordering::SeqCst) {
+                self.holding.notify_one();
+                self.go_on.notified().await;
+            }
+            Ok(got)
         }
         async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
             if self.panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
@@ -1288,6 +1309,31 @@ mod tests {
         async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
             self.inner.purge_dead_letters(topic, group, ids).await
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_dropped_while_its_receive_finishes_leaves_nothing_stuck() {
+        let inner = crate::connect("memory://").await.unwrap();
+        let broker = Arc::new(FaultyBroker { hold_once: AtomicBool::new(true), ..FaultyBroker::new(inner, 0, 0) });
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("late")]).await.unwrap();
+        // The default 30 s lease: longer than the test waits.
+        let options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", no_op, options).unwrap();
+        let task = start(&worker);
+        // The first run's receive has the message and has not returned it yet.
+        broker.holding.notified().await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        let again = start(&worker);
+        // The receive returns only once the second run has begun: its
+        // message must reach the second run, not a list nobody serves.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        broker.go_on.notify_one();
+        until_succeeded(&worker, 1).await;
+        worker.shutdown();
+        again.await.unwrap().unwrap();
+        assert_eq!(worker.stats().succeeded, 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
