@@ -1,0 +1,238 @@
+/// <reference types="node" />
+// Types of the Pillarbox package (the facade in index.js). Times are Dates,
+// durations milliseconds.
+
+/** The core's stable error codes. */
+export type ErrorCode =
+  | 'INVALID_URL'
+  | 'UNKNOWN_SCHEME'
+  | 'BACKEND_NOT_ENABLED'
+  | 'INVALID_OPTION'
+  | 'UNSUPPORTED'
+  | 'MESSAGE_TOO_LARGE'
+  | 'QUEUE_FULL'
+  | 'INVALID_MESSAGE'
+  | 'CONNECT'
+  | 'BACKEND'
+  | 'TIMEOUT'
+  | 'LEASE_LOST'
+  | 'CLOSED'
+
+/** Every error the package throws. */
+export class PillarboxError extends Error {
+  readonly code: ErrorCode
+  /** Whether the same call may succeed later (a lost connection, a timeout). */
+  readonly transient: boolean
+}
+
+export type Payload = Buffer | Uint8Array | string
+
+export interface PublishOptions {
+  /** Ordering / routing key. */
+  key?: string
+  /** The handler's effect runs once per key. */
+  idempotencyKey?: string
+  headers?: Record<string, string>
+  contentType?: string
+  /** Not delivered before this many milliseconds from now. */
+  delayMs?: number
+  /** Not delivered before this time. */
+  deliverAt?: Date
+  traceparent?: string
+  tracestate?: string
+}
+
+export interface MessageInput extends PublishOptions {
+  payload: Payload
+}
+
+export interface Failures {
+  firstFailedAt: Date
+  lastFailedAt: Date
+  lastErrorKind: string
+  lastError: string
+}
+
+export interface Message {
+  id: string
+  payload: Buffer
+  key?: string
+  idempotencyKey?: string
+  contentType?: string
+  headers: Record<string, string>
+  /** 1 on first delivery, +1 on each retry or redelivery. */
+  attempt: number
+  publishedAt: Date
+  deliverAt: Date | null
+  traceparent?: string
+  tracestate?: string
+  failures: Failures | null
+}
+
+export interface PartitionLag {
+  partition: number
+  committed?: number
+  end: number
+  lag: number
+}
+
+export interface GroupStats {
+  topic: string
+  group: string
+  /** Ready to be received now (the depth; on Kafka, the lag). */
+  ready: number
+  inFlight: number
+  /** Delayed publishes and retries waiting for their time. */
+  waiting: number
+  deadLetters: number
+  oldestAgeMs?: number
+  partitions: PartitionLag[]
+}
+
+export interface DeadLetterReason {
+  topic: string
+  group: string
+  attempts: number
+  /** `retries_exhausted`, `not_retryable`, `malformed` or `redelivery_limit`. */
+  cause: string
+  errorKind: string
+  errorMessage: string
+  firstFailedAt: Date
+  lastFailedAt: Date
+}
+
+export interface DeadLetter {
+  /** Backend id of the dead letter (not the message id). */
+  id: string
+  message: Message
+  reason: DeadLetterReason
+}
+
+export interface DeadLetterFilter {
+  errorKind?: string
+  cause?: string
+  errorContains?: string
+  failedBefore?: Date
+  messageIds?: string[]
+}
+
+export interface RedriveOptions extends DeadLetterFilter {
+  perSecond?: number
+  limit?: number
+}
+
+export interface Capabilities {
+  maxMessageBytes: number
+  delayedDelivery: boolean
+  orderedDelivery: boolean
+  replayForNewGroups: boolean
+  leases: boolean
+  ownedPartitions: boolean
+  statsDelayMs: number
+}
+
+export class Broker {
+  private constructor()
+  readonly backend: 'memory' | 'sqlite' | 'redis' | 'amqp' | 'kafka'
+  /** The URL with its password redacted. */
+  readonly url: string
+  capabilities(): Capabilities
+  ensureGroup(topic: string, group: string): Promise<void>
+  publish(topic: string, payload: Payload | MessageInput, options?: PublishOptions): Promise<string>
+  publish(topic: string, batch: Array<Payload | MessageInput>): Promise<string[]>
+  inspect(topic: string, group: string): Promise<GroupStats>
+  groups(topic: string): Promise<string[]>
+  deadLetters(topic: string, group: string, options?: { limit?: number; after?: string }): Promise<DeadLetter[]>
+  redrive(topic: string, group: string, options?: RedriveOptions): Promise<number>
+  purge(topic: string, group: string, filter?: DeadLetterFilter): Promise<number>
+  close(): Promise<void>
+}
+
+export function connect(url: string): Promise<Broker>
+
+export class Job {
+  private constructor()
+  readonly id: string
+  readonly payload: Buffer
+  readonly message: Message
+  readonly topic: string
+  readonly group: string
+  readonly attempt: number
+  readonly maxAttempts: number
+  readonly isLastAttempt: boolean
+  /** When the attempt times out (`handlerTimeoutMs`), or null. */
+  readonly deadline: Date | null
+  /** Aborted when the worker gives up on this attempt (timeout, end of the shutdown grace). */
+  readonly signal: AbortSignal
+  text(): string
+  json<T = unknown>(): T
+}
+
+/** Throw in a handler to retry the job (within the budget). */
+export class Retry extends Error {
+  constructor(reason?: string, options?: { afterMs?: number; cause?: unknown })
+  readonly afterMs?: number
+}
+
+/** Throw in a handler to dead-letter the job at once. */
+export class Fatal extends Error {
+  constructor(reason?: string, options?: { kind?: string; cause?: unknown })
+  readonly kind?: string
+}
+
+export interface RetryPolicy {
+  /** Retries after the first attempt (default 3). */
+  maxRetries?: number
+  initialDelayMs?: number
+  multiplier?: number
+  maxDelayMs?: number
+  /** Fraction (0-1) of each wait taken off at random. */
+  jitter?: number
+}
+
+type ErrorClass = abstract new (...args: any[]) => unknown
+
+export interface WorkerOptions {
+  /** Handlers running at once (default 1). */
+  concurrency?: number
+  /** Messages held beyond the running ones. */
+  prefetch?: number
+  retry?: RetryPolicy
+  /** A handler running longer fails with kind `timeout` and its signal is aborted. */
+  handlerTimeoutMs?: number
+  leaseMs?: number
+  pollWaitMs?: number
+  shutdownGraceMs?: number
+  idempotencyRetentionMs?: number
+  busyKeyDelayMs?: number
+  consumerName?: string
+  /** Only these errors are retried; the others dead-letter at once. */
+  retryFor?: ErrorClass[]
+  /** These errors dead-letter at once. */
+  fatalFor?: ErrorClass[]
+}
+
+export interface WorkerStats {
+  received: number
+  succeeded: number
+  retried: number
+  deadLettered: number
+  duplicates: number
+  deferred: number
+  released: number
+  settleErrors: number
+}
+
+export class Worker {
+  constructor(broker: Broker, topic: string, group: string, handler: (job: Job) => Promise<unknown> | unknown, options?: WorkerOptions)
+  readonly consumerName: string
+  /** Runs until `shutdown()`, then shuts down gracefully. */
+  run(): Promise<void>
+  shutdown(): void
+  stats(): WorkerStats
+}
+
+export declare const conformance: {
+  scenarios(): string[]
+  run(url: string, name: string, handler: (job: Job, data: { script?: string }) => Promise<unknown>): Promise<string | null>
+}

@@ -1,0 +1,360 @@
+'use strict'
+/**
+ * Pillarbox for Node: one producer/consumer API over Redis, RabbitMQ, Kafka
+ * and an embedded store, with retries, dead letters and idempotency keys
+ * that behave the same on every backend and in every language.
+ *
+ *   const { connect, Worker } = require('pillarbox')
+ *   const broker = await connect('sqlite://queue.db')
+ *   await broker.ensureGroup('emails', 'sender')
+ *   await broker.publish('emails', JSON.stringify({ to: 'ada@example.com' }), { idempotencyKey: 'welcome-1' })
+ *   const worker = new Worker(broker, 'emails', 'sender', async (job) => send(job.json()), { concurrency: 8 })
+ *   await worker.run()   // until worker.shutdown()
+ *
+ * The worker runtime is the core's, in Rust: the retry budget, dead letters,
+ * idempotency, leases (renewed on the core's threads, whatever the event
+ * loop is doing) and graceful shutdown are the same as in Rust and Python.
+ * This file only gives the API its JavaScript shape.
+ */
+
+const native = require('./native/pillarbox.node')
+
+/** Codes whose errors may go away if the same call is made again later. */
+const TRANSIENT = new Set(['CONNECT', 'BACKEND', 'TIMEOUT', 'QUEUE_FULL'])
+
+/** Every error the package throws: `code` is the core's stable code. */
+class PillarboxError extends Error {
+  constructor(code, message) {
+    super(message)
+    this.name = 'PillarboxError'
+    this.code = code
+  }
+
+  /** Whether the same call may succeed later (a lost connection, a timeout). */
+  get transient() {
+    return TRANSIENT.has(this.code)
+  }
+}
+
+/** The native layer rejects with `[CODE] message`: make that a PillarboxError. */
+function fromNative(e) {
+  const m = e && typeof e.message === 'string' && /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(e.message)
+  return m ? new PillarboxError(m[1], m[2]) : e
+}
+
+async function call(promise) {
+  try {
+    return await promise
+  } catch (e) {
+    throw fromNative(e)
+  }
+}
+
+function sync(fn) {
+  try {
+    return fn()
+  } catch (e) {
+    throw fromNative(e)
+  }
+}
+
+function isPayload(value) {
+  return typeof value === 'string' || value instanceof Uint8Array
+}
+
+function toBuffer(payload) {
+  if (Buffer.isBuffer(payload)) return payload
+  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+  if (typeof payload === 'string') return Buffer.from(payload, 'utf8')
+  throw new TypeError(`a payload must be a Buffer, a Uint8Array or a string, not ${payload === null ? 'null' : typeof payload}`)
+}
+
+function toMillis(date, name) {
+  if (date == null) return undefined
+  if (!(date instanceof Date)) throw new TypeError(`${name} must be a Date`)
+  return date.getTime()
+}
+
+/** A message to publish: a payload and its options, as the native layer takes it. */
+function messageInput(payload, options = {}) {
+  return {
+    payload: toBuffer(payload),
+    key: options.key,
+    idempotencyKey: options.idempotencyKey,
+    headers: options.headers,
+    contentType: options.contentType,
+    delayMs: options.delayMs,
+    deliverAt: toMillis(options.deliverAt, 'deliverAt'),
+    traceparent: options.traceparent,
+    tracestate: options.tracestate,
+  }
+}
+
+function filterInput(filter = {}) {
+  return { ...filter, failedBefore: toMillis(filter.failedBefore, 'failedBefore') }
+}
+
+/** A received message: dates as Dates. */
+function message(data) {
+  return {
+    ...data,
+    publishedAt: new Date(data.publishedAt),
+    deliverAt: data.deliverAt == null ? null : new Date(data.deliverAt),
+    failures: data.failures
+      ? {
+          ...data.failures,
+          firstFailedAt: new Date(data.failures.firstFailedAt),
+          lastFailedAt: new Date(data.failures.lastFailedAt),
+        }
+      : null,
+  }
+}
+
+function deadLetter(d) {
+  return {
+    id: d.id,
+    message: message(d.message),
+    reason: { ...d.reason, firstFailedAt: new Date(d.reason.firstFailedAt), lastFailedAt: new Date(d.reason.lastFailedAt) },
+  }
+}
+
+/** A connection to a broker. Share one per process. */
+class Broker {
+  constructor(inner) {
+    this._native = inner
+  }
+
+  /** `memory`, `sqlite`, `redis`, `amqp` or `kafka`. */
+  get backend() {
+    return this._native.backend
+  }
+
+  /** The broker URL, with any password redacted. */
+  get url() {
+    return this._native.url
+  }
+
+  /** What this backend can do (delayed delivery, ordering, limits...). */
+  capabilities() {
+    return this._native.capabilities()
+  }
+
+  /** Creates `group` on `topic` if needed: a subscription that receives everything from now on. */
+  ensureGroup(topic, group) {
+    return call(this._native.ensureGroup(topic, group))
+  }
+
+  /**
+   * Publishes a payload (resolves to its id) or an array of payloads and
+   * `{ payload, ...options }` messages as one batch (resolves to the ids),
+   * once the broker holds every one. Nothing of a batch is published if any
+   * message is invalid or too large.
+   */
+  async publish(topic, what, options = {}) {
+    if (Array.isArray(what)) {
+      const batch = what.map((m) => (isPayload(m) ? messageInput(m) : messageInput(m.payload, m)))
+      return call(this._native.publish(topic, batch))
+    }
+    const message = isPayload(what) ? messageInput(what, options) : messageInput(what.payload, { ...what, ...options })
+    const [id] = await call(this._native.publish(topic, [message]))
+    return id
+  }
+
+  /** The group's figures: ready, inFlight, waiting, deadLetters, oldestAgeMs, partitions. */
+  inspect(topic, group) {
+    return call(this._native.inspect(topic, group))
+  }
+
+  /** The groups of `topic`. */
+  groups(topic) {
+    return call(this._native.groups(topic))
+  }
+
+  /** The group's dead letters with their reason, oldest first. */
+  async deadLetters(topic, group, { limit = 100, after } = {}) {
+    const found = await call(this._native.deadLetters(topic, group, after, limit))
+    return found.map(deadLetter)
+  }
+
+  /** Sends matching dead letters back to their group as fresh messages; resolves to how many. */
+  redrive(topic, group, filter = {}) {
+    return call(this._native.redrive(topic, group, filterInput(filter)))
+  }
+
+  /** Deletes matching dead letters (all of them without a filter); resolves to how many. */
+  purge(topic, group, filter = {}) {
+    return call(this._native.purge(topic, group, filterInput(filter)))
+  }
+
+  /** Closes the connection. */
+  close() {
+    return call(this._native.close())
+  }
+}
+
+/** Connects to the broker `url` names (`memory://`, `sqlite://PATH`, `redis://`, `amqp://`, `kafka://`...). */
+async function connect(url) {
+  return new Broker(await call(native.connect(url)))
+}
+
+/** Throw in a handler to retry the job (within the budget), after `afterMs` if given. */
+class Retry extends Error {
+  constructor(reason = '', { afterMs, cause } = {}) {
+    super(reason, cause === undefined ? undefined : { cause })
+    this.name = 'Retry'
+    this.afterMs = afterMs
+  }
+}
+
+/** Throw in a handler to dead-letter the job at once: no retry can fix it. */
+class Fatal extends Error {
+  constructor(reason = '', { kind, cause } = {}) {
+    super(reason, cause === undefined ? undefined : { cause })
+    this.name = 'Fatal'
+    this.kind = kind
+  }
+}
+
+/** What a handler is given. */
+class Job {
+  constructor(data, signal) {
+    this.message = message(data.message)
+    this.payload = data.message.payload
+    this.topic = data.topic
+    this.group = data.group
+    this.attempt = data.attempt
+    this.maxAttempts = data.maxAttempts
+    /** When the attempt times out (`handlerTimeoutMs`), or null. */
+    this.deadline = data.deadline == null ? null : new Date(data.deadline)
+    /** Aborted when the worker gives up on this attempt (timeout, end of the shutdown grace). */
+    this.signal = signal
+  }
+
+  get id() {
+    return this.message.id
+  }
+
+  /** Whether a failure now dead-letters the message rather than retrying it. */
+  get isLastAttempt() {
+    return this.attempt >= this.maxAttempts
+  }
+
+  text() {
+    return this.payload.toString('utf8')
+  }
+
+  json() {
+    return JSON.parse(this.text())
+  }
+}
+
+function errorName(e) {
+  if (e && typeof e.name === 'string' && e.name) return e.name
+  return 'Error'
+}
+
+/** What a thrown value means to the core: kind, message, retryable, and when. */
+function outcome(e, { retryFor, fatalFor = [] }) {
+  const cause = e instanceof Error && e.cause !== undefined ? e.cause : undefined
+  if (e instanceof Retry) {
+    return { kind: cause ? errorName(cause) : 'Retry', message: e.message, retryable: true, retryAfterMs: e.afterMs }
+  }
+  if (e instanceof Fatal) {
+    return { kind: e.kind || (cause ? errorName(cause) : 'Fatal'), message: e.message, retryable: false }
+  }
+  const is = (classes) => classes.some((c) => e instanceof c)
+  return {
+    kind: errorName(e),
+    message: e instanceof Error ? e.message : String(e),
+    retryable: !is(fatalFor) && (retryFor === undefined || is(retryFor)),
+  }
+}
+
+/**
+ * The two functions the native worker calls: `invoke(jobData)` runs the
+ * handler and resolves to an outcome (null for success), `cancel(id)`
+ * aborts a running job's signal.
+ */
+function invoker(handler, classes = {}) {
+  const running = new Map()
+  const invoke = async (data) => {
+    const controller = new AbortController()
+    running.set(data.cancelId, controller)
+    try {
+      await handler(new Job(data, controller.signal), data)
+      return null
+    } catch (e) {
+      return outcome(e, classes)
+    } finally {
+      running.delete(data.cancelId)
+    }
+  }
+  const cancel = (id) => {
+    const controller = running.get(id)
+    if (controller) controller.abort()
+  }
+  return { invoke, cancel }
+}
+
+/**
+ * Runs `handler` on the messages of `group` on `topic`. Resolving is
+ * success; throwing `Retry` retries, `Fatal` dead-letters at once, anything
+ * else is a retryable failure whose kind is the error's `name` (see
+ * `retryFor` and `fatalFor`).
+ */
+class Worker {
+  constructor(broker, topic, group, handler, options = {}) {
+    if (typeof handler !== 'function') throw new TypeError('handler must be a function')
+    const { retry = {}, retryFor, fatalFor, ...rest } = options
+    const { invoke, cancel } = invoker(handler, { retryFor, fatalFor })
+    const nativeOptions = {
+      concurrency: rest.concurrency,
+      prefetch: rest.prefetch,
+      maxRetries: retry.maxRetries,
+      initialDelayMs: retry.initialDelayMs,
+      multiplier: retry.multiplier,
+      maxDelayMs: retry.maxDelayMs,
+      jitter: retry.jitter,
+      handlerTimeoutMs: rest.handlerTimeoutMs,
+      leaseMs: rest.leaseMs,
+      pollWaitMs: rest.pollWaitMs,
+      shutdownGraceMs: rest.shutdownGraceMs,
+      idempotencyRetentionMs: rest.idempotencyRetentionMs,
+      busyKeyDelayMs: rest.busyKeyDelayMs,
+      consumerName: rest.consumerName,
+    }
+    this._native = sync(() => new native.Worker(broker._native, topic, group, invoke, cancel, nativeOptions))
+  }
+
+  /** This consumer's name, as the broker knows it. */
+  get consumerName() {
+    return this._native.consumerName
+  }
+
+  /** Runs until `shutdown()`, then shuts down gracefully; resolves when done. */
+  run() {
+    return call(this._native.run())
+  }
+
+  /** Stops taking messages; running handlers get the grace period, then are aborted and handed back. */
+  shutdown() {
+    this._native.shutdown()
+  }
+
+  /** What the worker has done so far. */
+  stats() {
+    return this._native.stats()
+  }
+}
+
+/** The core's conformance scenarios, with JavaScript handlers (see test/conformance.test.js). */
+const conformance = {
+  scenarios: () => native.scenarios(),
+  /** Resolves to null when the scenario passed, or why it was skipped; rejects when it failed. */
+  run(url, name, handler) {
+    const { invoke, cancel } = invoker(handler)
+    return call(native.runScenario(url, name, invoke, cancel))
+  },
+}
+
+module.exports = { connect, Broker, Worker, Job, Retry, Fatal, PillarboxError, conformance }

@@ -1,0 +1,173 @@
+'use strict'
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const { spawn } = require('node:child_process')
+const path = require('node:path')
+const { connect, Worker, Retry } = require('..')
+const { URLS, BACKENDS, topic, until, runUntil } = require('./support')
+
+const quick = { retry: { maxRetries: 2, initialDelayMs: 50, jitter: 0 }, pollWaitMs: 50 }
+
+test('a handler retries after the delay it asks for, and sees its attempt', async () => {
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  await broker.publish(t, 'flaky')
+  const seen = []
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    seen.push([job.attempt, Date.now()])
+    if (job.attempt === 1) throw new Retry('not yet', { afterMs: 400 })
+  }, quick)
+  await runUntil(worker, () => worker.stats().succeeded === 1)
+  assert.equal(seen.length, 2)
+  assert.ok(seen[1][1] - seen[0][1] >= 390)
+  await broker.close()
+})
+
+test('errors are classified as the worker says', async () => {
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  await broker.publish(t, ['TypeError', 'RangeError', 'SyntaxError'])
+  const errors = { TypeError, RangeError, SyntaxError }
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    throw new errors[job.text()]('boom')
+  }, { ...quick, retryFor: [RangeError, SyntaxError], fatalFor: [SyntaxError] })
+  await runUntil(worker, () => worker.stats().deadLettered === 3)
+  const reasons = Object.fromEntries((await broker.deadLetters(t, 'g')).map((d) => [d.reason.errorKind, d.reason]))
+  assert.equal(reasons.TypeError.cause, 'not_retryable')
+  assert.equal(reasons.SyntaxError.cause, 'not_retryable')
+  assert.equal(reasons.RangeError.cause, 'retries_exhausted')
+  assert.equal(reasons.RangeError.attempts, 3)
+  await broker.close()
+})
+
+test('a job past its timeout sees its signal aborted and knew its deadline', async () => {
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  await broker.publish(t, 'slow')
+  let aborted = false
+  let deadline = null
+  const started = Date.now()
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    deadline = job.deadline
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 30000)
+      job.signal.addEventListener('abort', () => {
+        aborted = true
+        clearTimeout(timer)
+        resolve()
+      })
+    })
+  }, { ...quick, retry: { maxRetries: 0 }, handlerTimeoutMs: 300 })
+  await runUntil(worker, () => worker.stats().deadLettered === 1 && aborted)
+  assert.ok(deadline instanceof Date && deadline.getTime() >= started + 300)
+  assert.equal((await broker.deadLetters(t, 'g'))[0].reason.errorKind, 'timeout')
+  await broker.close()
+})
+
+test('handlers still running at the end of the shutdown grace are aborted', async () => {
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  await broker.publish(t, 'stuck')
+  let running = false
+  let aborted = false
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    running = true
+    await new Promise((resolve) => job.signal.addEventListener('abort', () => resolve((aborted = true))))
+  }, { ...quick, shutdownGraceMs: 200 })
+  const run = worker.run()
+  await until(() => running)
+  worker.shutdown()
+  await run
+  await until(() => aborted, 5000)
+  assert.equal(worker.stats().released, 1)
+  await broker.close()
+})
+
+test('a handler that blocks the event loop past its lease keeps its message', async () => {
+  // Leases are renewed on the core's threads: the second worker never gets it.
+  const url = URLS.sqlite()
+  const first = await connect(url)
+  const second = await connect(url)
+  const t = topic()
+  await first.ensureGroup(t, 'g')
+  await first.publish(t, 'cpu-bound')
+  const block = async () => {
+    const until = Date.now() + 2500
+    while (Date.now() < until) {}
+  }
+  const workers = [first, second].map((b) => new Worker(b, t, 'g', block, { leaseMs: 600, pollWaitMs: 50 }))
+  const runs = workers.map((w) => w.run())
+  await until(() => workers.reduce((n, w) => n + w.stats().succeeded, 0) === 1)
+  await new Promise((r) => setTimeout(r, 1000))
+  workers.forEach((w) => w.shutdown())
+  await Promise.all(runs)
+  assert.equal(workers.reduce((n, w) => n + w.stats().received, 0), 1)
+  await first.close()
+  await second.close()
+})
+
+function node(script, ...args) {
+  return spawn(process.execPath, ['-e', script, ...args], { stdio: ['ignore', 'pipe', 'inherit'], cwd: path.resolve(__dirname, '..') })
+}
+
+test('a script whose worker stopped and broker closed exits by itself', async () => {
+  const child = node(`
+    const { connect, Worker } = require('.')
+    ;(async () => {
+      const broker = await connect(process.argv[1])
+      await broker.ensureGroup('exit', 'g')
+      await broker.publish('exit', 'one')
+      const worker = new Worker(broker, 'exit', 'g', async () => {}, { pollWaitMs: 50 })
+      const run = worker.run()
+      while (worker.stats().succeeded < 1) await new Promise((r) => setTimeout(r, 20))
+      worker.shutdown()
+      await run
+      await broker.close()
+      console.log('done')
+    })()
+  `, URLS.sqlite())
+  let out = ''
+  child.stdout.on('data', (d) => (out += d))
+  const code = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('the process did not exit by itself')), 20000)
+    child.on('exit', (c) => {
+      clearTimeout(timer)
+      resolve(c)
+    })
+  })
+  assert.equal(code, 0)
+  assert.equal(out.trim(), 'done')
+})
+
+for (const backend of BACKENDS.filter((b) => b === 'sqlite' || b === 'redis')) {
+  test(`${backend}: a worker process killed mid-handler loses nothing`, async () => {
+    const url = URLS[backend]()
+    const broker = await connect(url)
+    const t = topic()
+    await broker.ensureGroup(t, 'g')
+    await broker.publish(t, 'survivor')
+    const child = node(`
+      const { connect, Worker } = require('.')
+      ;(async () => {
+        const broker = await connect(process.argv[1])
+        const worker = new Worker(broker, process.argv[2], 'g', async () => {
+          console.log('started')
+          await new Promise((r) => setTimeout(r, 60000))
+        }, { leaseMs: 1000, pollWaitMs: 50 })
+        await worker.run()
+      })()
+    `, url, t)
+    await new Promise((resolve) => child.stdout.on('data', (d) => d.toString().includes('started') && resolve()))
+    child.kill('SIGKILL')
+    await new Promise((r) => child.on('exit', r))
+    const attempts = []
+    const worker = new Worker(broker, t, 'g', async (job) => attempts.push(job.attempt), { leaseMs: 1000, pollWaitMs: 50 })
+    await runUntil(worker, () => attempts.length === 1)
+    assert.deepEqual(attempts, [2])
+    await broker.close()
+  })
+}
