@@ -236,3 +236,50 @@ export declare const conformance: {
   scenarios(): string[]
   run(url: string, name: string, handler: (job: Job, data: { script?: string }) => Promise<unknown>): Promise<string | null>
 }
+
+export interface ApplyOptions {
+  /** Keyword arguments (a JavaScript task receives them as one last argument). */
+  kwargs?: Record<string, unknown>
+  countdownMs?: number
+  eta?: Date
+  key?: string
+  idempotencyKey?: string
+  headers?: Record<string, string>
+}
+
+/** A registered task. */
+export class Task<Args extends unknown[] = unknown[]> {
+  private constructor()
+  readonly name: string
+  readonly topic: string
+  /** Publishes a call; resolves to the message id. */
+  delay(...args: Args): Promise<string>
+  applyAsync(args?: Args, options?: ApplyOptions): Promise<string>
+}
+
+/** Tasks in the JSON envelope every language reads (docs/tasks.md). */
+export class App {
+  constructor(url: string, options?: { group?: string; defaultTopic?: string })
+  broker(): Promise<Broker>
+  task<Args extends unknown[]>(
+    name: string,
+    handler: (...args: Args) => Promise<unknown> | unknown,
+    options?: { topic?: string; retry?: RetryPolicy; idempotencyKey?: (...args: Args) => string | undefined },
+  ): Task<Args>
+  topics(): string[]
+  workers(options?: WorkerOptions & { topics?: string[] }): Promise<Worker[]>
+  /** Runs the app's tasks until SIGTERM or Ctrl-C. */
+  runWorker(options?: WorkerOptions & { topics?: string[] }): Promise<void>
+}
+
+export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'
+export interface Logger {
+  error?(message: string): void
+  warn?(message: string): void
+  info?(message: string): void
+  debug?(message: string): void
+  log?(message: string): void
+}
+
+/** Where the core's log events go (warnings and errors to the console by default); null for nowhere. */
+export function setLogger(logger: Logger | ((level: LogLevel, message: string) => void) | null, options?: { level?: LogLevel }): void

@@ -347,6 +347,29 @@ class Worker {
   }
 }
 
+const LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
+
+/**
+ * Where the core's log events go: a function `(level, message)` or an
+ * object with `error`/`warn`/`info`/`debug` methods (console, pino,
+ * winston...), at `level` and above; `null` for nowhere. By default,
+ * warnings and errors go to the console.
+ */
+function setLogger(logger, { level = 'info' } = {}) {
+  if (logger == null) return sync(() => native.setLogger(null, level))
+  const log =
+    typeof logger === 'function'
+      ? (r) => logger(r.level, r.message)
+      : (r) => {
+          const method = logger[r.level] || logger.log
+          if (typeof method === 'function') method.call(logger, `pillarbox: ${r.message}`)
+        }
+  if (!LEVELS.includes(level)) throw new TypeError(`level must be one of ${LEVELS.join(', ')}`)
+  return sync(() => native.setLogger(log, level))
+}
+
+setLogger(console, { level: 'warn' })
+
 /** The core's conformance scenarios, with JavaScript handlers (see test/conformance.test.js). */
 const conformance = {
   scenarios: () => native.scenarios(),
@@ -357,4 +380,9 @@ const conformance = {
   },
 }
 
-module.exports = { connect, Broker, Worker, Job, Retry, Fatal, PillarboxError, conformance }
+module.exports = { connect, Broker, Worker, Job, Retry, Fatal, PillarboxError, setLogger, conformance }
+
+// The task layer builds on the above (and requires this module): added last.
+const { App, Task } = require('./tasks.js')
+module.exports.App = App
+module.exports.Task = Task

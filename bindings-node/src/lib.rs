@@ -14,5 +14,6 @@ mod broker;
 mod conformance;
 mod errors;
 mod handler;
+mod logging;
 mod message;
 mod worker;

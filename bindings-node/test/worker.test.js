@@ -171,3 +171,25 @@ for (const backend of BACKENDS.filter((b) => b === 'sqlite' || b === 'redis')) {
     await broker.close()
   })
 }
+
+test("the core's events reach the logger the application chooses", async () => {
+  const { setLogger, Fatal } = require('..')
+  const records = []
+  setLogger((level, message) => records.push([level, message]))
+  try {
+    const broker = await connect(URLS.sqlite())
+    const t = topic()
+    await broker.ensureGroup(t, 'g')
+    await broker.publish(t, 'doomed')
+    const worker = new Worker(broker, t, 'g', async () => {
+      throw new Fatal('no')
+    }, { pollWaitMs: 50 })
+    await runUntil(worker, () => worker.stats().deadLettered === 1)
+    await until(() => records.some(([, m]) => m.includes('dead-lettered')), 5000)
+    const [level] = records.find(([, m]) => m.includes('dead-lettered'))
+    assert.equal(level, 'warn')
+    await broker.close()
+  } finally {
+    setLogger(console, { level: 'warn' })
+  }
+})

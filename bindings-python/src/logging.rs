@@ -6,12 +6,10 @@
 //! Events at INFO and above are forwarded (`PILLARBOX_LOG=debug` for more);
 //! the logger's own level then filters as usual.
 
-use std::fmt::Write;
 use std::sync::mpsc;
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
-use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
@@ -64,36 +62,11 @@ fn python_level(level: &Level) -> u8 {
     }
 }
 
-/// `message key=value ...`, as the fmt subscriber writes events.
-#[derive(Default)]
-struct Text(String);
-
-impl Visit for Text {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let fields = std::mem::take(&mut self.0);
-            let _ = write!(self.0, "{value:?}{fields}");
-        } else {
-            let _ = write!(self.0, " {}={value:?}", field.name());
-        }
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0.insert_str(0, value);
-        } else {
-            let _ = write!(self.0, " {}={value}", field.name());
-        }
-    }
-}
-
 struct ToPython;
 
 impl<S: Subscriber> Layer<S> for ToPython {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let mut text = Text::default();
-        event.record(&mut text);
-        send(Record { level: python_level(event.metadata().level()), text: text.0 });
+        send(Record { level: python_level(event.metadata().level()), text: pillarbox::logs::text(event) });
     }
 }
 

@@ -34,6 +34,7 @@ mod connect;
 pub mod dead_letter;
 pub mod error;
 pub mod idempotency;
+pub mod logs;
 pub mod message;
 pub mod url;
 pub mod wire;

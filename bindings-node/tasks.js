@@ -1,0 +1,149 @@
+'use strict'
+/**
+ * A task layer like the Python package's: tasks registered by name, called
+ * with `delay()` / `applyAsync()`, run by a worker. A call travels as the
+ * JSON envelope of docs/tasks.md (`{"task", "args", "kwargs"}`), so a task
+ * published with Python's `.delay()` runs here and the other way round.
+ * Keyword arguments, when a call has any, reach a JavaScript task as one
+ * last argument (an object).
+ *
+ *   const app = new App('redis://localhost')
+ *   const sendWelcome = app.task('emails.send_welcome', async (to) => { ... }, {
+ *     idempotencyKey: (to) => `welcome-${to}`,
+ *   })
+ *   await sendWelcome.delay('ada@example.com')
+ *   await app.runWorker({ concurrency: 8 })        // until SIGTERM or Ctrl-C
+ */
+
+const { connect, Worker, Fatal } = require('./index.js')
+
+const DEFAULT_GROUP = 'workers'
+const DEFAULT_TOPIC = 'tasks'
+const TASK_HEADER = 'task'
+
+function envelope(name, args, kwargs) {
+  return JSON.stringify({ task: name, args, kwargs })
+}
+
+function readEnvelope(payload) {
+  let body
+  try {
+    body = JSON.parse(payload.toString('utf8'))
+  } catch (e) {
+    throw new Fatal(`not a task envelope (invalid JSON: ${e.message})`, { kind: 'InvalidEnvelope' })
+  }
+  if (!body || typeof body.task !== 'string') throw new Fatal('not a task envelope (no task name)', { kind: 'InvalidEnvelope' })
+  const args = body.args ?? []
+  const kwargs = body.kwargs ?? {}
+  if (!Array.isArray(args) || typeof kwargs !== 'object' || Array.isArray(kwargs)) {
+    throw new Fatal('not a task envelope (args must be an array, kwargs an object)', { kind: 'InvalidEnvelope' })
+  }
+  return { name: body.task, args, kwargs }
+}
+
+/** A registered task: `delay()` or `applyAsync()` to have a worker run it. */
+class Task {
+  constructor(app, name, handler, { topic, idempotencyKey }) {
+    this.app = app
+    this.name = name
+    this.handler = handler
+    this.topic = topic
+    this.idempotencyKey = idempotencyKey
+  }
+
+  /** Publishes a call with these arguments; resolves to the message id. */
+  delay(...args) {
+    return this.applyAsync(args)
+  }
+
+  /** Publishes a call: `{ kwargs, countdownMs, eta, key, idempotencyKey, headers }`. */
+  async applyAsync(args = [], { kwargs = {}, countdownMs, eta, key, idempotencyKey, headers = {} } = {}) {
+    if (idempotencyKey === undefined && this.idempotencyKey) idempotencyKey = this.idempotencyKey(...args)
+    const broker = await this.app.broker()
+    return broker.publish(this.topic, envelope(this.name, args, kwargs), {
+      key,
+      idempotencyKey,
+      headers: { ...headers, [TASK_HEADER]: this.name },
+      contentType: 'application/json',
+      delayMs: countdownMs,
+      deliverAt: eta,
+    })
+  }
+}
+
+/** Tasks, the broker they go through, and the workers that run them. Retry settings belong to a topic. */
+class App {
+  constructor(url, { group = DEFAULT_GROUP, defaultTopic = DEFAULT_TOPIC } = {}) {
+    this.url = url
+    this.group = group
+    this.defaultTopic = defaultTopic
+    this.tasks = new Map()
+    this.retry = new Map()
+    this._broker = null
+  }
+
+  /** The app's connection, opened on first use (with a group for each of its topics). */
+  broker() {
+    if (!this._broker) {
+      this._broker = (async () => {
+        const broker = await connect(this.url)
+        for (const topic of this.topics()) await broker.ensureGroup(topic, this.group)
+        return broker
+      })()
+    }
+    return this._broker
+  }
+
+  /** Registers a task; tasks of one topic share one retry policy. */
+  task(name, handler, { topic = this.defaultTopic, retry, idempotencyKey } = {}) {
+    if (this.tasks.has(name)) throw new Error(`a task named ${name} is already registered`)
+    if (retry) {
+      const known = this.retry.get(topic)
+      if (known && JSON.stringify(known) !== JSON.stringify(retry)) {
+        throw new Error(`task ${name}: topic ${topic} already has another retry policy; tasks of one topic share one policy`)
+      }
+      this.retry.set(topic, retry)
+    }
+    const task = new Task(this, name, handler, { topic, idempotencyKey })
+    this.tasks.set(name, task)
+    return task
+  }
+
+  topics() {
+    return [...new Set([...this.tasks.values()].map((t) => t.topic))].sort()
+  }
+
+  /** The handler that runs this app's tasks from a topic's messages. */
+  handler() {
+    return async (job) => {
+      const { name, args, kwargs } = readEnvelope(job.payload)
+      const task = this.tasks.get(name)
+      if (!task) throw new Fatal(`no task named ${name} is registered in this worker`, { kind: 'UnknownTask' })
+      await (Object.keys(kwargs).length ? task.handler(...args, kwargs) : task.handler(...args))
+    }
+  }
+
+  /** One worker per topic (all of the app's by default). */
+  async workers({ topics = this.topics(), ...options } = {}) {
+    if (topics.length === 0) throw new Error('no tasks are registered, so there is nothing to run')
+    const broker = await this.broker()
+    return topics.map((topic) => new Worker(broker, topic, this.group, this.handler(), { retry: this.retry.get(topic), ...options }))
+  }
+
+  /** Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down gracefully and closes the broker. */
+  async runWorker(options = {}) {
+    const workers = await this.workers(options)
+    const stop = () => workers.forEach((w) => w.shutdown())
+    process.once('SIGTERM', stop)
+    process.once('SIGINT', stop)
+    try {
+      await Promise.all(workers.map((w) => w.run()))
+    } finally {
+      process.off('SIGTERM', stop)
+      process.off('SIGINT', stop)
+      await (await this.broker()).close()
+    }
+  }
+}
+
+module.exports = { App, Task, envelope, readEnvelope }
