@@ -193,3 +193,45 @@ test("the core's events reach the logger the application chooses", async () => {
     setLogger(console, { level: 'warn' })
   }
 })
+
+for (const backend of BACKENDS.filter((b) => b === 'sqlite' || b === 'redis')) {
+  test(`${backend}: two worker processes racing on one idempotency key run its effect once`, async () => {
+    const fs = require('node:fs')
+    const os = require('node:os')
+    const url = URLS[backend]()
+    const broker = await connect(url)
+    const t = topic()
+    const effects = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pb-race-')), 'effects')
+    await broker.ensureGroup(t, 'g')
+    const racers = [1, 2].map(() =>
+      node(`
+        const fs = require('node:fs')
+        const { connect, Worker } = require('.')
+        ;(async () => {
+          const broker = await connect(process.argv[1])
+          const worker = new Worker(broker, process.argv[2], 'g', async (job) => {
+            await new Promise((r) => setTimeout(r, 400))
+            fs.appendFileSync(process.argv[3], job.id + '\\n')
+          }, { leaseMs: 2000, pollWaitMs: 50, busyKeyDelayMs: 200 })
+          process.on('SIGTERM', () => worker.shutdown())
+          console.log('ready')
+          await worker.run()
+          await broker.close()
+        })()
+      `, url, t, effects),
+    )
+    await Promise.all(racers.map((r) => new Promise((resolve) => r.stdout.on('data', (d) => d.toString().includes('ready') && resolve()))))
+    await broker.publish(t, [{ payload: 'pay', idempotencyKey: 'pay-1' }, { payload: 'pay', idempotencyKey: 'pay-1' }])
+    const deadline = Date.now() + 30000
+    for (;;) {
+      const s = await broker.inspect(t, 'g')
+      if ((s.ready + s.inFlight + s.waiting === 0 && fs.existsSync(effects)) || Date.now() > deadline) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    racers.forEach((r) => r.kill('SIGTERM'))
+    const codes = await Promise.all(racers.map((r) => new Promise((resolve) => r.on('exit', resolve))))
+    assert.deepEqual(codes, [0, 0])
+    assert.equal(fs.readFileSync(effects, 'utf8').trim().split('\n').length, 1)
+    await broker.close()
+  })
+}
