@@ -63,7 +63,7 @@ def test_the_worker_command_runs_tasks_and_stops_on_sigterm(tmp_path: Path) -> N
     finally:
         sys.path.remove(str(tmp_path))
     mytasks.greet.delay("ada", punctuation=".")
-    mytasks.greet.delay("ada", punctuation="?")  # same idempotency key: runs once
+    mytasks.greet.delay("ada", punctuation="?")  # same idempotency key: one of the two runs
     mytasks.greet.apply_async(["bob"], countdown=0.2)
     mytasks.flaky.delay()
     worker = subprocess.Popen(
@@ -82,6 +82,9 @@ def test_the_worker_command_runs_tasks_and_stops_on_sigterm(tmp_path: Path) -> N
     worker.send_signal(signal.SIGTERM)
     _, err = worker.communicate(timeout=30)
     assert worker.returncode == 0, err
-    assert sorted(out.read_text().splitlines()) == ["hello ada.", "hello bob!"]
+    # One of the two calls sharing an idempotency key ran (either may claim it
+    # first with two handlers at once), and the other call.
+    lines = sorted(out.read_text().splitlines())
+    assert len(lines) == 2 and lines[0] in ("hello ada.", "hello ada?") and lines[1] == "hello bob!", lines
     dead = broker.dead_letters("flaky", "workers")
     assert [(d.reason.error_kind, d.reason.attempts) for d in dead] == [("RuntimeError", 2)]

@@ -17,8 +17,9 @@ const greet = app.task(
 
 ;(async () => {
   if (mode === 'publish') {
+    // Twice with one idempotency key: must run once on the other side.
     await greet.applyAsync(['from node'], { kwargs: { punctuation: '.' } })
-    await greet.delay('from node') // same key: must run once on the other side
+    await greet.applyAsync(['from node'], { kwargs: { punctuation: '.' } })
     await (await app.broker()).close()
     return
   }

@@ -3,8 +3,9 @@
 The worker runtime is the core's, in Rust: retries with backoff, dead
 letters, idempotency, leases, concurrency, timeouts and graceful shutdown
 behave exactly as in Rust and Node. Plain functions run on up to
-``concurrency`` threads, taking the GIL only for the call; ``async def``
-handlers run on an asyncio loop, up to ``concurrency`` at once. Leases are
+``concurrency`` threads of the worker's own, which wait for work without
+the GIL; ``async def`` handlers run on an asyncio loop, up to
+``concurrency`` at once. Leases are
 renewed by the runtime's own threads, so a handler that holds the GIL for
 minutes never loses its message to another consumer.
 """
