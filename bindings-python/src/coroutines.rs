@@ -53,15 +53,22 @@ impl Coroutines {
     /// Runs coroutines on `event_loop` from now on.
     pub fn attach(self: &Arc<Self>, py: Python<'_>, event_loop: Py<PyAny>) -> PyResult<()> {
         let fd = self.wakes.as_raw_fd();
-        if let Some(previous) = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            // It may be closed already (a worker's own loop, after run()).
-            let _ = previous.call_method1(py, "call_soon_threadsafe", (previous.getattr(py, "remove_reader")?, fd));
-        }
+        self.detach(py);
         let add_reader = event_loop.getattr(py, "add_reader")?;
         let drain = Py::new(py, Drain(Arc::clone(self)))?;
         event_loop.call_method1(py, "call_soon_threadsafe", (add_reader, fd, drain))?;
         *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(event_loop));
         Ok(())
+    }
+
+    /// Stops watching for jobs on the loop it was attached to (the loop may
+    /// be closed already): the loop then holds nothing of this handler.
+    pub fn detach(&self, py: Python<'_>) {
+        if let Some(event_loop) = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            if let Ok(remove) = event_loop.getattr(py, "remove_reader") {
+                let _ = event_loop.call_method1(py, "call_soon_threadsafe", (remove, self.wakes.as_raw_fd()));
+            }
+        }
     }
 
     /// Runs `job`'s coroutine on the loop and waits for its outcome.

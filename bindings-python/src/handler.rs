@@ -45,6 +45,13 @@ impl PyHandler {
         Ok(PyHandler { runs_on })
     }
 
+    /// Coroutines stop running on the loop they were given.
+    pub fn detach_loop(&self, py: Python<'_>) {
+        if let RunsOn::Coroutines(coroutines) = &self.runs_on {
+            coroutines.detach(py);
+        }
+    }
+
     /// Where coroutines run from now on (nothing to do for plain functions).
     pub fn set_loop(&self, py: Python<'_>, event_loop: Option<Py<PyAny>>) -> PyResult<()> {
         match (&self.runs_on, event_loop) {

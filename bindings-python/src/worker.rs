@@ -121,7 +121,9 @@ impl PyWorker {
         let worker = self.worker.clone();
         let task = runtime().spawn(async move { worker.run().await });
         let abort = task.abort_handle();
-        match block_on(py, task) {
+        let ended = block_on(py, task);
+        self.handler.detach_loop(py);
+        match ended {
             Ok(Ok(result)) => result.or_raise(py),
             Ok(Err(e)) => Err(pyo3::exceptions::PyRuntimeError::new_err(format!("the worker stopped: {e}"))),
             Err(interrupted) => {
@@ -136,5 +138,10 @@ impl PyWorker {
         self.handler.set_loop(py, Some(event_loop))?;
         let worker = self.worker.clone();
         Ok(Operation::new(async move { worker.run().await }))
+    }
+
+    /// After `run_async`: the event loop stops watching for this worker's jobs.
+    fn detach_loop(&self, py: Python<'_>) {
+        self.handler.detach_loop(py);
     }
 }

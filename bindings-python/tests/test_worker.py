@@ -250,3 +250,25 @@ def test_handlers_that_wait_run_concurrency_at_once(sqlite_url: str, topic: str,
         finally:
             worker.shutdown()
             thread.join(30)
+
+
+def test_an_async_worker_leaves_nothing_on_the_loop_once_it_stopped(sqlite_url: str, topic: str) -> None:
+    async def main() -> None:
+        broker = await pillarbox.aio.connect(sqlite_url)
+        await broker.ensure_group(topic, "g")
+
+        async def handler(job: pillarbox.Job) -> None:
+            pass
+
+        loop = asyncio.get_running_loop()
+        watched_before = len(loop._selector.get_map())  # type: ignore[attr-defined]
+        worker = pillarbox.Worker(broker, topic, "g", handler, poll_wait=0.05)
+        running = asyncio.ensure_future(worker.run_async())
+        await asyncio.sleep(0.2)
+        worker.shutdown()
+        await asyncio.wait_for(running, 10)
+        await asyncio.sleep(0)  # the reader is removed on the loop's next turn
+        assert len(loop._selector.get_map()) == watched_before  # type: ignore[attr-defined]
+        await broker.close()
+
+    asyncio.run(main())

@@ -129,7 +129,10 @@ class Worker:
         run on it), until :meth:`shutdown` is called."""
         from .aio import wait
 
-        await wait(self._native.run_async(asyncio.get_running_loop()))
+        try:
+            await wait(self._native.run_async(asyncio.get_running_loop()))
+        finally:
+            self._native.detach_loop()
 
     def __repr__(self) -> str:
         return f"<pillarbox.Worker {self.consumer_name}>"
@@ -178,6 +181,17 @@ class _event_loop:
     def __exit__(self, *exc: object) -> None:
         if self.loop is None or self.thread is None:
             return
+
+        async def unwind() -> None:
+            # Handlers the worker gave up on (end of the shutdown grace) are
+            # cancelled; their cancellation may not have reached the loop yet.
+            left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in left:
+                task.cancel()
+            if left:
+                await asyncio.wait(left, timeout=5)
+
+        asyncio.run_coroutine_threadsafe(unwind(), self.loop).result()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()

@@ -231,15 +231,17 @@ async fn stats(ctx: &Ctx, group: &str) -> Result<crate::GroupStats, Failure> {
     ctx.broker.inspect(&ctx.topic, group).await.map_err(fail("inspect"))
 }
 
-/// Inspection figures that satisfy `expect`, waiting up to the backend's
-/// stated staleness (`Capabilities::stats_delay`) for them to get there;
-/// the last figures seen when they never do.
+/// Inspection figures that satisfy `expect`, waiting for them to get there
+/// up to twice the backend's stated staleness (`Capabilities::stats_delay`)
+/// and a second more: a refresh due every `stats_delay` comes later on two
+/// busy cores (RabbitMQ's management figures once came after 5.2 s of a
+/// 5 s interval). The last figures seen when they never do.
 async fn stats_where(
     ctx: &Ctx,
     group: &str,
     expect: impl Fn(&crate::GroupStats) -> bool,
 ) -> Result<(bool, crate::GroupStats), Failure> {
-    let deadline = Instant::now() + ctx.broker.capabilities().stats_delay + Duration::from_millis(200);
+    let deadline = Instant::now() + ctx.broker.capabilities().stats_delay * 2 + Duration::from_secs(1);
     loop {
         let s = stats(ctx, group).await?;
         if expect(&s) || Instant::now() >= deadline {
