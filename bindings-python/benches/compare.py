@@ -11,7 +11,6 @@ RabbitMQ at PILLARBOX_AMQP_URL (the test command's, tests/run.sh).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Tuple
 
 import pika
 import redis

@@ -21,15 +21,6 @@ def seconds(value: Optional[Duration], name: str) -> Optional[float]:
     return float(value)
 
 
-def epoch_seconds(value: Optional[datetime], name: str) -> Optional[float]:
-    """A point in time as seconds since the Unix epoch; naive datetimes are local time."""
-    if value is None:
-        return None
-    if not isinstance(value, datetime):
-        raise TypeError(f"{name} must be a datetime, not {type(value).__name__}")
-    return value.timestamp()
-
-
 def utc(epoch: Optional[float]) -> Optional[datetime]:
     """Seconds since the epoch as an aware UTC datetime."""
     return None if epoch is None else datetime.fromtimestamp(epoch, tz=timezone.utc)
