@@ -26,7 +26,7 @@ import logging
 import signal
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
 
 from ._broker import Broker, connect
 from ._handlers import Fatal
@@ -143,6 +143,8 @@ class App:
         self.group = group
         self.default_topic = default_topic
         self.tasks: Dict[str, Task] = {}
+        #: The class of the tasks ``task`` registers (integrations extend it).
+        self.task_class: Type[Task] = Task
         self._retry: Dict[str, RetryPolicy] = {}
         self._broker: Optional[Broker] = None
         self._lock = threading.Lock()
@@ -188,7 +190,7 @@ class App:
                         "tasks of one topic share one policy (give this task a topic of its own)"
                     )
                 self._retry[task_topic] = policy
-            t = Task(self, f, task_name, task_topic, idempotency_key)
+            t = self.task_class(self, f, task_name, task_topic, idempotency_key)
             self.tasks[task_name] = t
             return t
 

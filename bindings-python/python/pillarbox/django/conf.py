@@ -1,0 +1,133 @@
+"""The project's Pillarbox settings, with their defaults.
+
+``PILLARBOX_URL`` is its own setting (often read from the environment);
+everything else lives in the ``PILLARBOX`` dict, so that a misspelt key is
+reported by ``manage.py check`` instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from django.conf import settings
+
+from .._worker import RetryPolicy
+
+#: Every key of the ``PILLARBOX`` setting, with its default.
+DEFAULTS: Dict[str, Any] = {
+    # Where ``@pillarbox.django.task`` tasks go unless they name a topic.
+    "TOPIC": "tasks",
+    # The group that runs the project's tasks on each topic.
+    "GROUP": "workers",
+    # Retries after the first attempt, and their backoff (seconds).
+    "MAX_RETRIES": 3,
+    "RETRY_DELAY": 1.0,
+    "RETRY_MULTIPLIER": 2.0,
+    "RETRY_MAX_DELAY": 300.0,
+    "RETRY_JITTER": 0.2,
+    # Handlers running at once per topic in ``pillarbox_worker``.
+    "CONCURRENCY": 1,
+    # A handler running longer than this (seconds) fails (None: no limit).
+    "HANDLER_TIMEOUT": None,
+    # How long running handlers get to finish on SIGTERM (seconds).
+    "SHUTDOWN_GRACE": 30.0,
+    # Where idempotency keys are remembered (None: the broker's own store).
+    "IDEMPOTENCY_STORE": None,
+    # How long they are remembered (seconds; None: the core's default).
+    "IDEMPOTENCY_RETENTION": None,
+    # Import ``tasks`` modules of installed apps when Django starts.
+    "AUTODISCOVER": True,
+    # More topics to show in the admin besides the project's own.
+    "ADMIN_TOPICS": [],
+}
+
+_SECONDS = ("RETRY_DELAY", "RETRY_MAX_DELAY", "HANDLER_TIMEOUT", "SHUTDOWN_GRACE", "IDEMPOTENCY_RETENTION")
+
+
+def default_url() -> str:
+    """An embedded database beside the project: nothing to install or run."""
+    base = getattr(settings, "BASE_DIR", None)
+    folder = Path(base) if base is not None else Path.cwd()
+    return f"sqlite://{folder / 'pillarbox.sqlite3'}"
+
+
+def url() -> str:
+    """The broker URL: ``PILLARBOX_URL``, else :func:`default_url`."""
+    value = getattr(settings, "PILLARBOX_URL", None)
+    return default_url() if value in (None, "") else str(value)
+
+
+def raw() -> Dict[str, Any]:
+    """The ``PILLARBOX`` setting as written (an empty dict when unset)."""
+    value = getattr(settings, "PILLARBOX", None)
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def option(name: str) -> Any:
+    """One option: the project's value, else the default."""
+    return raw().get(name, DEFAULTS[name])
+
+
+def retry_policy(max_retries: Optional[int] = None) -> RetryPolicy:
+    """The project's default retry policy (``max_retries`` overriding its budget)."""
+    return RetryPolicy(
+        max_retries=option("MAX_RETRIES") if max_retries is None else max_retries,
+        initial_delay=option("RETRY_DELAY"),
+        multiplier=option("RETRY_MULTIPLIER"),
+        max_delay=option("RETRY_MAX_DELAY"),
+        jitter=option("RETRY_JITTER"),
+    )
+
+
+def worker_options() -> Dict[str, Any]:
+    """Keyword arguments for :class:`pillarbox.Worker` from the settings."""
+    return {
+        "concurrency": option("CONCURRENCY"),
+        "handler_timeout": option("HANDLER_TIMEOUT"),
+        "shutdown_grace": option("SHUTDOWN_GRACE"),
+        "idempotency_store": option("IDEMPOTENCY_STORE"),
+        "idempotency_retention": option("IDEMPOTENCY_RETENTION"),
+    }
+
+
+def problems() -> Dict[str, str]:
+    """What is wrong with the ``PILLARBOX`` setting: key -> explanation."""
+    value = getattr(settings, "PILLARBOX", None)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        return {"PILLARBOX": f"must be a dict, not {type(value).__name__}"}
+    found: Dict[str, str] = {}
+    for key, v in value.items():
+        if key not in DEFAULTS:
+            close = difflib.get_close_matches(str(key).upper(), list(DEFAULTS), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            found[str(key)] = f"unknown option{hint}; known: {', '.join(sorted(DEFAULTS))}"
+        elif key in ("MAX_RETRIES", "CONCURRENCY"):
+            minimum = 0 if key == "MAX_RETRIES" else 1
+            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+                found[key] = f"must be a whole number >= {minimum}, not {v!r}"
+        elif key in _SECONDS:
+            nullable = key in ("HANDLER_TIMEOUT", "IDEMPOTENCY_RETENTION")
+            if v is None and nullable:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                found[key] = f"must be a number of seconds >= 0{' or None' if nullable else ''}, not {v!r}"
+        elif key in ("RETRY_MULTIPLIER", "RETRY_JITTER"):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                found[key] = f"must be a number >= 0, not {v!r}"
+        elif key in ("TOPIC", "GROUP"):
+            if not isinstance(v, str) or not v:
+                found[key] = f"must be a non-empty string, not {v!r}"
+        elif key == "IDEMPOTENCY_STORE":
+            if v is not None and not isinstance(v, str):
+                found[key] = f"must be a URL string or None, not {v!r}"
+        elif key == "AUTODISCOVER":
+            if not isinstance(v, bool):
+                found[key] = f"must be True or False, not {v!r}"
+        elif key == "ADMIN_TOPICS":
+            if not isinstance(v, (list, tuple)) or not all(isinstance(t, str) and t for t in v):
+                found[key] = f"must be a list of topic names, not {v!r}"
+    return found
