@@ -152,10 +152,16 @@ class Broker {
    */
   async publish(topic, what, options = {}) {
     if (Array.isArray(what)) {
-      const batch = what.map((m) => (isPayload(m) ? messageInput(m) : messageInput(m.payload, m)))
+      // A bare payload crosses as its bytes alone: the common case, and the cheapest.
+      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, m)))
       return call(this._native.publish(topic, batch))
     }
-    const message = isPayload(what) ? messageInput(what, options) : messageInput(what.payload, { ...what, ...options })
+    const bare = isPayload(what) && Object.keys(options).length === 0
+    const message = bare
+      ? toBuffer(what)
+      : isPayload(what)
+        ? messageInput(what, options)
+        : messageInput(what.payload, { ...what, ...options })
     const [id] = await call(this._native.publish(topic, [message]))
     return id
   }
@@ -217,8 +223,8 @@ class Fatal extends Error {
 
 /** What a handler is given. */
 class Job {
-  constructor(data, signal) {
-    this.message = message(data.message)
+  constructor(data) {
+    this._data = data
     this.payload = data.message.payload
     this.topic = data.topic
     this.group = data.group
@@ -226,12 +232,33 @@ class Job {
     this.maxAttempts = data.maxAttempts
     /** When the attempt times out (`handlerTimeoutMs`), or null. */
     this.deadline = data.deadline == null ? null : new Date(data.deadline)
-    /** Aborted when the worker gives up on this attempt (timeout, end of the shutdown grace). */
-    this.signal = signal
+    this._message = undefined
+    this._controller = undefined
+    this._aborted = false
+  }
+
+  /** The message with every metadata field (made on first use: most handlers need only the payload). */
+  get message() {
+    if (this._message === undefined) this._message = message(this._data.message)
+    return this._message
+  }
+
+  /** Aborted when the worker gives up on this attempt (timeout, end of the shutdown grace). */
+  get signal() {
+    if (this._controller === undefined) {
+      this._controller = new AbortController()
+      if (this._aborted) this._controller.abort()
+    }
+    return this._controller.signal
+  }
+
+  _abort() {
+    this._aborted = true
+    if (this._controller !== undefined) this._controller.abort()
   }
 
   get id() {
-    return this.message.id
+    return this._data.message.id
   }
 
   /** Whether a failure now dead-letters the message rather than retrying it. */
@@ -271,29 +298,39 @@ function outcome(e, { retryFor, fatalFor = [] }) {
 }
 
 /**
- * The two functions the native worker calls: `invoke(jobData)` runs the
- * handler and resolves to an outcome (null for success), `cancel(id)`
- * aborts a running job's signal.
+ * The native dispatcher a worker's jobs come through: woken when jobs are
+ * queued, it takes them all at once, runs the handler on each and reports
+ * every outcome (null for success) with one synchronous call; it aborts a
+ * job's signal when the worker gives up on it.
  */
-function invoker(handler, classes = {}) {
+function dispatcher(handler, classes = {}) {
   const running = new Map()
-  const invoke = async (data) => {
-    const controller = new AbortController()
-    running.set(data.cancelId, controller)
+  let jobs
+  const run = async (data) => {
+    const job = new Job(data)
+    running.set(data.id, job)
+    let result = null
     try {
-      await handler(new Job(data, controller.signal), data)
-      return null
+      await handler(job, data)
     } catch (e) {
-      return outcome(e, classes)
-    } finally {
-      running.delete(data.cancelId)
+      try {
+        result = outcome(e, classes)
+      } catch {
+        result = { kind: 'Error', message: 'the handler threw a value that could not be read', retryable: true }
+      }
     }
+    running.delete(data.id)
+    jobs.complete(data.id, result)
+  }
+  const wake = () => {
+    for (const data of jobs.take()) run(data)
   }
   const cancel = (id) => {
-    const controller = running.get(id)
-    if (controller) controller.abort()
+    const job = running.get(id)
+    if (job !== undefined) job._abort()
   }
-  return { invoke, cancel }
+  jobs = new native.Dispatcher(wake, cancel)
+  return jobs
 }
 
 /**
@@ -306,7 +343,7 @@ class Worker {
   constructor(broker, topic, group, handler, options = {}) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function')
     const { retry = {}, retryFor, fatalFor, ...rest } = options
-    const { invoke, cancel } = invoker(handler, { retryFor, fatalFor })
+    const jobs = dispatcher(handler, { retryFor, fatalFor })
     const nativeOptions = {
       concurrency: rest.concurrency,
       prefetch: rest.prefetch,
@@ -323,7 +360,7 @@ class Worker {
       busyKeyDelayMs: rest.busyKeyDelayMs,
       consumerName: rest.consumerName,
     }
-    this._native = sync(() => new native.Worker(broker._native, topic, group, invoke, cancel, nativeOptions))
+    this._native = sync(() => new native.Worker(broker._native, topic, group, jobs, nativeOptions))
   }
 
   /** This consumer's name, as the broker knows it. */
@@ -375,8 +412,7 @@ const conformance = {
   scenarios: () => native.scenarios(),
   /** Resolves to null when the scenario passed, or why it was skipped; rejects when it failed. */
   run(url, name, handler) {
-    const { invoke, cancel } = invoker(handler)
-    return call(native.runScenario(url, name, invoke, cancel))
+    return call(native.runScenario(url, name, dispatcher(handler)))
   },
 }
 

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::Result;
+use napi::bindgen_prelude::{Buffer, Either, Result};
 use napi_derive::napi;
 use pillarbox::dead_letter::{self, RedriveOptions};
+use pillarbox::Message;
 
 use crate::errors::OrThrow;
 use crate::message::{DeadLetter, DeadLetterFilter, GroupStats, MessageInput};
@@ -68,8 +69,14 @@ impl Broker {
 
     /// Publishes a batch; resolves to the ids once the broker has every one.
     #[napi]
-    pub async fn publish(&self, topic: String, messages: Vec<MessageInput>) -> Result<Vec<String>> {
-        let batch = messages.into_iter().map(MessageInput::into_message).collect::<Result<Vec<_>>>()?;
+    pub async fn publish(&self, topic: String, messages: Vec<Either<Buffer, MessageInput>>) -> Result<Vec<String>> {
+        let batch = messages
+            .into_iter()
+            .map(|m| match m {
+                Either::A(payload) => Ok(Message::new(Vec::from(payload))),
+                Either::B(input) => input.into_message(),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ids = batch.iter().map(|m| m.id.clone()).collect();
         self.inner.publish(&topic, batch).await.or_throw()?;
         Ok(ids)

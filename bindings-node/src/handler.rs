@@ -1,31 +1,36 @@
-//! The core's `Handler` over a JavaScript function: the bridge every worker
-//! and the conformance suite go through.
+//! The core's `Handler` over JavaScript: the bridge every worker and the
+//! conformance suite go through.
 //!
-//! The facade (`index.js`) passes one function per worker that runs the
-//! user's handler on the event loop and resolves to an outcome: `null` for
-//! success, or `{ kind, message, retryable, retryAfterMs }`. Up to
-//! `concurrency` of them run at once. When the core gives up on an attempt
-//! (timeout, end of the shutdown grace) its future is dropped here, and the
-//! `cancel` function aborts that job's `AbortSignal`.
+//! Jobs cross to the event loop in batches, as the Python package's
+//! coroutines do: the core's handler calls queue their job and wake the
+//! loop once (a weak threadsafe function: it never keeps Node alive); the
+//! facade (`index.js`) then takes every queued job in one call, runs the
+//! handlers, and reports each outcome with one synchronous call. A call and
+//! a Promise per job across the boundary cost about four times as much.
+//!
+//! When the core gives up on an attempt (timeout, end of the shutdown grace)
+//! its future is dropped here, and the facade is told to abort that job's
+//! `AbortSignal`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use napi::bindgen_prelude::Promise;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
 use pillarbox::{HandlerError, Job};
+use tokio::sync::oneshot;
 
 use crate::message::MessageData;
 
 /// What the JavaScript side is given for each job.
 #[napi(object)]
 pub struct JobData {
-    /// Names the job to `cancel`.
-    pub cancel_id: u32,
+    /// Names the job to `complete` and to the cancel function.
+    pub id: u32,
     pub topic: String,
     pub group: String,
     pub attempt: u32,
@@ -37,7 +42,7 @@ pub struct JobData {
     pub script: Option<String>,
 }
 
-/// What the handler did: `null` (success) or a failure.
+/// What the handler did, when it failed.
 #[napi(object)]
 pub struct Outcome {
     pub kind: String,
@@ -46,30 +51,91 @@ pub struct Outcome {
     pub retry_after_ms: Option<f64>,
 }
 
-/// `(job) => Promise<Outcome | null>`, weak: it never keeps Node alive.
-pub type JsHandler = ThreadsafeFunction<JobData, Promise<Option<Outcome>>, JobData, Status, false, true>;
-/// `(cancelId) => void`.
+/// `() => void`: jobs are waiting in the dispatcher. Weak.
+pub type JsWake = ThreadsafeFunction<(), (), (), Status, false, true>;
+/// `(id) => void`: abort that job's signal. Weak.
 pub type JsCancel = ThreadsafeFunction<u32, (), u32, Status, false, true>;
 
-pub struct NodeHandler {
-    call: Arc<JsHandler>,
-    cancel: Arc<JsCancel>,
-    script: Option<String>,
+type Reply = oneshot::Sender<Option<Outcome>>;
+
+struct Shared {
+    wake: JsWake,
+    cancel: JsCancel,
+    /// Jobs not yet taken by JavaScript, each with where its outcome goes.
+    queued: Mutex<Vec<(JobData, Reply)>>,
+    /// Jobs JavaScript has taken and not yet completed.
+    running: Mutex<HashMap<u32, Reply>>,
+    /// Whether a wake-up is on its way (one per batch, not one per job).
+    woken: AtomicBool,
     next_id: AtomicU32,
 }
 
-impl NodeHandler {
-    pub fn new(call: Arc<JsHandler>, cancel: Arc<JsCancel>, script: Option<String>) -> Self {
-        NodeHandler { call, cancel, script, next_id: AtomicU32::new(1) }
+/// The JavaScript end: the facade takes jobs from it and completes them.
+#[napi]
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+}
+
+#[napi]
+impl Dispatcher {
+    #[napi(constructor)]
+    pub fn new(wake: JsWake, cancel: JsCancel) -> Self {
+        let shared = Shared {
+            wake,
+            cancel,
+            queued: Mutex::new(Vec::new()),
+            running: Mutex::new(HashMap::new()),
+            woken: AtomicBool::new(false),
+            next_id: AtomicU32::new(1),
+        };
+        Dispatcher { shared: Arc::new(shared) }
     }
+
+    /// Every job queued since the last call.
+    #[napi]
+    pub fn take(&self) -> Vec<JobData> {
+        // Cleared first: a job queued from now on wakes the loop again.
+        self.shared.woken.store(false, Ordering::SeqCst);
+        let queued = std::mem::take(&mut *self.shared.queued.lock().unwrap());
+        let mut running = self.shared.running.lock().unwrap();
+        let mut jobs = Vec::with_capacity(queued.len());
+        for (job, reply) in queued {
+            // A job whose attempt was given up while queued is not run.
+            if !reply.is_closed() {
+                running.insert(job.id, reply);
+                jobs.push(job);
+            }
+        }
+        jobs
+    }
+
+    /// The handler of job `id` finished: `null` for success, or how it failed.
+    #[napi]
+    pub fn complete(&self, id: u32, outcome: Option<Outcome>) {
+        if let Some(reply) = self.shared.running.lock().unwrap().remove(&id) {
+            let _ = reply.send(outcome);
+        }
+    }
+
+    /// A handler for the core: the same dispatcher can serve several.
+    pub fn handler(&self, script: Option<String>) -> NodeHandler {
+        NodeHandler { shared: Arc::clone(&self.shared), script }
+    }
+}
+
+pub struct NodeHandler {
+    shared: Arc<Shared>,
+    script: Option<String>,
 }
 
 #[async_trait]
 impl pillarbox::Handler for NodeHandler {
     async fn handle(&self, job: Job) -> Result<(), HandlerError> {
-        let cancel_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let shared = &self.shared;
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let data = JobData {
-            cancel_id,
+            id,
             topic: job.topic.to_string(),
             group: job.group.to_string(),
             attempt: job.attempt(),
@@ -78,9 +144,22 @@ impl pillarbox::Handler for NodeHandler {
             message: MessageData::from(job.message.as_ref()),
             script: self.script.clone(),
         };
-        let abort = AbortOnDrop { id: Some(cancel_id), cancel: Arc::clone(&self.cancel) };
-        let promise = self.call.call_async_catch(data).await.map_err(thrown)?;
-        let outcome = promise.await.map_err(thrown)?;
+        let (reply, outcome) = oneshot::channel();
+        shared.queued.lock().unwrap().push((data, reply));
+        let abort = AbortOnDrop { id: Some(id), shared: Arc::clone(shared) };
+        if !shared.woken.swap(true, Ordering::SeqCst) {
+            let status = shared.wake.call((), ThreadsafeFunctionCallMode::NonBlocking);
+            if status != Status::Ok {
+                // Node is shutting down: nothing will run the job.
+                shared.woken.store(false, Ordering::SeqCst);
+                return Err(
+                    HandlerError::retryable(format!("the JavaScript event loop is gone ({status})")).with_kind("Error")
+                );
+            }
+        }
+        let outcome = outcome
+            .await
+            .map_err(|_| HandlerError::retryable("the JavaScript handler was dropped unfinished").with_kind("Error"))?;
         abort.disarm();
         match outcome {
             None => Ok(()),
@@ -97,15 +176,11 @@ impl pillarbox::Handler for NodeHandler {
     }
 }
 
-/// What escaped the facade (it catches what handlers throw): a retryable failure.
-fn thrown(e: napi::Error) -> HandlerError {
-    HandlerError::retryable(e.reason.clone()).with_kind("Error")
-}
-
-/// While the core waits for a job: dropped before it resolves, it aborts the job's signal.
+/// While the core waits for a job: dropped before it completes, it forgets
+/// the job and aborts its signal.
 struct AbortOnDrop {
     id: Option<u32>,
-    cancel: Arc<JsCancel>,
+    shared: Arc<Shared>,
 }
 
 impl AbortOnDrop {
@@ -117,7 +192,9 @@ impl AbortOnDrop {
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         if let Some(id) = self.id {
-            let _ = self.cancel.call(id, ThreadsafeFunctionCallMode::NonBlocking);
+            if self.shared.running.lock().unwrap().remove(&id).is_some() {
+                let _ = self.shared.cancel.call(id, ThreadsafeFunctionCallMode::NonBlocking);
+            }
         }
     }
 }

@@ -10,6 +10,7 @@
 // would otherwise read as unused (clippy --all-targets builds that too).
 #![cfg_attr(test, allow(dead_code))]
 
+mod bench;
 mod broker;
 mod conformance;
 mod errors;

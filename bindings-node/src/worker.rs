@@ -8,7 +8,7 @@ use pillarbox::{RetryPolicy, WorkerOptions as CoreOptions};
 
 use crate::broker::Broker;
 use crate::errors::OrThrow;
-use crate::handler::{JsCancel, JsHandler, NodeHandler};
+use crate::handler::Dispatcher;
 use crate::message::millis;
 
 /// A worker's options; durations in milliseconds. Every one has the core's default.
@@ -99,12 +99,11 @@ impl Worker {
         broker: &Broker,
         topic: String,
         group: String,
-        handler: JsHandler,
-        cancel: JsCancel,
+        dispatcher: &Dispatcher,
         options: Option<WorkerOptions>,
     ) -> Result<Self> {
         let options = options.unwrap_or_default().to_core()?;
-        let handler = NodeHandler::new(Arc::new(handler), Arc::new(cancel), None);
+        let handler = dispatcher.handler(None);
         let worker = pillarbox::Worker::new(Arc::clone(&broker.inner), &topic, &group, handler, options).or_throw()?;
         Ok(Worker { worker })
     }

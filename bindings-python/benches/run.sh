@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 bash tests/brokers/start-redis.sh
 bash tests/brokers/start-rabbitmq.sh
+bash tests/brokers/reset-rabbitmq.sh   # what the tests left would slow the node
 venv=.pillarbox-test/bench-venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 source "$venv/bin/activate"

@@ -29,6 +29,9 @@
 //! ```
 
 pub mod backends;
+#[cfg(feature = "baseline")]
+#[doc(hidden)]
+pub mod baseline;
 pub mod broker;
 mod connect;
 pub mod dead_letter;
