@@ -47,19 +47,23 @@ def forget(result_id: str) -> None:
 
 def _save(result_id: str, defaults: Dict[str, Any], update: Any) -> TaskRecord:
     """Applies ``update`` to the record, creating it from ``defaults`` if the
-    producer's row is missing (rolled back, or not committed yet)."""
+    producer's row is missing (rolled back, or not committed yet).
+
+    No read-then-write transaction: SQLite cannot upgrade its lock in one and
+    fails at once with "database is locked". One message (one result) is
+    handled by one consumer at a time, so nothing else writes this row now."""
     for _ in range(3):
+        record = TaskRecord.objects.filter(id=result_id).first()
         try:
-            with transaction.atomic():
-                record = TaskRecord.objects.select_for_update().filter(id=result_id).first()
-                if record is None:
-                    record = TaskRecord(id=result_id, **defaults)
-                    update(record)
+            if record is None:
+                record = TaskRecord(id=result_id, **defaults)
+                update(record)
+                with transaction.atomic():
                     record.save(force_insert=True)
-                else:
-                    update(record)
-                    record.save()
-                return record
+            else:
+                update(record)
+                record.save()
+            return record
         except IntegrityError:
             # The producer's row appeared meanwhile: update it instead.
             continue

@@ -1,0 +1,60 @@
+"""The admin pages in a real browser: headless Chromium (Debian's package)
+driven by Playwright, logging in and leaving screenshots in the test output."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.test.utils import override_settings
+
+CHROMIUM = os.environ.get("PILLARBOX_CHROMIUM", "/usr/bin/chromium")
+SHOTS = Path(os.environ.get("PILLARBOX_SCREENSHOTS", Path(__file__).resolve().parents[2] / ".pillarbox-test"))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_admin_pages_in_chromium(live_server: Any, dead_letters_on: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop; Django refuses sync ORM calls
+    # from a thread with one unless told this test is fine with it.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    User.objects.create_superuser("ops", "ops@example.com", "s3cret-pass")
+    topic = dead_letters_on(["SMTPError", "SMTPError", "TemplateError"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    label = os.environ.get("PILLARBOX_TEST_LABEL", "django")
+    with override_settings(PILLARBOX={"ADMIN_TOPICS": [topic]}), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{live_server.url}/admin/pillarbox/queue/")
+            page.fill("#id_username", "ops")
+            page.fill("#id_password", "s3cret-pass")
+            page.click("input[type=submit]")
+            page.wait_for_selector("#pillarbox-queues")
+            assert topic in page.inner_text("#pillarbox-queues")
+            queues = SHOTS / f"{label}-admin-queues.png"
+            page.screenshot(path=str(queues), full_page=True)
+
+            page.click(f"a[href='/admin/pillarbox/queue/{topic}/workers/']")
+            page.wait_for_selector("#pillarbox-dead-letters")
+            assert "TemplateError" in page.inner_text("#pillarbox-dead-letters")
+            page.locator("#pillarbox-dead-letters input[type=checkbox]").first.check()
+            page.click("button[value=redrive] >> nth=0")
+            page.wait_for_selector("#pillarbox-confirm-summary")
+            assert "Redrive" in page.inner_text("#pillarbox-confirm-summary")
+            confirm = SHOTS / f"{label}-admin-confirm.png"
+            page.screenshot(path=str(confirm), full_page=True)
+            page.click("#pillarbox-confirm")
+            page.wait_for_selector("#pillarbox-dead-letters")
+            assert "Redrove 1 dead letter(s)" in page.content()
+            letters = SHOTS / f"{label}-admin-dead-letters.png"
+            page.screenshot(path=str(letters), full_page=True)
+        finally:
+            browser.close()
+    for shot in (queues, confirm, letters):
+        assert shot.stat().st_size > 10_000
+        print(f"screenshot: {shot}")
