@@ -16,19 +16,19 @@ try:
     FRAMEWORK = "django.tasks"
 except ImportError:  # Django 5.2: the backport, if installed
     try:
-        from django_tasks import (  # type: ignore[no-redef]
+        from django_tasks import task_backends  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.base import (  # type: ignore[no-redef,import-not-found,unused-ignore]
             Task,
             TaskContext,
             TaskResult,
             TaskResultStatus,
-            task_backends,
         )
-        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef]
-        from django_tasks.base import TaskError  # type: ignore[no-redef]
-        from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef]
-        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef]
-        from django_tasks.signals import task_enqueued, task_finished, task_started  # type: ignore[no-redef]
-        from django_tasks.utils import normalize_json  # type: ignore[no-redef]
+        from django_tasks.backends.base import BaseTaskBackend  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.base import TaskError  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.exceptions import InvalidTaskError as InvalidTask  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.exceptions import TaskResultDoesNotExist  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.signals import task_enqueued, task_finished, task_started  # type: ignore[no-redef,import-not-found,unused-ignore]
+        from django_tasks.utils import normalize_json  # type: ignore[no-redef,import-not-found,unused-ignore]
 
         FRAMEWORK = "django_tasks"
     except ImportError:
