@@ -72,9 +72,10 @@ RUST_BACKTRACE=0 cargo run -q -p pillarbox --features conformance --example conf
 }
 
 # --- 4. language packages and cross-language tests -------------------------------
-# In this order: the cross-language test uses the packages the others installed.
+# In this order: the cross-language test uses the packages the others installed;
+# django.sh comes right after python.sh.
 # RabbitMQ is emptied before each: what a suite leaves keeps the node busy.
-for suite in python node; do
+for suite in python django node; do
   bash tests/brokers/reset-rabbitmq.sh
   step "$suite"
   bash "tests/suites/$suite.sh"

@@ -16,7 +16,7 @@ SHOTS = Path(os.environ.get("PILLARBOX_SCREENSHOTS", Path(__file__).resolve().pa
 
 
 @pytest.mark.django_db(transaction=True)
-def test_admin_pages_in_chromium(live_server: Any, dead_letters_on: Callable[..., str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_admin_pages_in_chromium(live_server: Any, dead_letters_on: Callable[..., str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     from playwright.sync_api import sync_playwright
 
     # Playwright's sync API runs an event loop; Django refuses sync ORM calls
@@ -57,4 +57,5 @@ def test_admin_pages_in_chromium(live_server: Any, dead_letters_on: Callable[...
             browser.close()
     for shot in (queues, confirm, letters):
         assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
+        with capsys.disabled():  # in the suite's output, whatever pytest's verbosity
+            print(f"\nscreenshot: {shot}")

@@ -34,8 +34,7 @@ def test_the_test_settings_pass_every_check() -> None:
 def test_an_unset_url_means_sqlite_beside_the_project() -> None:
     with override_settings(PILLARBOX_URL=None):
         assert conf.url() == f"sqlite://{Path(settings.BASE_DIR) / 'pillarbox.sqlite3'}"
-    del_url = {k: v for k, v in ids(PILLARBOX_URL=None).items()}
-    assert del_url == {}
+    assert ids(PILLARBOX_URL=None) == {}
 
 
 @pytest.mark.parametrize(
@@ -65,7 +64,6 @@ def test_good_network_urls_pass_without_a_broker() -> None:
 
 
 def test_unknown_and_invalid_options_are_errors() -> None:
-    found = checks.run_checks()
     with override_settings(PILLARBOX={"MAX_RETRIS": 3, "CONCURRENCY": 0, "RETRY_DELAY": "soon"}):
         found = [m for m in checks.run_checks() if m.id == "pillarbox.E002"]
     text = "\n".join(m.msg for m in found)

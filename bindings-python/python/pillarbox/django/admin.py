@@ -123,7 +123,7 @@ class QueueAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if not self.has_view_permission(request):
             raise PermissionDenied
         app = get_app()
-        rows = []
+        rows: List[Dict[str, Any]] = []
         for topic in known_topics():
             try:
                 groups = app.broker.groups(topic) or [app.group]

@@ -71,7 +71,7 @@ def pillarbox_backends() -> List["PillarboxBackend"]:
     return found
 
 
-class PillarboxBackend(BaseTaskBackend):  # type: ignore[misc]
+class PillarboxBackend(BaseTaskBackend):
     supports_defer = True
     supports_async_task = True
     supports_get_result = True
@@ -94,7 +94,7 @@ class PillarboxBackend(BaseTaskBackend):  # type: ignore[misc]
         """The topics of the configured queues (``QUEUES``)."""
         return sorted(self.topic(q) for q in self.queues)
 
-    def enqueue(self, task: Task, args: Any, kwargs: Any) -> TaskResult:
+    def enqueue(self, task: "Task[Any, Any]", args: Any, kwargs: Any) -> "TaskResult[Any, Any]":
         from .project import get_app
 
         self.validate_task(task)
@@ -124,7 +124,7 @@ class PillarboxBackend(BaseTaskBackend):  # type: ignore[misc]
             if self.store_results:
                 results.forget(result_id)
             raise
-        result = TaskResult(
+        result: "TaskResult[Any, Any]" = TaskResult(
             task=task,
             id=result_id,
             status=TaskResultStatus.READY,
@@ -141,7 +141,7 @@ class PillarboxBackend(BaseTaskBackend):  # type: ignore[misc]
         _compat.task_enqueued.send(type(self), task_result=result)
         return result
 
-    def get_result(self, result_id: str) -> TaskResult:
+    def get_result(self, result_id: str) -> "TaskResult[Any, Any]":
         if not self.store_results:
             raise NotImplementedError(
                 f"the tasks backend {self.alias!r} has OPTIONS store_results=False: it keeps no results"
@@ -150,7 +150,7 @@ class PillarboxBackend(BaseTaskBackend):  # type: ignore[misc]
 
         return results.load(result_id)
 
-    def check(self, **kwargs: Any) -> Iterable[CheckMessage]:
+    def check(self, **kwargs: Any) -> List[Any]:
         messages: List[CheckMessage] = list(super().check(**kwargs))
         for name in self.options:
             if name not in OPTIONS:

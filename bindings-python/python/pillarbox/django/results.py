@@ -24,7 +24,7 @@ _prune_lock = threading.Lock()
 
 
 def record_enqueued(
-    result_id: str, task: Task, args: List[Any], kwargs: Dict[str, Any], alias: str, enqueued_at: datetime
+    result_id: str, task: "Task[Any, Any]", args: List[Any], kwargs: Dict[str, Any], alias: str, enqueued_at: datetime
 ) -> None:
     TaskRecord.objects.create(
         id=result_id,
@@ -121,7 +121,7 @@ def prune(retention: Optional[float]) -> int:
     return deleted
 
 
-def as_task_result(record: TaskRecord) -> TaskResult:
+def as_task_result(record: TaskRecord) -> "TaskResult[Any, Any]":
     """The framework's view of a record."""
     try:
         task = import_string(record.task_path)
@@ -131,7 +131,7 @@ def as_task_result(record: TaskRecord) -> TaskResult:
         raise TaskResultDoesNotExist(f"{record.task_path} (result {record.id}) is not a task")
     if task.queue_name != record.queue_name:
         task = task.using(queue_name=record.queue_name)
-    result = TaskResult(
+    result: "TaskResult[Any, Any]" = TaskResult(
         task=task,
         id=record.id,
         status=TaskResultStatus(record.status),
@@ -149,7 +149,7 @@ def as_task_result(record: TaskRecord) -> TaskResult:
     return result
 
 
-def load(result_id: str) -> TaskResult:
+def load(result_id: str) -> "TaskResult[Any, Any]":
     record = TaskRecord.objects.filter(id=result_id).first()
     if record is None:
         raise TaskResultDoesNotExist(result_id)
