@@ -7,7 +7,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -143,6 +143,31 @@ pub struct ReceiveRequest<'a> {
     pub lease: Duration,
 }
 
+/// A consumer of a group as the broker sees it: what `celery inspect
+/// active` or `kafka-consumer-groups --describe --members` answer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct ConsumerInfo {
+    /// The consumer's name (a worker's `consumer_name`; on Kafka, the member id).
+    pub name: String,
+    /// Messages it holds (received, not yet settled), when the broker knows.
+    pub holding: Option<u64>,
+    /// When it received the oldest message it holds, when the broker knows.
+    #[serde(with = "crate::message::millis::option")]
+    pub holding_since: Option<SystemTime>,
+    /// Time since it last asked the broker for messages, when the broker knows.
+    pub idle: Option<Duration>,
+    /// Its partitions (Kafka).
+    pub partitions: Vec<i32>,
+}
+
+impl ConsumerInfo {
+    /// A consumer named `name` with nothing known yet (for backends).
+    pub fn named(name: impl Into<String>) -> Self {
+        ConsumerInfo { name: name.into(), ..Default::default() }
+    }
+}
+
 /// Inspection figures for one group of one topic, all taken from the broker.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
@@ -264,6 +289,11 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
 
     /// Groups known on a topic.
     async fn groups(&self, topic: &str) -> Result<Vec<String>>;
+
+    /// The consumers of a group the broker knows of, with what each holds.
+    async fn consumers(&self, _topic: &str, _group: &str) -> Result<Vec<ConsumerInfo>> {
+        Err(Error::Unsupported { backend: self.backend(), capability: "listing consumers" })
+    }
 
     /// Dead letters of a group, oldest first, after the id `after` (exclusive).
     async fn list_dead_letters(

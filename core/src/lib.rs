@@ -46,7 +46,7 @@ pub mod worker;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
-pub use broker::{Broker, Capabilities, Delivery, GroupStats, PartitionLag, Receipt, ReceiveRequest};
+pub use broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, PartitionLag, Receipt, ReceiveRequest};
 pub use connect::connect;
 pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOptions};
 pub use error::{Error, Result};

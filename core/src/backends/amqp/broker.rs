@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Exchange
 use super::management::Management;
 use super::BACKEND;
 use crate::broker::{
-    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+    validate_batch, validate_raw, Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, Receipt, ReceiveRequest,
 };
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
@@ -813,6 +813,24 @@ impl Broker for AmqpBroker {
             oldest_age: None,
             partitions: Vec::new(),
         })
+    }
+
+    async fn consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+        self.check_open()?;
+        let found = self.management.consumers(&self.vhost, &group_queue(topic, group)).await?;
+        Ok(found
+            .into_iter()
+            .map(|(tag, unacked)| {
+                // Tags are `{consumer name}-{8 hex digits}`.
+                let name = match tag.rsplit_once('-') {
+                    Some((name, suffix)) if suffix.len() == 8 => name.to_string(),
+                    _ => tag,
+                };
+                let mut c = ConsumerInfo::named(name);
+                c.holding = unacked;
+                c
+            })
+            .collect())
     }
 
     async fn groups(&self, topic: &str) -> Result<Vec<String>> {

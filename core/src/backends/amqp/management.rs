@@ -40,6 +40,32 @@ impl Management {
         Ok(v["messages_unacknowledged"].as_u64().unwrap_or(0))
     }
 
+    /// The consumers of a queue: each one's tag and the unacked messages of
+    /// its channel (a Pillarbox consumer has a channel of its own).
+    pub async fn consumers(&self, vhost: &str, queue: &str) -> Result<Vec<(String, Option<u64>)>> {
+        let path = format!("/api/queues/{}/{}", encode(vhost), encode(queue));
+        let v = self.get_json(&path).await?;
+        let mut found = Vec::new();
+        for c in v["consumer_details"].as_array().into_iter().flatten() {
+            let Some(tag) = c["consumer_tag"].as_str() else { continue };
+            let unacked = match c["channel_details"]["name"].as_str() {
+                Some(channel) => {
+                    let v = self.get_json(&format!("/api/channels/{}", encode(channel))).await?;
+                    v["messages_unacknowledged"].as_u64()
+                }
+                None => None,
+            };
+            found.push((tag.to_string(), unacked));
+        }
+        Ok(found)
+    }
+
+    async fn get_json(&self, path: &str) -> Result<serde_json::Value> {
+        let body = self.get(path).await?;
+        serde_json::from_str(&body)
+            .map_err(|e| Error::Backend { backend: BACKEND, reason: format!("management API answered badly: {e}") })
+    }
+
     /// Queues bound to an exchange.
     pub async fn bound_queues(&self, vhost: &str, exchange: &str) -> Result<Vec<String>> {
         let path = format!("/api/exchanges/{}/{}/bindings/source", encode(vhost), encode(exchange));

@@ -15,12 +15,12 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use super::db::Db;
 use super::idempotency::SqliteIdempotencyStore;
 use crate::broker::{
-    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+    validate_batch, validate_raw, Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, Receipt, ReceiveRequest,
 };
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
-use crate::message::{to_millis, validate_name, Message};
+use crate::message::{from_millis, to_millis, validate_name, Message};
 use crate::url::BrokerUrl;
 use crate::wire;
 
@@ -77,6 +77,7 @@ impl EmbeddedBroker {
         conn: &mut Connection,
         topic: &str,
         group: &str,
+        consumer: &str,
         max: usize,
         lease: Duration,
     ) -> rusqlite::Result<(Vec<Row>, Option<i64>)> {
@@ -93,7 +94,8 @@ impl EmbeddedBroker {
                  WHERE topic = ?1 AND grp = ?2 AND due_at <= ?3 ORDER BY due_at, id LIMIT ?4",
             )?;
             let mut update = tx.prepare_cached(
-                "UPDATE pb_entries SET lease = ?1, due_at = ?2, deliveries = deliveries + 1 WHERE id = ?3",
+                "UPDATE pb_entries SET lease = ?1, due_at = ?2, deliveries = deliveries + 1, consumer = ?4, leased_at = ?5
+                 WHERE id = ?3",
             )?;
             let found = select.query_map(params![topic, group, now, max as i64], |r| {
                 Ok((
@@ -109,7 +111,7 @@ impl EmbeddedBroker {
                 rows.push((id, token, headers, payload, deliveries + 1, published_at));
             }
             for (id, ..) in &rows {
-                update.execute(params![token, lease_until, id])?;
+                update.execute(params![token, lease_until, id, consumer, now])?;
             }
         }
         let next_due = if rows.is_empty() {
@@ -292,8 +294,11 @@ impl Broker for EmbeddedBroker {
             notified.as_mut().enable();
 
             let (t, g, max, lease) = (request.topic.to_string(), request.group.to_string(), request.max, request.lease);
-            let (rows, next_due) =
-                self.db.call(move |c| EmbeddedBroker::try_receive(c, &t, &g, max, lease).map_err(err)).await?;
+            let consumer = request.consumer.to_string();
+            let (rows, next_due) = self
+                .db
+                .call(move |c| EmbeddedBroker::try_receive(c, &t, &g, &consumer, max, lease).map_err(err))
+                .await?;
             if !rows.is_empty() {
                 return Ok(rows
                     .into_iter()
@@ -524,6 +529,36 @@ impl Broker for EmbeddedBroker {
                     oldest_age: oldest.map(|ms| Duration::from_millis((now - ms).max(0) as u64)),
                     partitions: Vec::new(),
                 })
+            })
+            .await
+    }
+
+    /// The consumers holding messages now (an idle one leaves no trace in the file).
+    async fn consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let (t, g) = (topic.to_string(), group.to_string());
+        let now = to_millis(SystemTime::now()) as i64;
+        let err = self.db.err();
+        self.db
+            .call(move |c| {
+                let mut held = c
+                    .prepare_cached(
+                        "SELECT consumer, COUNT(*), MIN(leased_at) FROM pb_entries
+                         WHERE topic = ?1 AND grp = ?2 AND lease IS NOT NULL AND due_at > ?3 AND consumer IS NOT NULL
+                         GROUP BY consumer ORDER BY consumer",
+                    )
+                    .map_err(err)?;
+                let rows = held
+                    .query_map(params![t, g, now], |r| {
+                        let mut info = ConsumerInfo::named(r.get::<_, String>(0)?);
+                        info.holding = Some(r.get::<_, i64>(1)?.max(0) as u64);
+                        info.holding_since = r.get::<_, Option<i64>>(2)?.map(|ms| from_millis(ms.max(0) as u64));
+                        Ok(info)
+                    })
+                    .map_err(err)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
             })
             .await
     }

@@ -255,7 +255,22 @@ fn init_schema(conn: &Connection, backend: &str, options: &DbOptions) -> rusqlit
         ));
     }
     conn.execute_batch(SCHEMA)?;
+    add_holder_columns(conn)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    Ok(())
+}
+
+/// Who holds an entry and since when, for `consumers`: columns added to
+/// files made before them. Nullable and unread by older versions, so the
+/// schema version stays and an older Pillarbox still opens the file.
+fn add_holder_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut columns = conn.prepare("SELECT name FROM pragma_table_info('pb_entries')")?;
+    let names: Vec<String> = columns.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for (column, kind) in [("consumer", "TEXT"), ("leased_at", "INTEGER")] {
+        if !names.iter().any(|n| n == column) {
+            conn.execute_batch(&format!("ALTER TABLE pb_entries ADD COLUMN {column} {kind}"))?;
+        }
+    }
     Ok(())
 }
 

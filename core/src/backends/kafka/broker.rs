@@ -22,7 +22,8 @@ use super::{
     Options, BACKEND, LEVELS,
 };
 use crate::broker::{
-    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, PartitionLag, ReceiveRequest,
+    validate_batch, validate_raw, Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, PartitionLag,
+    ReceiveRequest,
 };
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
@@ -511,6 +512,30 @@ impl Broker for KafkaBroker {
         .await
     }
 
+    async fn consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+        self.check_open()?;
+        check_topic(topic)?;
+        let producer = self.outbox.producer.clone();
+        let (id, topic) = (consumer_group(topic, group), topic.to_string());
+        blocking(move || {
+            let list = producer.client().fetch_group_list(Some(&id), Duration::from_secs(10)).map_err(err)?;
+            let mut consumers = Vec::new();
+            for g in list.groups().iter().filter(|g| g.name() == id) {
+                for member in g.members() {
+                    // Workers name their Kafka client after themselves.
+                    let mut c = ConsumerInfo::named(match member.client_id() {
+                        "" | "rdkafka" => member.id(),
+                        name => name,
+                    });
+                    c.partitions = member.assignment().map(|a| assigned_partitions(a, &topic)).unwrap_or_default();
+                    consumers.push(c);
+                }
+            }
+            Ok(consumers)
+        })
+        .await
+    }
+
     async fn list_dead_letters(
         &self,
         topic: &str,
@@ -666,4 +691,61 @@ fn leader_unknown(e: &KafkaError) -> bool {
                 | RDKafkaErrorCode::UnknownTopicOrPartition
         )
     )
+}
+
+/// The partitions of `topic` in a member's assignment, as the consumer
+/// protocol encodes it: version (i16), then per topic its name (i16 length,
+/// bytes) and partitions (i32 count, i32 each); user data follows.
+fn assigned_partitions(assignment: &[u8], topic: &str) -> Vec<i32> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = (b.get(..n)?, b.get(n..)?);
+        *b = rest;
+        Some(head)
+    }
+    fn i16_of(b: &mut &[u8]) -> Option<i16> {
+        Some(i16::from_be_bytes(take(b, 2)?.try_into().ok()?))
+    }
+    fn i32_of(b: &mut &[u8]) -> Option<i32> {
+        Some(i32::from_be_bytes(take(b, 4)?.try_into().ok()?))
+    }
+    let parse = |mut b: &[u8]| -> Option<Vec<i32>> {
+        i16_of(&mut b)?;
+        let mut mine = Vec::new();
+        for _ in 0..i32_of(&mut b)?.max(0) {
+            let len = i16_of(&mut b)?.max(0) as usize;
+            let name = take(&mut b, len)?;
+            for _ in 0..i32_of(&mut b)?.max(0) {
+                let p = i32_of(&mut b)?;
+                if name == topic.as_bytes() {
+                    mine.push(p);
+                }
+            }
+        }
+        mine.sort_unstable();
+        Some(mine)
+    };
+    parse(assignment).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod assignment_tests {
+    use super::assigned_partitions;
+
+    #[test]
+    fn the_topics_partitions_are_read_from_an_assignment() {
+        let mut b = vec![0, 0]; // version
+        b.extend(2i32.to_be_bytes()); // two topics
+        for (name, parts) in [("orders", &[2, 0][..]), ("orders.retry", &[0][..])] {
+            b.extend((name.len() as i16).to_be_bytes());
+            b.extend(name.as_bytes());
+            b.extend((parts.len() as i32).to_be_bytes());
+            for p in parts {
+                b.extend((*p as i32).to_be_bytes());
+            }
+        }
+        b.extend((-1i32).to_be_bytes()); // no user data
+        assert_eq!(assigned_partitions(&b, "orders"), vec![0, 2]);
+        assert_eq!(assigned_partitions(&b, "other"), Vec::<i32>::new());
+        assert_eq!(assigned_partitions(&b[..5], "orders"), Vec::<i32>::new(), "a truncated assignment reads as none");
+    }
 }

@@ -13,7 +13,7 @@ use redis::{AsyncConnectionConfig, Value};
 use super::idempotency::RedisIdempotencyStore;
 use super::{err, scripts, TopicKeys, BACKEND};
 use crate::broker::{
-    validate_batch, validate_raw, Broker, Capabilities, Delivery, GroupStats, Receipt, ReceiveRequest,
+    validate_batch, validate_raw, Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, Receipt, ReceiveRequest,
 };
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
@@ -596,6 +596,60 @@ async fn xinfo_groups(conn: &mut ConnectionManager, stream: &str) -> Result<Vec<
         .collect())
 }
 
+/// The fields of an `XINFO` reply entry, in RESP2 (a flat array) or RESP3 (a map).
+fn info_fields(v: &Value) -> Vec<(String, &Value)> {
+    match v {
+        Value::Array(flat) => flat.chunks(2).filter_map(|kv| Some((string(kv.first()?)?, kv.get(1)?))).collect(),
+        Value::Map(m) => m.iter().filter_map(|(k, v)| Some((string(k)?, v))).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The consumers of `group` on `stream`: name, pending entries, idle time,
+/// and when each received the oldest entry it still holds.
+async fn xinfo_consumers(conn: &mut ConnectionManager, stream: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+    let reply: redis::RedisResult<Value> =
+        redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await;
+    let reply = match reply {
+        Ok(v) => v,
+        Err(e) if e.to_string().contains("no such key") || e.to_string().contains("NOGROUP") => return Ok(Vec::new()),
+        Err(e) => return Err(err(e)),
+    };
+    let Value::Array(entries) = reply else { return Ok(Vec::new()) };
+    let now = SystemTime::now();
+    let mut consumers = Vec::with_capacity(entries.len());
+    for entry in &entries {
+        let fields = info_fields(entry);
+        let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+        let Some(name) = get("name").and_then(string) else { continue };
+        let mut c = ConsumerInfo::named(name);
+        let pending = get("pending").and_then(int).unwrap_or(0).max(0) as u64;
+        c.holding = Some(pending);
+        c.idle = get("idle").and_then(int).map(|ms| Duration::from_millis(ms.max(0) as u64));
+        if pending > 0 {
+            // The consumer's oldest pending entry: [id, consumer, ms since delivered, deliveries].
+            let oldest: Value = redis::cmd("XPENDING")
+                .arg(stream)
+                .arg(group)
+                .arg("-")
+                .arg("+")
+                .arg(1)
+                .arg(&c.name)
+                .query_async(conn)
+                .await
+                .map_err(err)?;
+            if let Value::Array(rows) = oldest {
+                if let Some(Value::Array(row)) = rows.first() {
+                    let elapsed = row.get(2).and_then(int).unwrap_or(0).max(0) as u64;
+                    c.holding_since = now.checked_sub(Duration::from_millis(elapsed));
+                }
+            }
+        }
+        consumers.push(c);
+    }
+    Ok(consumers)
+}
+
 fn now_ms() -> u64 {
     to_millis(SystemTime::now())
 }
@@ -857,6 +911,36 @@ impl Broker for RedisBroker {
             return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
         }
         Ok(())
+    }
+
+    async fn consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
+        self.check_open()?;
+        validate_name("topic", topic)?;
+        validate_name("group", group)?;
+        let keys = TopicKeys::new(topic);
+        let mut conn = self.conn();
+        // A consumer reads the topic's stream and the group's stream of due
+        // retries: one row per consumer, holdings added up.
+        let mut all: Vec<ConsumerInfo> = Vec::new();
+        for stream in [keys.stream.clone(), keys.due(group)] {
+            for c in xinfo_consumers(&mut conn, &stream, group).await? {
+                match all.iter_mut().find(|known| known.name == c.name) {
+                    None => all.push(c),
+                    Some(known) => {
+                        known.holding = Some(known.holding.unwrap_or(0) + c.holding.unwrap_or(0));
+                        known.holding_since = match (known.holding_since, c.holding_since) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        known.idle = match (known.idle, c.idle) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                }
+            }
+        }
+        Ok(all)
     }
 
     async fn inspect(&self, topic: &str, group: &str) -> Result<GroupStats> {

@@ -48,6 +48,17 @@ pub(crate) async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
     })
     .await?;
     check!(ok, "after receiving 2: {s:?}");
+    // Who holds them: the consumer that received them, by its name.
+    let deadline = Instant::now() + ctx.broker.capabilities().stats_delay * 2 + Duration::from_secs(1);
+    loop {
+        let consumers = ctx.broker.consumers(&ctx.topic, "g").await.map_err(fail("consumers"))?;
+        let holder = consumers.iter().find(|c| c.name == "c");
+        if holder.is_some_and(|c| c.holding.is_none_or(|n| n >= 2)) {
+            break;
+        }
+        check!(Instant::now() < deadline, "consumers while `c` holds 2 messages: {consumers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     ctx.broker.ack(&got[..1]).await.map_err(fail("ack"))?;
     let mut next = Message::clone(&got[1].message);
     next.attempt += 1;
