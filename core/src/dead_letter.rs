@@ -145,6 +145,18 @@ const PAGE: usize = 100;
 /// Sends matching dead letters back to their group, at most
 /// `options.per_second` a second. Returns how many were redriven.
 pub async fn redrive(broker: &dyn Broker, topic: &str, group: &str, options: &RedriveOptions) -> Result<usize> {
+    redrive_reporting(broker, topic, group, options, &mut |_| {}).await
+}
+
+/// [`redrive`], calling `moved` with the running total after each slice
+/// (for a progress bar).
+pub async fn redrive_reporting(
+    broker: &dyn Broker,
+    topic: &str,
+    group: &str,
+    options: &RedriveOptions,
+    moved: &mut (dyn FnMut(usize) + Send),
+) -> Result<usize> {
     if let Some(rate) = options.per_second {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(Error::invalid_option("per_second", "must be a positive number"));
@@ -173,6 +185,7 @@ pub async fn redrive(broker: &dyn Broker, topic: &str, group: &str, options: &Re
                 tokio::time::sleep_until(due).await;
             }
             done += broker.redrive_dead_letters(topic, group, chunk).await?;
+            moved(done);
         }
         if page.len() < PAGE {
             break;

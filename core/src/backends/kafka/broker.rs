@@ -735,12 +735,12 @@ mod assignment_tests {
     fn the_topics_partitions_are_read_from_an_assignment() {
         let mut b = vec![0, 0]; // version
         b.extend(2i32.to_be_bytes()); // two topics
-        for (name, parts) in [("orders", &[2, 0][..]), ("orders.retry", &[0][..])] {
+        for (name, parts) in [("orders", &[2i32, 0][..]), ("orders.retry", &[0i32][..])] {
             b.extend((name.len() as i16).to_be_bytes());
             b.extend(name.as_bytes());
             b.extend((parts.len() as i32).to_be_bytes());
             for p in parts {
-                b.extend((*p as i32).to_be_bytes());
+                b.extend(p.to_be_bytes());
             }
         }
         b.extend((-1i32).to_be_bytes()); // no user data
