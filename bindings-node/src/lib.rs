@@ -12,6 +12,7 @@
 
 mod bench;
 mod broker;
+mod cli;
 mod conformance;
 mod errors;
 mod handler;

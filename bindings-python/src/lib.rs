@@ -7,6 +7,7 @@
 
 mod bench;
 mod broker;
+mod cli;
 mod conformance;
 mod convert;
 mod coroutines;
@@ -40,6 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(broker::connect, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::scenarios, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::run_scenario, m)?)?;
+    m.add_function(wrap_pyfunction!(cli::cli, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_publish, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_consume, m)?)?;
     Ok(())

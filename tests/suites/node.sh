@@ -28,6 +28,9 @@ echo "require and import"
 node -e "const p = require('pillarbox'); if (typeof p.connect !== 'function') process.exit(1)"
 node --input-type=module -e "import { connect, Worker } from 'pillarbox'; if (typeof connect !== 'function' || typeof Worker !== 'function') process.exit(1)"
 
+echo "npx pillarbox (the command, from the package)"
+npx --no-install pillarbox --version
+
 echo "tsc (the typed example) and the example itself"
 cp "$root/examples/node/quickstart.ts" .
 npx tsc --strict --module nodenext --moduleResolution nodenext --target es2022 --types node --outDir out quickstart.ts

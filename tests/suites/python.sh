@@ -30,6 +30,9 @@ echo "mypy --strict (the package and the example)"
 # pillarbox.django needs Django and its stubs: tests/suites/django.sh checks it.
 python -m mypy --strict --exclude 'pillarbox/django/' bindings-python/python/pillarbox examples/python/quickstart.py
 
+echo "the pillarbox console script"
+pillarbox --version
+
 echo "the Python quickstart"
 python examples/python/quickstart.py >/dev/null
 

@@ -1,4 +1,9 @@
-"""``pillarbox worker MODULE:APP``: runs an app's tasks (also ``python -m pillarbox worker ...``)."""
+"""The ``pillarbox`` command (also ``python -m pillarbox``).
+
+``pillarbox worker MODULE:APP`` runs an app's Python tasks; every other
+command (``inspect``, ``dead-letters``, ``publish``, ``watch``, ``check``,
+``metrics``...) is the Rust command's own code, run by the native module.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,13 @@ import os
 import sys
 from typing import List, Optional
 
+from . import _native
 from .tasks import App
+
+WORKER_HELP = """
+Python command:
+  worker        Run the tasks of a Python app: pillarbox worker myproject.tasks:app [--concurrency N]
+"""
 
 
 def load_app(spec: str) -> App:
@@ -24,6 +35,16 @@ def load_app(spec: str) -> App:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["worker"]:
+        return worker(args)
+    status = _native.cli(["pillarbox", *args])
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(WORKER_HELP, end="")
+    raise SystemExit(status)
+
+
+def worker(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(prog="pillarbox", description="Pillarbox's Python commands.")
     commands = parser.add_subparsers(dest="command", required=True)
     worker = commands.add_parser("worker", help="run the tasks of an app until SIGTERM or Ctrl-C")
