@@ -87,11 +87,12 @@ async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, n: usize) -> 
 async fn setup(url: &str, topic: &str) -> std::sync::Arc<dyn Broker> {
     let broker = pillarbox::connect(url).await.unwrap();
     broker.ensure_group(topic, "g").await.unwrap();
+    // One key: one partition on Kafka, so the first two received are the first two published.
     let batch = vec![
         Message::new("first").with_key("k"),
-        Message::new(vec![0xff, 0xfe]),
-        Message::new("third"),
-        Message::new("fourth"),
+        Message::new(vec![0xff, 0xfe]).with_key("k"),
+        Message::new("third").with_key("k"),
+        Message::new("fourth").with_key("k"),
     ];
     broker.publish(topic, batch).await.unwrap();
     let failing = receive(&*broker, topic, CONSUMER, 2).await;
