@@ -50,6 +50,33 @@ async function call(promise) {
   }
 }
 
+/**
+ * Calls settled through one shared channel rather than a native Promise
+ * each (see src/completions.rs): `submit(start)` calls `start(completions,
+ * ticket)` and resolves with what the ticket settles with.
+ */
+const pending = new Map()
+let nextTicket = 1
+const completions = new native.Completions(() => {
+  const rows = completions.take()
+  for (let at = 0; at < rows.length; at += 3) {
+    const ticket = rows[at]
+    const { resolve, reject } = pending.get(ticket)
+    pending.delete(ticket)
+    if (rows[at + 2] === null) resolve(rows[at + 1])
+    else reject(fromNative(new Error(rows[at + 2])))
+  }
+})
+
+function submit(start) {
+  const ticket = nextTicket
+  nextTicket = nextTicket === 0xffffffff ? 1 : nextTicket + 1
+  return new Promise((resolve, reject) => {
+    sync(() => start(completions, ticket))
+    pending.set(ticket, { resolve, reject })
+  })
+}
+
 function sync(fn) {
   try {
     return fn()
@@ -154,7 +181,7 @@ class Broker {
     if (Array.isArray(what)) {
       // A bare payload crosses as its bytes alone: the common case, and the cheapest.
       const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, m)))
-      return call(this._native.publish(topic, batch))
+      return submit((c, ticket) => this._native.publish(topic, batch, c, ticket))
     }
     const bare = isPayload(what) && Object.keys(options).length === 0
     const message = bare
@@ -162,7 +189,7 @@ class Broker {
       : isPayload(what)
         ? messageInput(what, options)
         : messageInput(what.payload, { ...what, ...options })
-    const [id] = await call(this._native.publish(topic, [message]))
+    const [id] = await submit((c, ticket) => this._native.publish(topic, [message], c, ticket))
     return id
   }
 
@@ -221,17 +248,31 @@ class Fatal extends Error {
   }
 }
 
+/**
+ * Where each value of a job sits in the rows the native dispatcher hands
+ * over (`take()`, see src/handler.rs): values by position cost less to
+ * cross than objects with named fields.
+ */
+const FIELD = {
+  id: 0, attempt: 1, maxAttempts: 2, deadline: 3, payload: 4, messageId: 5, topic: 6, group: 7, key: 8,
+  idempotencyKey: 9, contentType: 10, headers: 11, messageAttempt: 12, publishedAt: 13, deliverAt: 14,
+  traceparent: 15, tracestate: 16, failures: 17, script: 18,
+}
+const FIELDS = 19
+
 /** What a handler is given. */
 class Job {
-  constructor(data) {
-    this._data = data
-    this.payload = data.message.payload
-    this.topic = data.topic
-    this.group = data.group
-    this.attempt = data.attempt
-    this.maxAttempts = data.maxAttempts
+  constructor(rows, at) {
+    this._rows = rows
+    this._at = at
+    this.payload = rows[at + FIELD.payload]
+    this.topic = rows[at + FIELD.topic]
+    this.group = rows[at + FIELD.group]
+    this.attempt = rows[at + FIELD.attempt]
+    this.maxAttempts = rows[at + FIELD.maxAttempts]
+    const deadline = rows[at + FIELD.deadline]
     /** When the attempt times out (`handlerTimeoutMs`), or null. */
-    this.deadline = data.deadline == null ? null : new Date(data.deadline)
+    this.deadline = deadline == null ? null : new Date(deadline)
     this._message = undefined
     this._controller = undefined
     this._aborted = false
@@ -239,7 +280,23 @@ class Job {
 
   /** The message with every metadata field (made on first use: most handlers need only the payload). */
   get message() {
-    if (this._message === undefined) this._message = message(this._data.message)
+    if (this._message === undefined) {
+      const [rows, at] = [this._rows, this._at]
+      this._message = message({
+        id: rows[at + FIELD.messageId],
+        payload: this.payload,
+        key: rows[at + FIELD.key],
+        idempotencyKey: rows[at + FIELD.idempotencyKey],
+        contentType: rows[at + FIELD.contentType],
+        headers: rows[at + FIELD.headers] || {},
+        attempt: rows[at + FIELD.messageAttempt],
+        publishedAt: rows[at + FIELD.publishedAt],
+        deliverAt: rows[at + FIELD.deliverAt],
+        traceparent: rows[at + FIELD.traceparent],
+        tracestate: rows[at + FIELD.tracestate],
+        failures: rows[at + FIELD.failures],
+      })
+    }
     return this._message
   }
 
@@ -258,7 +315,7 @@ class Job {
   }
 
   get id() {
-    return this._data.message.id
+    return this._rows[this._at + FIELD.messageId]
   }
 
   /** Whether a failure now dead-letters the message rather than retrying it. */
@@ -299,31 +356,41 @@ function outcome(e, { retryFor, fatalFor = [] }) {
 
 /**
  * The native dispatcher a worker's jobs come through: woken when jobs are
- * queued, it takes them all at once, runs the handler on each and reports
- * every outcome (null for success) with one synchronous call; it aborts a
- * job's signal when the worker gives up on it.
+ * queued, it takes them all at once and runs the handler on each; the
+ * successes of one turn of the event loop are reported in one call, each
+ * failure with its outcome. It aborts a job's signal when the worker gives
+ * up on it. The handler's second argument is the job's conformance script.
  */
 function dispatcher(handler, classes = {}) {
   const running = new Map()
   let jobs
-  const run = async (data) => {
-    const job = new Job(data)
-    running.set(data.id, job)
-    let result = null
+  let succeeded = []
+  const flush = () => {
+    const ids = succeeded
+    succeeded = []
+    jobs.succeed(ids)
+  }
+  const run = async (rows, at) => {
+    const job = new Job(rows, at)
+    const id = rows[at + FIELD.id]
+    running.set(id, job)
+    let failure = null
     try {
-      await handler(job, data)
+      await handler(job, rows[at + FIELD.script])
     } catch (e) {
       try {
-        result = outcome(e, classes)
+        failure = outcome(e, classes)
       } catch {
-        result = { kind: 'Error', message: 'the handler threw a value that could not be read', retryable: true }
+        failure = { kind: 'Error', message: 'the handler threw a value that could not be read', retryable: true }
       }
     }
-    running.delete(data.id)
-    jobs.complete(data.id, result)
+    running.delete(id)
+    if (failure !== null) jobs.complete(id, failure)
+    else if (succeeded.push(id) === 1) queueMicrotask(flush)
   }
   const wake = () => {
-    for (const data of jobs.take()) run(data)
+    const rows = jobs.take()
+    for (let at = 0; at < rows.length; at += FIELDS) run(rows, at)
   }
   const cancel = (id) => {
     const job = running.get(id)

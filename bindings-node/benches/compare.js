@@ -8,7 +8,7 @@
 //
 // Servers: the test command's (tests/run.sh), or PILLARBOX_REDIS_URL,
 // PILLARBOX_AMQP_URL, PILLARBOX_KAFKA_URL. PB_BENCH_ONLY=redis,amqp,kafka
-// picks backends; PB_BENCH_ONE, PB_BENCH_MANY, PB_BENCH_KAFKA_MANY set counts.
+// picks backends; PB_BENCH_ONE and PB_BENCH_MANY set counts.
 'use strict'
 const path = require('node:path')
 const { randomUUID } = require('node:crypto')
@@ -26,12 +26,12 @@ const URLS = {
 const PAYLOAD = Buffer.alloc(100, 'x')
 const BATCH = 100
 const ONE = Number(process.env.PB_BENCH_ONE || 3000) // published one at a time
+// Published in batches, then consumed: enough that a consumer's start (a
+// connection, a group to join) does not decide its rate.
 const MANY = {
-  redis: Number(process.env.PB_BENCH_MANY || 50_000), // published in batches, then consumed
-  amqp: Number(process.env.PB_BENCH_MANY || 50_000),
-  // Kafka consumers spend a while joining their group: more messages so
-  // the join does not decide the rate.
-  kafka: Number(process.env.PB_BENCH_KAFKA_MANY || 200_000),
+  redis: Number(process.env.PB_BENCH_MANY || 200_000),
+  amqp: Number(process.env.PB_BENCH_MANY || 100_000),
+  kafka: Number(process.env.PB_BENCH_MANY || 200_000),
 }
 // The same worker settings for the Rust core and Node: 64 handlers at once,
 // a window of 200. Async handlers on one event loop cost little each, and

@@ -13,7 +13,10 @@ app=.pillarbox-test/node-bench
 mkdir -p "$app"
 cd "$app"
 [ -f package.json ] || npm init -y >/dev/null
-# Release profile: what users get.
 npm install --no-audit --no-fund --loglevel=error "$root/bindings-node" bullmq@6.7.6 ioredis@5.9.3 amqplib@2.3.1 kafkajs@2.2.4
+# The package is linked, not copied, and npm skips its install script when
+# nothing changed: build the addon with the release profile (what users get)
+# here, whatever the tests last built.
+(cd "$root/bindings-node" && node scripts/build.js)
 cp "$root/bindings-node/benches/compare.js" .
 node compare.js

@@ -3,10 +3,12 @@
 use std::sync::Arc;
 
 use napi::bindgen_prelude::{Buffer, Either, Result};
+use napi::Env;
 use napi_derive::napi;
 use pillarbox::dead_letter::{self, RedriveOptions};
 use pillarbox::Message;
 
+use crate::completions::Completions;
 use crate::errors::OrThrow;
 use crate::message::{DeadLetter, DeadLetterFilter, GroupStats, MessageInput};
 
@@ -67,9 +69,17 @@ impl Broker {
         self.inner.ensure_group(&topic, &group).await.or_throw()
     }
 
-    /// Publishes a batch; resolves to the ids once the broker has every one.
+    /// Publishes a batch; `ticket` settles with the ids once the broker has
+    /// every one (see `Completions`).
     #[napi]
-    pub async fn publish(&self, topic: String, messages: Vec<Either<Buffer, MessageInput>>) -> Result<Vec<String>> {
+    pub fn publish(
+        &self,
+        env: &Env,
+        topic: String,
+        messages: Vec<Either<Buffer, MessageInput>>,
+        completions: &Completions,
+        ticket: u32,
+    ) -> Result<()> {
         let batch = messages
             .into_iter()
             .map(|m| match m {
@@ -77,9 +87,12 @@ impl Broker {
                 Either::B(input) => input.into_message(),
             })
             .collect::<Result<Vec<_>>>()?;
-        let ids = batch.iter().map(|m| m.id.clone()).collect();
-        self.inner.publish(&topic, batch).await.or_throw()?;
-        Ok(ids)
+        let broker = Arc::clone(&self.inner);
+        completions.start(env, ticket, async move {
+            let ids = batch.iter().map(|m| m.id.clone()).collect();
+            broker.publish(&topic, batch).await.or_throw()?;
+            Ok(ids)
+        })
     }
 
     #[napi]

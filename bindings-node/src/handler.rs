@@ -15,31 +15,79 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use napi::bindgen_prelude::{Array, BufferSlice, Null, Object};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
-use napi::Status;
+use napi::{Env, Status};
 use napi_derive::napi;
-use pillarbox::{HandlerError, Job};
+use pillarbox::message::to_millis;
+use pillarbox::{HandlerError, Job, Message};
 use tokio::sync::oneshot;
 
-use crate::message::MessageData;
+use crate::message::Failures;
 
-/// What the JavaScript side is given for each job.
-#[napi(object)]
-pub struct JobData {
-    /// Names the job to `complete` and to the cancel function.
-    pub id: u32,
-    pub topic: String,
-    pub group: String,
-    pub attempt: u32,
-    pub max_attempts: u32,
-    /// When the attempt times out (milliseconds since the epoch), if it can.
-    pub deadline: Option<f64>,
-    pub message: MessageData,
-    /// For the conformance suite: the script the handler acts out (JSON).
-    pub script: Option<String>,
+/// A job on its way to JavaScript.
+struct QueuedJob {
+    id: u32,
+    attempt: u32,
+    max_attempts: u32,
+    deadline: Option<f64>,
+    topic: Arc<str>,
+    group: Arc<str>,
+    message: Arc<Message>,
+    script: Option<String>,
+}
+
+/// How many values a job takes in the array `take` returns, and their
+/// order (the facade, `index.js`, reads them by these positions).
+pub const FIELDS: u32 = 19;
+
+impl QueuedJob {
+    /// Writes the job at `at`: values by position, no property names, which
+    /// would cost a string per field per job.
+    fn write(&self, env: &Env, row: &mut Array, at: u32) -> napi::Result<()> {
+        let m = &self.message;
+        let ms = |t: SystemTime| to_millis(t) as f64;
+        row.set(at, self.id)?;
+        row.set(at + 1, self.attempt)?;
+        row.set(at + 2, self.max_attempts)?;
+        row.set(at + 3, self.deadline)?;
+        // A copy into memory V8 owns: no finalizer per payload.
+        row.set(at + 4, BufferSlice::copy_from(env, &m.payload[..])?)?;
+        row.set(at + 5, m.id.as_str())?;
+        row.set(at + 6, &*self.topic)?;
+        row.set(at + 7, &*self.group)?;
+        row.set(at + 8, m.key.as_deref())?;
+        row.set(at + 9, m.idempotency_key.as_deref())?;
+        row.set(at + 10, m.content_type.as_deref())?;
+        if m.headers.is_empty() {
+            row.set(at + 11, Null)?;
+        } else {
+            let mut headers = Object::new(env)?;
+            for (k, v) in &m.headers {
+                headers.set(k, v.as_str())?;
+            }
+            row.set(at + 11, headers)?;
+        }
+        row.set(at + 12, m.attempt)?;
+        row.set(at + 13, ms(m.published_at))?;
+        row.set(at + 14, m.deliver_at.map(ms))?;
+        row.set(at + 15, m.traceparent.as_deref())?;
+        row.set(at + 16, m.tracestate.as_deref())?;
+        row.set(
+            at + 17,
+            m.failures.as_ref().map(|f| Failures {
+                first_failed_at: ms(f.first_failed_at),
+                last_failed_at: ms(f.last_failed_at),
+                last_error_kind: f.last_error_kind.clone(),
+                last_error: f.last_error.clone(),
+            }),
+        )?;
+        row.set(at + 18, self.script.as_deref())?;
+        Ok(())
+    }
 }
 
 /// What the handler did, when it failed.
@@ -62,7 +110,7 @@ struct Shared {
     wake: JsWake,
     cancel: JsCancel,
     /// Jobs not yet taken by JavaScript, each with where its outcome goes.
-    queued: Mutex<Vec<(JobData, Reply)>>,
+    queued: Mutex<Vec<(QueuedJob, Reply)>>,
     /// Jobs JavaScript has taken and not yet completed.
     running: Mutex<HashMap<u32, Reply>>,
     /// Whether a wake-up is on its way (one per batch, not one per job).
@@ -92,22 +140,32 @@ impl Dispatcher {
         Dispatcher { shared: Arc::new(shared) }
     }
 
-    /// Every job queued since the last call.
+    /// Every job queued since the last call, `FIELDS` values each.
     #[napi]
-    pub fn take(&self) -> Vec<JobData> {
+    pub fn take<'env>(&self, env: &'env Env) -> napi::Result<Array<'env>> {
         // Cleared first: a job queued from now on wakes the loop again.
         self.shared.woken.store(false, Ordering::SeqCst);
         let queued = std::mem::take(&mut *self.shared.queued.lock().unwrap());
+        // A job whose attempt was given up while queued is not run.
+        let live: Vec<_> = queued.into_iter().filter(|(_, reply)| !reply.is_closed()).collect();
+        let mut rows = env.create_array(live.len() as u32 * FIELDS)?;
         let mut running = self.shared.running.lock().unwrap();
-        let mut jobs = Vec::with_capacity(queued.len());
-        for (job, reply) in queued {
-            // A job whose attempt was given up while queued is not run.
-            if !reply.is_closed() {
-                running.insert(job.id, reply);
-                jobs.push(job);
+        for (n, (job, reply)) in live.into_iter().enumerate() {
+            job.write(env, &mut rows, n as u32 * FIELDS)?;
+            running.insert(job.id, reply);
+        }
+        Ok(rows)
+    }
+
+    /// The handlers of these jobs succeeded.
+    #[napi]
+    pub fn succeed(&self, ids: Vec<u32>) {
+        let mut running = self.shared.running.lock().unwrap();
+        for id in ids {
+            if let Some(reply) = running.remove(&id) {
+                let _ = reply.send(None);
             }
         }
-        jobs
     }
 
     /// The handler of job `id` finished: `null` for success, or how it failed.
@@ -134,14 +192,14 @@ impl pillarbox::Handler for NodeHandler {
     async fn handle(&self, job: Job) -> Result<(), HandlerError> {
         let shared = &self.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let data = JobData {
+        let data = QueuedJob {
             id,
-            topic: job.topic.to_string(),
-            group: job.group.to_string(),
             attempt: job.attempt(),
             max_attempts: job.max_attempts,
             deadline: job.deadline.and_then(|d| d.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs_f64() * 1000.0),
-            message: MessageData::from(job.message.as_ref()),
+            topic: Arc::clone(&job.topic),
+            group: Arc::clone(&job.group),
+            message: Arc::clone(&job.message),
             script: self.script.clone(),
         };
         let (reply, outcome) = oneshot::channel();

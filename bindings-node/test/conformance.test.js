@@ -8,9 +8,9 @@ const { URLS, BACKENDS } = require('./support')
 /** A handler that acts out its scenario's script (JSON, carried by each job). */
 function actsOut() {
   const parsed = new Map()
-  return async (job, data) => {
-    let script = parsed.get(data.script)
-    if (!script) parsed.set(data.script, (script = JSON.parse(data.script)))
+  return async (job, json) => {
+    let script = parsed.get(json)
+    if (!script) parsed.set(json, (script = JSON.parse(json)))
     const b = script.behaviours.find((b) => b.payload_prefix == null || job.text().startsWith(b.payload_prefix))
     if (!b) return
     if (b.blocking) {
