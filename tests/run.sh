@@ -64,10 +64,9 @@ cargo test --workspace --all-features
 step "the README's demo"
 cargo run -q -p pillarbox --example quickstart
 
-step "conformance runner on a user URL"
-# One scenario panics on purpose; its backtrace is noise here.
-RUST_BACKTRACE=0 cargo run -q -p pillarbox --features conformance --example conformance -- "memory://runner-check" >/dev/null 2>&1 || {
-  RUST_BACKTRACE=0 cargo run -q -p pillarbox --features conformance --example conformance -- "memory://runner-check"
+step "pillarbox check (the conformance suite against a user's URL)"
+cargo run -q -p pillarbox-cli -- check memory://runner-check >/dev/null || {
+  cargo run -q -p pillarbox-cli -- check memory://runner-check
   exit 1
 }
 

@@ -17,10 +17,15 @@ backends=${PILLARBOX_TEST_BACKENDS:-sqlite,redis}
 redis_url=${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}
 
 [ -x /usr/bin/chromium ] || apt_install chromium
-py312=$HOME/.pyenv/versions/3.12.1/bin/python
-[ -x "$py312" ] || py312=$(command -v python3.12 || true)
+# Django 6 needs Python 3.12 or newer: on PATH, else one of pyenv's.
+py312=$(command -v python3.12 || command -v python3.13 || true)
 if [ -z "$py312" ]; then
-  echo "Python 3.12 not found (pyenv 3.12.1 or python3.12 on PATH): Django 6 needs it" >&2
+  for candidate in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python; do
+    [ -x "$candidate" ] && py312=$candidate && break
+  done
+fi
+if [ -z "$py312" ]; then
+  echo "Python 3.12 or newer not found (python3.12, python3.13 or pyenv's): Django 6 needs it" >&2
   exit 1
 fi
 python3 -m venv --help >/dev/null 2>&1 || apt_install python3-venv

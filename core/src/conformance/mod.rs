@@ -7,7 +7,7 @@
 //! implementations, through [`run_scenario_with`]). Run them against any URL:
 //!
 //! ```sh
-//! cargo run -p pillarbox --features conformance --example conformance -- sqlite:///tmp/check.db
+//! pillarbox check sqlite:///tmp/check.db      # the command in cli/
 //! ```
 //!
 //! Each scenario works on topics of its own (`conf.<scenario>.<random>`), so
