@@ -17,6 +17,7 @@ export type ErrorCode =
   | 'TIMEOUT'
   | 'LEASE_LOST'
   | 'CLOSED'
+  | 'ALREADY_RUNNING'
 
 /** Every error the package throws. */
 export class PillarboxError extends Error {

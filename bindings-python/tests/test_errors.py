@@ -21,6 +21,7 @@ def test_every_code_has_its_class_and_the_codes_are_pinned() -> None:
         "TIMEOUT": "Timeout",
         "LEASE_LOST": "LeaseLost",
         "CLOSED": "Closed",
+        "ALREADY_RUNNING": "AlreadyRunning",
     }
     assert all(issubclass(cls, pillarbox.Error) for cls in errors.BY_CODE.values())
 

@@ -109,13 +109,20 @@ pub enum Error {
     },
 
     /// The delivery's lease was lost (it expired and the message went to
-    /// another consumer); the ack, retry or dead-letter was not applied.
-    #[error("the lease on message {message_id} was lost; it will be delivered again")]
+    /// another consumer, or the channel it came on closed); the ack, retry
+    /// or dead-letter was not applied and the message will be delivered again.
+    #[error("{}", lease_lost_text(message_id.as_deref(), *count))]
     LeaseLost {
-        /// Id of the message whose lease was lost (a Redis ack of a batch
-        /// says how many of it were settled already, not which).
-        message_id: String,
+        /// The message, when one is known (a Redis ack of a batch says how
+        /// many of it were settled already, not which).
+        message_id: Option<String>,
+        /// How many messages lost their lease.
+        count: usize,
     },
+
+    /// `Worker::run` was called while the worker was running already.
+    #[error("this worker is already running: one run() at a time (it may run again once that one returns)")]
+    AlreadyRunning,
 
     /// The broker handle or worker was closed.
     #[error("closed")]
@@ -140,6 +147,7 @@ impl Error {
             Error::Backend { .. } => "BACKEND",
             Error::Timeout { .. } => "TIMEOUT",
             Error::LeaseLost { .. } => "LEASE_LOST",
+            Error::AlreadyRunning => "ALREADY_RUNNING",
             Error::Closed => "CLOSED",
         }
     }
@@ -153,6 +161,25 @@ impl Error {
     pub(crate) fn invalid_option(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidOption { name: name.into(), reason: reason.into() }
     }
+
+    /// The lease on message `id` was lost.
+    pub fn lease_lost(id: &str) -> Self {
+        Error::LeaseLost { message_id: Some(id.to_string()), count: 1 }
+    }
+
+    /// The leases on `count` messages, not known one by one, were lost.
+    pub fn leases_lost(count: usize) -> Self {
+        Error::LeaseLost { message_id: None, count }
+    }
+}
+
+fn lease_lost_text(message_id: Option<&str>, count: usize) -> String {
+    match message_id {
+        Some(id) => format!("the lease on message {id} was lost; it will be delivered again"),
+        None => {
+            format!("the leases on {count} of the messages settled together were lost; they will be delivered again")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +187,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_are_distinct() {
+    fn codes_are_pinned_and_listed_in_the_readme() {
         let all = [
             Error::InvalidUrl { url: String::new(), reason: String::new() },
             Error::UnknownScheme { scheme: String::new() },
@@ -173,12 +200,33 @@ mod tests {
             Error::Connect { backend: "x", url: String::new(), reason: String::new() },
             Error::Backend { backend: "x", reason: String::new() },
             Error::Timeout { operation: "x", after: Duration::ZERO },
-            Error::LeaseLost { message_id: String::new() },
+            Error::lease_lost("m"),
             Error::Closed,
+            Error::AlreadyRunning,
         ];
-        let mut codes: Vec<_> = all.iter().map(Error::code).collect();
-        codes.sort();
-        codes.dedup();
-        assert_eq!(codes.len(), all.len());
+        // Promised never to change: scripts, the packages' exception classes
+        // and the README's list depend on these strings.
+        let pinned = [
+            "INVALID_URL",
+            "UNKNOWN_SCHEME",
+            "BACKEND_NOT_ENABLED",
+            "INVALID_OPTION",
+            "UNSUPPORTED",
+            "MESSAGE_TOO_LARGE",
+            "QUEUE_FULL",
+            "INVALID_MESSAGE",
+            "CONNECT",
+            "BACKEND",
+            "TIMEOUT",
+            "LEASE_LOST",
+            "CLOSED",
+            "ALREADY_RUNNING",
+        ];
+        let codes: Vec<_> = all.iter().map(Error::code).collect();
+        assert_eq!(codes, pinned);
+        let readme = include_str!("../../README.md");
+        for code in pinned {
+            assert!(readme.contains(&format!("`{code}`")), "the README's list of error codes lacks {code}");
+        }
     }
 }

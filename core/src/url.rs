@@ -81,6 +81,20 @@ impl BrokerUrl {
         url::Url::parse(&self.raw).map_err(|e| Error::InvalidUrl { url: self.redacted(), reason: e.to_string() })
     }
 
+    /// The user and password of `SCHEME://user:password@host`, decoded as
+    /// RFC 3986 percent-encoding: `%2B` and `+` are both a plus, `%26` and
+    /// `&` both an ampersand (form decoding would turn `+` into a space and
+    /// split at `&`). One decoding for every backend that reads them itself.
+    pub fn credentials(&self) -> Option<(String, Option<String>)> {
+        let authority = self.path.split('/').next().unwrap_or_default();
+        let (userinfo, _) = authority.rsplit_once('@')?;
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        Some(match userinfo.split_once(':') {
+            Some((user, password)) => (decode(user), Some(decode(password))),
+            None => (decode(userinfo), None),
+        })
+    }
+
     /// The URL with passwords and secret parameters replaced by `***`.
     pub fn redacted(&self) -> String {
         redact(&self.raw)
@@ -196,6 +210,19 @@ pub fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_percent_decoded_not_form_decoded() {
+        let raw = BrokerUrl::parse("amqp://pb+user:p+ss&w=rd@host:5672/%2f").unwrap();
+        assert_eq!(raw.credentials(), Some(("pb+user".into(), Some("p+ss&w=rd".into()))));
+        let encoded = BrokerUrl::parse("kafka://pb%2Buser:p%2Bss%26w%3Drd%20x@h1:9092,h2:9092").unwrap();
+        assert_eq!(encoded.credentials(), Some(("pb+user".into(), Some("p+ss&w=rd x".into()))));
+        let user_only = BrokerUrl::parse("redis://alice@host:6379").unwrap();
+        assert_eq!(user_only.credentials(), Some(("alice".into(), None)));
+        assert_eq!(BrokerUrl::parse("redis://host:6379").unwrap().credentials(), None);
+        // An @ in the path is not userinfo.
+        assert_eq!(BrokerUrl::parse("amqp://host/v@host").unwrap().credentials(), None);
+    }
 
     #[test]
     fn redacts_password_and_secret_params() {

@@ -442,6 +442,15 @@ async fn sasl_authentication() {
     broker.ack(&got).await.unwrap();
     broker.close().await.unwrap();
 
+    // A password with `+`, `&` and `=`, written as it is and percent-encoded.
+    for written in ["p+ss&w=rd", "p%2Bss%26w%3Drd"] {
+        let broker = connect(&format!("kafka://carol:{written}@{sasl}?connect_timeout_ms=10000"))
+            .await
+            .unwrap_or_else(|e| panic!("{written}: {e}"));
+        broker.publish(&topic, vec![Message::new("carol")]).await.unwrap_or_else(|e| panic!("{written}: {e}"));
+        broker.close().await.unwrap();
+    }
+
     let e = connect(&format!("kafka://alice:wrong-secret@{sasl}?connect_timeout_ms=3000")).await.unwrap_err();
     assert_eq!(e.code(), "CONNECT", "{e}");
     assert!(!e.to_string().contains("wrong-secret"), "{e}");

@@ -32,7 +32,7 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
 # An authenticated listener for the SASL test (test-only credentials).
 sasl.enabled.mechanisms=PLAIN
-listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-test" user_admin="admin-test" user_alice="alice-test";
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="admin-test" user_admin="admin-test" user_alice="alice-test" user_carol="p+ss&w=rd";
 log.dirs=$base/data
 num.partitions=1
 offsets.topic.replication.factor=1

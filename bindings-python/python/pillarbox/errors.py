@@ -99,6 +99,12 @@ class Closed(Error):
     code = "CLOSED"
 
 
+class AlreadyRunning(Error):
+    """``run()`` was called on a worker that is running already."""
+
+    code = "ALREADY_RUNNING"
+
+
 _TRANSIENT = {"CONNECT", "BACKEND", "TIMEOUT", "QUEUE_FULL"}
 
 #: Each code's class; the native module raises through this table.
@@ -118,6 +124,7 @@ BY_CODE: Dict[str, Type[Error]] = {
         Timeout,
         LeaseLost,
         Closed,
+        AlreadyRunning,
     )
 }
 

@@ -428,7 +428,7 @@ impl Worker {
     pub async fn run(&self) -> Result<()> {
         let inner = &self.inner;
         if inner.running.swap(true, Ordering::AcqRel) {
-            return Err(Error::invalid_option("run", "this worker is already running"));
+            return Err(Error::AlreadyRunning);
         }
         // Reset however this ends, even if this future is dropped: the
         // worker can run again.
@@ -1512,6 +1512,21 @@ mod tests {
         task.await.unwrap().unwrap();
         let job = kept.lock().unwrap().take().expect("the handler ran");
         assert!(!job.is_cancelled(), "a finished job reads as cancelled");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_run_at_once_is_refused_as_already_running() {
+        let broker = crate::connect("memory://").await.unwrap();
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("first")]).await.unwrap();
+        let options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+        let worker = Worker::new(broker, "t", "g", no_op, options).unwrap();
+        let task = start(&worker);
+        until_succeeded(&worker, 1).await;
+        let second = worker.run().await.unwrap_err();
+        assert_eq!(second.code(), "ALREADY_RUNNING", "{second}");
+        worker.shutdown();
+        task.await.unwrap().unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

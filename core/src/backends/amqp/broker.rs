@@ -155,11 +155,13 @@ impl AmqpBroker {
         let max_message_bytes = url.max_message_bytes(128 * 1024 * 1024)?;
         let mut parsed = url.as_url()?;
         let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
-        let user = if parsed.username().is_empty() { "guest".to_string() } else { decode(parsed.username()) };
-        let password = parsed.password().map(decode).unwrap_or_else(|| "guest".to_string());
+        let (user, password) = match url.credentials() {
+            Some((user, password)) if !user.is_empty() => (user, password.unwrap_or_default()),
+            _ => ("guest".to_string(), "guest".to_string()),
+        };
         let vhost = match parsed.path().trim_start_matches('/') {
             "" => "/".to_string(),
-            v => decode(v),
+            v => percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned(),
         };
         let management_port = url.param_u64("management_port")?.unwrap_or(15672);
         let management_port =
@@ -417,14 +419,14 @@ impl AmqpBroker {
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
         // A closed channel means the broker has put the message back.
         if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.swap(true, Ordering::AcqRel) {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         r.link.unsettled.lock().unwrap().remove(&r.tag);
         r.link
             .channel
             .basic_ack(r.tag, BasicAckOptions::default())
             .await
-            .map_err(|_| Error::LeaseLost { message_id: delivery.message.id.clone() })
+            .map_err(|_| Error::lease_lost(&delivery.message.id))
     }
 
     /// Reads the group's dead letters (at most `DLQ_SCAN_LIMIT`) on a channel
@@ -498,10 +500,6 @@ impl AmqpBroker {
         let _ = channel.close(200, "inspected".into()).await;
         Ok(n)
     }
-}
-
-fn decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 /// Headers as text (borrowed from the delivery where they already are),
@@ -732,7 +730,7 @@ impl Broker for AmqpBroker {
             let mut tags = Vec::with_capacity(batch.len());
             for (d, r) in batch {
                 if !live || r.settled.swap(true, Ordering::AcqRel) {
-                    lost.get_or_insert(Error::LeaseLost { message_id: d.message.id.clone() });
+                    lost.get_or_insert(Error::lease_lost(&d.message.id));
                 } else {
                     tags.push(r.tag);
                 }
@@ -754,9 +752,12 @@ impl Broker for AmqpBroker {
                 acks.push((tags[split - 1], true));
             }
             acks.extend(tags[split..].iter().map(|t| (*t, false)));
+            let count = tags.len();
             for (tag, multiple) in acks {
                 if let Err(e) = link.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
-                    lost.get_or_insert(Error::LeaseLost { message_id: e.to_string() });
+                    // The channel closed: the broker gives these back to the queue.
+                    tracing::debug!(error = %e, "an ack did not reach RabbitMQ");
+                    lost.get_or_insert(Error::leases_lost(count));
                 }
             }
         }
@@ -771,7 +772,7 @@ impl Broker for AmqpBroker {
         self.check_open()?;
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
         if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.load(Ordering::Acquire) {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         let queue = AmqpBroker::route_for_group(&delivery.topic, &delivery.group, to_millis(next.due_at()));
         let (headers, payload, ct) = headers_of(&next);
@@ -783,7 +784,7 @@ impl Broker for AmqpBroker {
         self.check_open()?;
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
         if !r.link.live(self.generation.load(Ordering::Acquire)) || r.settled.load(Ordering::Acquire) {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         let (mut headers, payload, ct) = headers_of(&delivery.message);
         headers.extend(wire::encode_reason(reason));

@@ -354,7 +354,7 @@ impl Broker for EmbeddedBroker {
                 }
                 tx.commit().map_err(err)?;
                 match lost {
-                    Some(message_id) => Err(Error::LeaseLost { message_id }),
+                    Some(message_id) => Err(Error::lease_lost(&message_id)),
                     None => Ok(()),
                 }
             })
@@ -433,7 +433,7 @@ impl Broker for EmbeddedBroker {
                     .execute(params![headers, due, entry, token])
                     .map_err(err)?;
                 if changed == 0 {
-                    return Err(Error::LeaseLost { message_id: id });
+                    return Err(Error::lease_lost(&id));
                 }
                 Ok(())
             })
@@ -464,7 +464,7 @@ impl Broker for EmbeddedBroker {
                     .execute(params![headers, dead_at, entry, token])
                     .map_err(err)?;
                 if moved == 0 {
-                    return Err(Error::LeaseLost { message_id: id });
+                    return Err(Error::lease_lost(&id));
                 }
                 tx.prepare_cached("DELETE FROM pb_entries WHERE id = ?1")
                     .map_err(err)?

@@ -411,7 +411,7 @@ impl Broker for KafkaBroker {
             offset += n;
         }
         match lost {
-            Some(message_id) => Err(Error::LeaseLost { message_id }),
+            Some(message_id) => Err(Error::lease_lost(&message_id)),
             None => Ok(()),
         }
     }
@@ -436,7 +436,7 @@ impl Broker for KafkaBroker {
     async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
         let r = self.receipt(delivery)?;
         if !r.reader.holds(r) {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         let remaining = next.deliver_at.map_or(0, |t| to_millis(t).saturating_sub(to_millis(SystemTime::now())));
         let target = retry_topic(&delivery.topic, &delivery.group, level_for(remaining));
@@ -452,7 +452,7 @@ impl Broker for KafkaBroker {
     async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
         let r = self.receipt(delivery)?;
         if !r.reader.holds(r) {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         let m = &delivery.message;
         let mut headers = wire::encode_headers(m);

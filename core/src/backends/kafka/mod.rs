@@ -227,12 +227,7 @@ impl Options {
             }
             servers.push(host.to_string());
         }
-        let decode =
-            |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-        let credentials = userinfo.map(|u| match u.split_once(':') {
-            Some((user, pass)) => (decode(user).unwrap_or_default(), decode(pass).unwrap_or_default()),
-            None => (decode(u).unwrap_or_default(), String::new()),
-        });
+        let credentials = userinfo.and(url.credentials()).map(|(user, pass)| (user, pass.unwrap_or_default()));
 
         let mut common: Vec<(&'static str, String)> = Vec::new();
         let protocol = match url.param("security_protocol") {

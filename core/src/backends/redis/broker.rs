@@ -842,11 +842,10 @@ impl Broker for RedisBroker {
             let acked: usize = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
             if acked < batch.len() && lost.is_none() {
                 // Which ones were settled already, one XACK for the batch cannot tell.
-                let message_id = match batch.as_slice() {
-                    [(d, _)] => d.message.id.clone(),
-                    _ => format!("{} of the {} acked together", batch.len() - acked, batch.len()),
-                };
-                lost = Some(Error::LeaseLost { message_id });
+                lost = Some(match batch.as_slice() {
+                    [(d, _)] => Error::lease_lost(&d.message.id),
+                    _ => Error::leases_lost(batch.len() - acked),
+                });
             }
             topics.insert(topic);
         }
@@ -889,7 +888,7 @@ impl Broker for RedisBroker {
         add_message(&mut inv, &next);
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         Ok(())
     }
@@ -908,7 +907,7 @@ impl Broker for RedisBroker {
         }
         let done: i64 = inv.invoke_async(&mut self.conn()).await.map_err(err)?;
         if done == 0 {
-            return Err(Error::LeaseLost { message_id: delivery.message.id.clone() });
+            return Err(Error::lease_lost(&delivery.message.id));
         }
         Ok(())
     }
