@@ -174,7 +174,8 @@ async fn acks_settle_exactly_their_batch() {
     broker.ack(&b[10..11]).await.unwrap();
     let err = broker.ack(&b[..20]).await.unwrap_err();
     assert_eq!(err.code(), "LEASE_LOST", "{err}");
-    assert!(err.to_string().contains("1 of the 20 acked together"), "{err}");
+    assert!(matches!(err, pillarbox::Error::LeaseLost { message_id: None, count: 1 }), "{err:?}");
+    assert!(err.to_string().contains("the leases on 1 of the messages settled together"), "{err}");
     assert_eq!(broker.inspect(&t, "g").await.unwrap().in_flight, 180);
 
     // A batch mixing topic-stream entries and the group's due stream (two
