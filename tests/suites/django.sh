@@ -17,13 +17,17 @@ backends=${PILLARBOX_TEST_BACKENDS:-sqlite,redis}
 redis_url=${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}
 
 [ -x /usr/bin/chromium ] || apt_install chromium
-# Django 6 needs Python 3.12 or newer: on PATH, else one of pyenv's.
-py312=$(command -v python3.12 || command -v python3.13 || true)
-if [ -z "$py312" ]; then
-  for candidate in "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python; do
-    [ -x "$candidate" ] && py312=$candidate && break
-  done
-fi
+# Django 6 needs Python 3.12 or newer: on PATH, else one of pyenv's. A
+# candidate must run (pyenv's shims exist on PATH for versions not selected).
+py312=""
+for candidate in "$(command -v python3.12 || true)" "$(command -v python3.13 || true)" \
+  "$HOME"/.pyenv/versions/3.1[2-9]*/bin/python; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+    "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+    py312=$candidate
+    break
+  fi
+done
 if [ -z "$py312" ]; then
   echo "Python 3.12 or newer not found (python3.12, python3.13 or pyenv's): Django 6 needs it" >&2
   exit 1
