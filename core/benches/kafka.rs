@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Both sides use the same producer settings (idempotence, acks=all,
-//! linger 5 ms) and topics of 3 partitions. Raw publish: 100 records in
+//! linger 0, Pillarbox's default) and topics of 3 partitions. Raw publish: 100 records in
 //! flight, then waiting for their delivery reports. Raw consume: one
 //! consumer in a fresh group from the earliest offset, an asynchronous
 //! commit of the position after every 100 messages (the usual at-least-once
@@ -151,7 +151,7 @@ async fn main() {
     let producer: FutureProducer = config()
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
         .set("message.timeout.ms", "30000")
         .create()
         .unwrap();

@@ -34,7 +34,9 @@
 //! `delivery_timeout_ms` (how long a publish may keep trying, default 30000),
 //! `session_timeout_ms` (how soon a dead consumer's partitions move, default
 //! 10000), `max_poll_interval_ms` (default 300000), `revoke_wait_ms`
-//! (default 10000), `linger_ms` (default 5), `connect_timeout_ms` (default
+//! (default 10000), `linger_ms` (default 0: a publish returns once Kafka has
+//! every record, so waiting to fill a batch only delays the caller; records
+//! queued while a request is in flight still go together), `connect_timeout_ms` (default
 //! 5000), `record_deliveries` (`before`, the default: a received batch is
 //! handed out once the record of its delivery is committed, so even a crash
 //! at once counts as an attempt; `async`: recorded in the background, faster,
@@ -300,7 +302,7 @@ impl Options {
             session_timeout: millis("session_timeout_ms", 10_000)?,
             max_poll_interval: millis("max_poll_interval_ms", 300_000)?,
             revoke_wait: millis("revoke_wait_ms", 10_000)?,
-            linger: millis("linger_ms", 5)?,
+            linger: millis("linger_ms", 0)?,
             connect_timeout: millis("connect_timeout_ms", 5_000)?,
             record_deliveries_first: match url.param("record_deliveries").unwrap_or("before") {
                 "before" => true,
