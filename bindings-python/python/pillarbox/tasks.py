@@ -238,27 +238,42 @@ class App:
         """Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down
         gracefully: what the ``pillarbox worker`` command does."""
         workers = self.workers(topics, **options)
-        stop = threading.Event()
-        threads = [
-            threading.Thread(target=w.run, name=f"pillarbox-{w.consumer_name}", daemon=True) for w in workers
-        ]
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-        try:
-            for t in threads:
-                t.start()
-            log.info("running %d task(s) on %s", len(self.tasks), ", ".join(self.topics()))
-            while not stop.wait(0.2) and any(t.is_alive() for t in threads):
-                pass
-        finally:
-            for w in workers:
-                w.shutdown()
-            for t in threads:
-                t.join()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        run_until_stopped(workers, f"running {len(self.tasks)} task(s) on {', '.join(self.topics())}")
 
     def __repr__(self) -> str:
         return f"<pillarbox.App {len(self.tasks)} task(s)>"
+
+
+def run_until_stopped(workers: Sequence[Worker], started: str = "") -> None:
+    """Runs ``workers``, a thread each, until SIGTERM or Ctrl-C (or until they
+    all stop), then shuts them down gracefully: no new messages, running
+    handlers get their grace. A second Ctrl-C stops at once. Signals are
+    watched only from the main thread; ``started`` is logged once running."""
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop at once
+        log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, request_stop)
+    threads = [threading.Thread(target=w.run, name=f"pillarbox-{w.consumer_name}", daemon=True) for w in workers]
+    try:
+        for t in threads:
+            t.start()
+        if started:
+            log.info("%s", started)
+        # Wakes up regularly so that signals are handled promptly.
+        while not stop.wait(0.2) and any(t.is_alive() for t in threads):
+            pass
+    finally:
+        for w in workers:
+            w.shutdown()
+        for t in threads:
+            t.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

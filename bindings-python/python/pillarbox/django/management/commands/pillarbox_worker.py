@@ -6,12 +6,11 @@ gracefully: no new messages, running tasks get ``SHUTDOWN_GRACE`` to finish."""
 from __future__ import annotations
 
 import logging
-import signal
-import threading
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ....tasks import run_until_stopped
 from ...project import get_app
 
 log = logging.getLogger("pillarbox.django")
@@ -43,38 +42,12 @@ class Command(BaseCommand):
             workers = app.workers(topics, **worker_options)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        stop = threading.Event()
-        previous = {}
-
-        def request_stop(signum: int, frame: Any) -> None:
-            if stop.is_set() and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # a second Ctrl-C: stop at once
-            log.info("%s received: shutting down gracefully", signal.Signals(signum).name)
-            stop.set()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, request_stop)
-        threads: List[threading.Thread] = [
-            threading.Thread(target=w.run, name=f"pillarbox-{w.consumer_name}", daemon=True) for w in workers
-        ]
-        try:
-            for t in threads:
-                t.start()
-            log.info(
-                "pillarbox worker running %d task(s) of the project on %s (%s), broker %s",
-                len(app.tasks), ", ".join(topics or app.topics()), f"group {app.group}", app.broker.url,
-            )
-            # Wakes up regularly so that signals are handled promptly.
-            while not stop.wait(0.2) and any(t.is_alive() for t in threads):
-                pass
-        finally:
-            for w in workers:
-                w.shutdown()
-            for t in threads:
-                t.join()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            log.info("pillarbox worker stopped")
+        run_until_stopped(
+            workers,
+            f"pillarbox worker running {len(app.tasks)} task(s) of the project on "
+            f"{', '.join(topics or app.topics())} (group {app.group}), broker {app.broker.url}",
+        )
+        log.info("pillarbox worker stopped")
 
 
 def _default_logging() -> None:
