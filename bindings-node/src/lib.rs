@@ -25,20 +25,11 @@ mod worker;
 /// than the machine has cores (at least one), since the event loop needs a
 /// core of its own. More threads than cores cost a context switch per hand-off
 /// (on two cores: one-at-a-time publishes at 5,900/s with two threads,
-/// 8,800/s with one). `PILLARBOX_RUNTIME_THREADS` overrides it.
+/// 8,800/s with one). Nothing on these threads ever waits for JavaScript.
+/// `PILLARBOX_RUNTIME_THREADS` overrides it.
 #[napi_derive::module_init]
 fn init() {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let threads = std::env::var("PILLARBOX_RUNTIME_THREADS")
-        .ok()
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or(cores - 1)
-        .max(1);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("pillarbox")
-        .enable_all()
-        .build()
-        .expect("cannot start Pillarbox's runtime threads");
+    let threads = pillarbox::runtime::threads(pillarbox::runtime::cores() - 1);
+    let runtime = pillarbox::runtime::builder(threads).build().expect("cannot start Pillarbox's runtime threads");
     napi::bindgen_prelude::create_custom_tokio_runtime(runtime);
 }

@@ -23,24 +23,15 @@ pub fn runtime() -> &'static Runtime {
         _ => {
             // A parent's runtime is leaked, never dropped: dropping it would
             // wait for threads that were not forked.
-            // One thread fewer than the cores: Python (one core at a time,
-            // with the GIL) keeps one, and more threads than cores cost a
-            // context switch per hand-off (on two cores, one thread: publish
-            // one at a time 14,500 -> 16,600-20,600/s, consume 73,000-104,000
-            // -> 110,000-129,000/s). PILLARBOX_RUNTIME_THREADS overrides it.
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-            let threads = std::env::var("PILLARBOX_RUNTIME_THREADS")
-                .ok()
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(cores - 1)
-                .max(1);
+            // As many threads as cores, and at least two: a runtime thread
+            // may wait for the GIL (handing a job to a Python handler), and
+            // while a handler holds it another thread must go on renewing
+            // leases. With one thread, test_worker's
+            // test_a_handler_holding_the_gil_past_its_lease_keeps_its_message
+            // failed once in a few runs: the message went to another worker.
+            let threads = pillarbox::runtime::threads(pillarbox::runtime::cores().max(2));
             let runtime: &'static Runtime = Box::leak(Box::new(
-                tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(threads)
-                    .thread_name("pillarbox")
-                    .enable_all()
-                    .build()
-                    .expect("cannot start Pillarbox's runtime threads"),
+                pillarbox::runtime::builder(threads).build().expect("cannot start Pillarbox's runtime threads"),
             ));
             *slot = Some((pid, runtime));
             runtime

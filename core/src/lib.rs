@@ -39,6 +39,7 @@ pub mod error;
 pub mod idempotency;
 pub mod logs;
 pub mod message;
+pub mod runtime;
 pub mod url;
 pub mod wire;
 pub mod worker;
