@@ -5,10 +5,16 @@
 //! bounded channel also takes and gives back a semaphore permit per item
 //! (whose release locks the channel's waiter list every time).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use super::dispatch::Slot;
+use super::stats::bump;
+use super::Inner;
+use crate::broker::Delivery;
 
 pub(super) struct AckQueue<T> {
     state: Mutex<State<T>>,
@@ -210,5 +216,60 @@ mod tests {
         q.push(7).await;
         let out = tokio::time::timeout(Duration::from_secs(5), acker).await.unwrap().unwrap();
         assert_eq!(out, vec![7]);
+    }
+}
+
+// --- the acker -------------------------------------------------------------------
+
+/// Most deliveries acked in one call.
+pub(super) const ACK_BATCH: usize = 256;
+/// How long the acker waits for a batch to fill where the broker pushes
+/// ahead. Elsewhere it does not wait: while one ack call (a round trip) is
+/// out, the next batch gathers by itself.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
+/// Acks finished messages in batches: whatever is waiting, up to
+/// `ACK_BATCH`. Where the broker pushes ahead, an ack costs it work per
+/// call (on RabbitMQ each ack frame is a quorum-queue command) rather than
+/// a round trip here: the batch waits up to `ACK_LINGER` to reach half the
+/// worker's capacity, so the broker refills half the window at a time
+/// while the other half is handled.
+pub(super) async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
+    use futures_util::FutureExt;
+    let mut batch = Vec::new();
+    while acks.next_batch(ACK_LINGER, &mut batch).await {
+        // Settling now: the lease keeper can let go.
+        if batch.iter().any(|slot| slot.held) {
+            let mut held = inner.held.lock().unwrap();
+            for slot in batch.iter().filter(|slot| slot.held) {
+                held.remove(&slot.id);
+            }
+        }
+        let deliveries: Vec<Delivery> = batch.drain(..).map(|slot| slot.delivery).collect();
+        // A backend that panics here (a bug) must not end the acker: handler
+        // loops would then wait for room in its queue forever.
+        let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
+        match acked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                bump(&inner.counters.settle_errors, 1);
+                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+            }
+            Err(_) => {
+                bump(&inner.counters.settle_errors, 1);
+                tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
+            }
+        }
+        inner.broker.dispose(deliveries);
+    }
+}
+
+/// The batch the acker waits (up to `ACK_LINGER`) to gather: half the
+/// worker's capacity where the broker pushes ahead, else none.
+pub(super) fn ack_fill(inner: &Inner) -> usize {
+    if inner.broker.capabilities().pushes_ahead {
+        (inner.capacity / 2).clamp(1, ACK_BATCH)
+    } else {
+        1
     }
 }

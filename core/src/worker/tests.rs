@@ -1,0 +1,529 @@
+use std::sync::atomic::AtomicUsize;
+use std::time::SystemTime;
+
+use super::*;
+use crate::broker::ReceiveRequest;
+use crate::dead_letter::DeadLetterReason;
+use crate::message::Message;
+
+/// Runs `worker` in the background.
+fn start(worker: &Worker) -> tokio::task::JoinHandle<Result<()>> {
+    let runner = worker.clone();
+    tokio::spawn(async move { runner.run().await })
+}
+
+/// Waits until `worker`'s stats satisfy `done` or 20 s pass (the caller
+/// asserts what it expects).
+async fn until(worker: &Worker, done: impl Fn(&WorkerStats) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&worker.stats()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits until `worker` has handled `n` messages or 20 s pass.
+async fn until_succeeded(worker: &Worker, n: u64) {
+    until(worker, |s| s.succeeded >= n).await;
+}
+
+/// A handler that succeeds at once.
+async fn no_op(_job: Job) -> std::result::Result<(), HandlerError> {
+    Ok(())
+}
+
+/// Runs `count` messages through a worker of `concurrency` whose handler
+/// is `work`; returns how many handlers ran at once at most.
+async fn peak_running<F, Fut>(concurrency: usize, count: usize, work: F) -> usize
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", (0..count).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (r, p, work) = (Arc::clone(&running), Arc::clone(&peak), Arc::new(work));
+    let handler = move |_job: Job| {
+        let (r, p, work) = (Arc::clone(&r), Arc::clone(&p), Arc::clone(&work));
+        async move {
+            p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            work().await;
+            r.fetch_sub(1, Ordering::SeqCst);
+            Ok::<(), HandlerError>(())
+        }
+    };
+    // Room for every message at once: one receive takes them all, and
+    // the fetcher wakes one loop for them (the loops spread them).
+    let options =
+        WorkerOptions::default().concurrency(concurrency).prefetch(count).poll_wait(Duration::from_millis(50));
+    let worker = Worker::new(broker, "t", "g", handler, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, count as u64).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, count as u64);
+    peak.load(Ordering::SeqCst)
+}
+
+/// Where consumers own whole partitions, a worker holds
+/// `PARTITIONED_PREFETCH` messages beyond its handlers unless told
+/// otherwise; elsewhere only what its handlers run.
+#[tokio::test]
+async fn the_default_window_follows_partition_ownership() {
+    for (owned, prefetch, held) in [(true, None, 1 + PARTITIONED_PREFETCH), (true, Some(0), 1), (false, None, 1)] {
+        let memory = crate::connect("memory://").await.unwrap();
+        memory.ensure_group("t", "g").await.unwrap();
+        memory.publish("t", (0..150).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+        let broker = FaultyBroker { owned_partitions: owned, ..FaultyBroker::new(memory, 0, 0) };
+        // Handlers wait until the gate closes: what was received is held.
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let g = Arc::clone(&gate);
+        let handler = move |_job: Job| {
+            let g = Arc::clone(&g);
+            async move {
+                let _ = g.acquire().await;
+                Ok::<(), HandlerError>(())
+            }
+        };
+        let mut options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+        options.prefetch = prefetch;
+        let worker = Worker::new(Arc::new(broker), "t", "g", handler, options).unwrap();
+        let task = start(&worker);
+        until(&worker, |s| s.received >= held as u64).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(worker.stats().received, held as u64, "owned partitions {owned}, prefetch {prefetch:?}");
+        gate.close();
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_wait_run_concurrency_at_once() {
+    let peak = peak_running(4, 8, || tokio::time::sleep(Duration::from_millis(100))).await;
+    assert_eq!(peak, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_work_without_waiting_spread_over_threads() {
+    // Never yields: only the time it takes tells its loop to wake another.
+    let peak = peak_running(4, 8, || async { std::thread::sleep(Duration::from_millis(20)) }).await;
+    assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_handlers_after_quick_ones_still_spread_over_threads() {
+    // 200 handlers that finish at once (the loop looks at the clock
+    // less and less often), then 16 that block 20 ms each.
+    let (calls, running, peak) =
+        (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r, p) = (Arc::clone(&calls), Arc::clone(&running), Arc::clone(&peak));
+    peak_running(4, 216, move || {
+        let busy = c.fetch_add(1, Ordering::SeqCst) >= 200;
+        let (r, p) = (Arc::clone(&r), Arc::clone(&p));
+        async move {
+            if busy {
+                p.fetch_max(r.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+                r.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak >= 2, "one loop ran every busy handler in turn (peak {peak})");
+}
+
+/// The in-memory broker, with faults: its first `failures` receives
+/// fail and its first `panics` acks panic; with `leases` false it says
+/// it has no leases to renew (as RabbitMQ and Kafka).
+#[derive(Debug)]
+struct FaultyBroker {
+    inner: Arc<dyn Broker>,
+    failures: AtomicUsize,
+    panics: AtomicUsize,
+    leases: bool,
+    owned_partitions: bool,
+    /// The next receive that gets messages says so on `holding`, then
+    /// waits for `go_on` before returning them.
+    hold_once: AtomicBool,
+    holding: Notify,
+    go_on: Notify,
+}
+
+impl FaultyBroker {
+    fn new(inner: Arc<dyn Broker>, failures: usize, panics: usize) -> Self {
+        FaultyBroker {
+            inner,
+            failures: AtomicUsize::new(failures),
+            panics: AtomicUsize::new(panics),
+            leases: true,
+            owned_partitions: false,
+            hold_once: AtomicBool::new(false),
+            holding: Notify::new(),
+            go_on: Notify::new(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Broker for FaultyBroker {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn capabilities(&self) -> crate::broker::Capabilities {
+        crate::broker::Capabilities {
+            leases: self.leases,
+            owned_partitions: self.owned_partitions,
+            ..self.inner.capabilities()
+        }
+    }
+    async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
+        self.inner.ensure_group(topic, group).await
+    }
+    async fn publish(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        self.inner.publish(topic, messages).await
+    }
+    async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: bytes::Bytes) -> Result<()> {
+        self.inner.publish_raw(topic, headers, payload).await
+    }
+    async fn receive(&self, request: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
+        if self.failures.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(Error::Backend { backend: "test", reason: "receive failed".into() });
+        }
+        let got = self.inner.receive(request).await?;
+        if !got.is_empty() && self.hold_once.swap(false, Ordering::SeqCst) {
+            self.holding.notify_one();
+            self.go_on.notified().await;
+        }
+        Ok(got)
+    }
+    async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
+        if self.panics.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            panic!("ack panicked");
+        }
+        self.inner.ack(deliveries).await
+    }
+    async fn extend_leases(&self, deliveries: &[Delivery], lease: Duration) -> Result<()> {
+        self.inner.extend_leases(deliveries, lease).await
+    }
+    async fn release(&self, deliveries: &[Delivery]) -> Result<()> {
+        self.inner.release(deliveries).await
+    }
+    fn dispose(&self, deliveries: Vec<Delivery>) {
+        self.inner.dispose(deliveries)
+    }
+    async fn retry(&self, delivery: &Delivery, next: Message) -> Result<()> {
+        self.inner.retry(delivery, next).await
+    }
+    async fn dead_letter(&self, delivery: &Delivery, reason: &DeadLetterReason) -> Result<()> {
+        self.inner.dead_letter(delivery, reason).await
+    }
+    async fn inspect(&self, topic: &str, group: &str) -> Result<crate::broker::GroupStats> {
+        self.inner.inspect(topic, group).await
+    }
+    async fn groups(&self, topic: &str) -> Result<Vec<String>> {
+        self.inner.groups(topic).await
+    }
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::dead_letter::DeadLetter>> {
+        self.inner.list_dead_letters(topic, group, after, limit).await
+    }
+    async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        self.inner.redrive_dead_letters(topic, group, ids).await
+    }
+    async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        self.inner.purge_dead_letters(topic, group, ids).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_while_its_receive_finishes_leaves_nothing_stuck() {
+    let inner = crate::connect("memory://").await.unwrap();
+    let broker = Arc::new(FaultyBroker { hold_once: AtomicBool::new(true), ..FaultyBroker::new(inner, 0, 0) });
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("late")]).await.unwrap();
+    // The default 30 s lease: longer than the test waits.
+    let options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", no_op, options).unwrap();
+    let task = start(&worker);
+    // The first run's receive has the message and has not returned it yet.
+    broker.holding.notified().await;
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    let again = start(&worker);
+    // The receive returns only once the second run has begun: its
+    // message must reach the second run, not a list nobody serves.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    broker.go_on.notify_one();
+    until_succeeded(&worker, 1).await;
+    worker.shutdown();
+    again.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_errors_give_their_slots_back() {
+    // One slot: a failed receive that kept it would leave none to receive with.
+    let inner = crate::connect("memory://").await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(FaultyBroker::new(inner, 2, 0));
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    let worker = Worker::new(broker, "t", "g", no_op, WorkerOptions::default()).unwrap();
+    let task = start(&worker);
+    // Two failures: backoff 100 + 200 ms.
+    until_succeeded(&worker, 3).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_that_panics_does_not_stop_the_acker() {
+    let inner = crate::connect("memory://").await.unwrap();
+    let broker: Arc<dyn Broker> = Arc::new(FaultyBroker::new(inner, 0, 1));
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("first")]).await.unwrap();
+    let options = WorkerOptions::default().lease(Duration::from_millis(200)).poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&broker), "t", "g", no_op, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, 1).await;
+    broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    // The first ack panicked: that message comes back after its lease
+    // and is handled again; the later ones are acked.
+    until_succeeded(&worker, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = broker.inspect("t", "g").await.unwrap();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message acked");
+    assert_eq!(worker.stats().succeeded, 5);
+    assert_eq!(worker.stats().settle_errors, 1);
+}
+
+/// Handlers still running when the shutdown grace ends are stopped, and
+/// their messages and idempotency claims handed back at once, without
+/// counting an attempt, whether the broker leases deliveries or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_past_the_shutdown_grace_hand_their_messages_back() {
+    for leases in [true, false] {
+        let inner = crate::connect("memory://").await.unwrap();
+        let broker: Arc<dyn Broker> = Arc::new(FaultyBroker { leases, ..FaultyBroker::new(inner, 0, 0) });
+        broker.ensure_group("t", "g").await.unwrap();
+        broker.publish("t", vec![Message::new("stuck").with_idempotency_key("k")]).await.unwrap();
+        let store: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+        let options = WorkerOptions::default()
+            .idempotency_store(Arc::clone(&store))
+            .poll_wait(Duration::from_millis(20))
+            .shutdown_grace(Duration::from_millis(100));
+        let stuck = |_: Job| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<(), HandlerError>(())
+        };
+        let worker = Worker::new(Arc::clone(&broker), "t", "g", stuck, options.clone()).unwrap();
+        let task = start(&worker);
+        until(&worker, |s| s.received >= 1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        worker.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(worker.stats().released, 1, "leases: {leases}");
+        let stats = broker.inspect("t", "g").await.unwrap();
+        assert_eq!((stats.ready, stats.in_flight), (1, 0), "leases: {leases}");
+
+        let attempts = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&attempts);
+        let record = move |job: Job| {
+            seen.lock().unwrap().push(job.attempt());
+            async { Ok::<(), HandlerError>(()) }
+        };
+        let next = Worker::new(broker, "t", "g", record, options).unwrap();
+        let task = start(&next);
+        until_succeeded(&next, 1).await;
+        next.shutdown();
+        task.await.unwrap().unwrap();
+        assert_eq!(*attempts.lock().unwrap(), vec![1], "leases: {leases}");
+        assert_eq!(next.stats().deferred, 0, "the claim was not released (leases: {leases})");
+    }
+}
+
+/// A handler that hands its job to work outside its own future (as the
+/// bindings do with a Python coroutine or a JavaScript promise), then
+/// waits far longer than any test; the outside work reports when it
+/// sees the job cancelled, and the job's deadline.
+fn hands_off(
+    seen: tokio::sync::mpsc::UnboundedSender<(Option<SystemTime>, bool)>,
+) -> impl Fn(Job) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::result::Result<(), HandlerError>> + Send>>
+       + Send
+       + Sync
+       + 'static {
+    move |job: Job| {
+        let seen = seen.clone();
+        Box::pin(async move {
+            let outside = job.clone();
+            tokio::spawn(async move {
+                let in_time = tokio::time::timeout(Duration::from_secs(20), outside.cancelled()).await.is_ok();
+                let _ = seen.send((outside.deadline, in_time));
+            });
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_past_its_timeout_is_cancelled_and_knew_its_deadline() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("slow")]).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let options = WorkerOptions::default()
+        .handler_timeout(Duration::from_millis(200))
+        .retry(RetryPolicy::retries(0))
+        .poll_wait(Duration::from_millis(20));
+    let started = SystemTime::now();
+    let worker = Worker::new(broker, "t", "g", hands_off(tx), options).unwrap();
+    let task = start(&worker);
+    let (deadline, cancelled) = rx.recv().await.unwrap();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert!(cancelled, "the job was never cancelled");
+    let deadline = deadline.expect("a job with a timeout has a deadline");
+    assert!(deadline >= started + Duration::from_millis(200), "deadline {deadline:?} before the timeout");
+    assert!(deadline <= SystemTime::now(), "deadline {deadline:?} after the cancellation");
+    assert_eq!(worker.stats().dead_lettered, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_running_past_the_shutdown_grace_are_cancelled() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("stuck")]).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (running_tx, mut running) = tokio::sync::mpsc::unbounded_channel();
+    let handler = hands_off(tx);
+    let noting = move |job: Job| {
+        let _ = running_tx.send(());
+        handler(job)
+    };
+    let options =
+        WorkerOptions::default().shutdown_grace(Duration::from_millis(100)).poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(broker, "t", "g", noting, options).unwrap();
+    let task = start(&worker);
+    running.recv().await.unwrap();
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    let (deadline, cancelled) = rx.recv().await.unwrap();
+    assert!(cancelled, "the job was never cancelled");
+    assert_eq!(deadline, None, "no timeout, no deadline");
+    assert_eq!(worker.stats().released, 1);
+}
+
+#[tokio::test]
+async fn a_job_that_finished_is_not_cancelled() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("quick")]).await.unwrap();
+    let kept = Arc::new(Mutex::new(None));
+    let keep = Arc::clone(&kept);
+    let handler = move |job: Job| {
+        *keep.lock().unwrap() = Some(job);
+        async { Ok::<(), HandlerError>(()) }
+    };
+    let options = WorkerOptions::default().handler_timeout(Duration::from_secs(5)).poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(broker, "t", "g", handler, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, 1).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    let job = kept.lock().unwrap().take().expect("the handler ran");
+    assert!(!job.is_cancelled(), "a finished job reads as cancelled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_at_once_is_refused_as_already_running() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("first")]).await.unwrap();
+    let options = WorkerOptions::default().poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(broker, "t", "g", no_op, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, 1).await;
+    let second = worker.run().await.unwrap_err();
+    assert_eq!(second.code(), "ALREADY_RUNNING", "{second}");
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_run_stops_receiving_and_the_worker_can_run_again() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", vec![Message::new("first")]).await.unwrap();
+    // Room to receive more than one: a fetcher left running would take all five.
+    let options = WorkerOptions::default().prefetch(10).poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&broker), "t", "g", no_op, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, 1).await;
+    assert_eq!(worker.stats().succeeded, 1);
+    // Dropped mid-run (as a `select!` or a cancelled task does).
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // A receive under way when the run was dropped ends within its poll wait.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let received = worker.stats().received;
+    broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(worker.stats().received, received, "a dropped run received on");
+    let task = start(&worker);
+    until_succeeded(&worker, 6).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, 6);
+}
+
+/// A run dropped half-way, with a handler mid-message and more messages
+/// waiting for it, leaves nothing stuck: the next run hands them back
+/// and handles them at once (before, their leases were renewed for a
+/// handler that was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_mid_message_leaves_nothing_stuck() {
+    let broker = crate::connect("memory://").await.unwrap();
+    broker.ensure_group("t", "g").await.unwrap();
+    broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    let stuck = Arc::new(AtomicBool::new(true));
+    let is_stuck = Arc::clone(&stuck);
+    let handler = move |_: Job| {
+        let stuck = is_stuck.load(Ordering::SeqCst);
+        async move {
+            if stuck {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+            Ok::<(), HandlerError>(())
+        }
+    };
+    // The default 30 s lease: longer than the test waits.
+    let options = WorkerOptions::default().prefetch(4).poll_wait(Duration::from_millis(20));
+    let worker = Worker::new(Arc::clone(&broker), "t", "g", handler, options).unwrap();
+    let task = start(&worker);
+    until(&worker, |s| s.received >= 5).await;
+    assert_eq!(worker.stats().received, 5);
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    stuck.store(false, Ordering::SeqCst);
+    let task = start(&worker);
+    until_succeeded(&worker, 5).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_that_finish_at_once_all_run() {
+    peak_running(16, 2_000, || async {}).await;
+}
