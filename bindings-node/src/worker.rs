@@ -85,6 +85,9 @@ pub struct WorkerStats {
     pub deferred: i64,
     pub released: i64,
     pub settle_errors: i64,
+    /// Taken back by the broker while their handler ran (an expired lease,
+    /// RabbitMQ's consumer timeout): not recorded, delivered again.
+    pub lost: i64,
 }
 
 #[napi]
@@ -136,6 +139,7 @@ impl Worker {
             deferred: s.deferred as i64,
             released: s.released as i64,
             settle_errors: s.settle_errors as i64,
+            lost: s.lost as i64,
         }
     }
 }

@@ -198,6 +198,10 @@ pub struct PyWorkerStats {
     /// Settlements the broker refused (the message will come back).
     #[pyo3(get)]
     pub settle_errors: u64,
+    /// Taken back by the broker while their handler ran (an expired lease,
+    /// RabbitMQ's consumer timeout): not recorded, delivered again.
+    #[pyo3(get)]
+    pub lost: u64,
 }
 
 impl From<pillarbox::WorkerStats> for PyWorkerStats {
@@ -211,6 +215,7 @@ impl From<pillarbox::WorkerStats> for PyWorkerStats {
             deferred: s.deferred,
             released: s.released,
             settle_errors: s.settle_errors,
+            lost: s.lost,
         }
     }
 }
@@ -219,8 +224,16 @@ impl From<pillarbox::WorkerStats> for PyWorkerStats {
 impl PyWorkerStats {
     fn __repr__(&self) -> String {
         format!(
-            "<WorkerStats received={} succeeded={} retried={} dead_lettered={} duplicates={} deferred={} released={} settle_errors={}>",
-            self.received, self.succeeded, self.retried, self.dead_lettered, self.duplicates, self.deferred, self.released, self.settle_errors
+            "<WorkerStats received={} succeeded={} retried={} dead_lettered={} duplicates={} deferred={} released={} settle_errors={} lost={}>",
+            self.received,
+            self.succeeded,
+            self.retried,
+            self.dead_lettered,
+            self.duplicates,
+            self.deferred,
+            self.released,
+            self.settle_errors,
+            self.lost
         )
     }
 }

@@ -73,6 +73,7 @@ async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, n: usize) -> 
             group: "g",
             consumer,
             max: n - got.len(),
+            window: n - got.len(),
             wait: Duration::from_secs(1),
             lease: Duration::from_secs(120),
         };

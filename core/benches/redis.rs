@@ -11,6 +11,11 @@
 //! the batch. Pillarbox: `publish` in batches of 100; a `Worker` with a
 //! no-op handler (concurrency 16, prefetch 100), which adds metadata,
 //! leases, the retry mover and per-message settlement on top.
+//!
+//! Also a `Worker` as a new user makes it (`WorkerOptions::default()`:
+//! concurrency 1, the read-ahead following the handlers) with the no-op
+//! handler, and two such workers sharing four jobs of a second each: done
+//! in two seconds, two each, when neither holds a job the other could run.
 
 mod common;
 
@@ -87,7 +92,7 @@ async fn main() {
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let broker = connect(&url()).await.unwrap();
     let run = std::process::id();
-    let (mut rp, mut rc, mut sp, mut sc) = (0f64, 0f64, 0f64, 0f64);
+    let (mut rp, mut rc, mut sp, mut sc, mut sd) = (0f64, 0f64, 0f64, 0f64, 0f64);
     // Alternate raw and SDK rounds; keep each one's best.
     let only = std::env::var("PB_BENCH_ONLY").unwrap_or_default();
     for round in 0..rounds {
@@ -123,10 +128,16 @@ async fn main() {
         broker.ensure_group(&topic, "g").await.unwrap();
         sp = sp.max(rate(n, sdk_publish(&broker, &topic, n).await));
         sc = sc.max(rate(n, sdk_consume(&broker, &topic, n, worker_options()).await));
+        let defaults = format!("{topic}-defaults");
+        broker.ensure_group(&defaults, "g").await.unwrap();
+        sdk_publish(&broker, &defaults, n).await;
+        sd = sd.max(rate(n, sdk_consume(&broker, &defaults, n, WorkerOptions::default()).await));
         // Left behind, every run's streams would grow the server (and its append-only file).
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("pb:{{{topic}}}:*")).query_async(&mut raw).await.unwrap();
-        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut raw).await.unwrap();
+        for topic in [&topic, &defaults] {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("pb:{{{topic}}}:*")).query_async(&mut raw).await.unwrap();
+            let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut raw).await.unwrap();
+        }
     }
     if !only.is_empty() {
         return;
@@ -134,4 +145,15 @@ async fn main() {
     println!("redis, {n} messages of 100 bytes, best of {rounds} rounds");
     println!("  publish  raw redis-rs {rp:>9.0} msg/s   pillarbox {sp:>9.0} msg/s   ratio {:.2}", sp / rp);
     println!("  consume  raw redis-rs {rc:>9.0} msg/s   pillarbox {sc:>9.0} msg/s   ratio {:.2}", sc / rc);
+    println!("  consume  pillarbox with default options {sd:>9.0} msg/s   ratio to tuned {:.2}", sd / sc);
+    let slow = format!("bench-slow-{run}");
+    let (took, shares) = common::slow_jobs_on_two_workers(&broker, &slow, 4, Duration::from_secs(1)).await;
+    println!(
+        "  4 jobs of 1 s, two workers with default options: done in {:.2} s (2 s if none waits), {} and {} each",
+        took.as_secs_f64(),
+        shares[0],
+        shares[1]
+    );
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("pb:{{{slow}}}:*")).query_async(&mut raw).await.unwrap();
+    let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut raw).await.unwrap();
 }

@@ -137,6 +137,10 @@ pub struct ReceiveRequest<'a> {
     pub consumer: &'a str,
     /// At most this many deliveries.
     pub max: usize,
+    /// Most messages the consumer means to hold at once, those it holds
+    /// now included (a worker's concurrency plus its read-ahead). A backend
+    /// that pushes ahead keeps about this many in flight (AMQP's prefetch).
+    pub window: usize,
     /// Wait up to this long for the first message.
     pub wait: Duration,
     /// Lease length for lease-based backends.

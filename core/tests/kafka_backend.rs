@@ -309,6 +309,7 @@ async fn stopping_ends_a_waiting_receive() {
                 group: "g",
                 consumer: "c",
                 max: 10,
+                window: 10,
                 wait: Duration::from_secs(30),
                 lease: Duration::from_secs(30),
             };

@@ -41,6 +41,7 @@ async fn max_len_refuses_rather_than_trims_unconsumed() {
             group: "g",
             consumer: "c",
             max: 5,
+            window: 5,
             wait: Duration::from_secs(5),
             lease: Duration::from_secs(30),
         })
@@ -57,6 +58,7 @@ async fn max_len_refuses_rather_than_trims_unconsumed() {
             group: "g",
             consumer: "c",
             max: 5,
+            window: 5,
             wait: Duration::from_secs(5),
             lease: Duration::from_secs(30),
         })
@@ -105,6 +107,7 @@ async fn plain_clients_interoperate() {
             group: "g",
             consumer: "c",
             max: 10,
+            window: 10,
             wait: Duration::from_secs(5),
             lease: Duration::from_secs(30),
         })
@@ -147,6 +150,7 @@ async fn acks_settle_exactly_their_batch() {
                 group: "g",
                 consumer,
                 max,
+                window: max,
                 wait: Duration::from_secs(5),
                 lease: Duration::from_secs(30),
             };

@@ -123,6 +123,7 @@ async fn tls_with_private_ca_and_password() {
             group: "g",
             consumer: "c",
             max: 1,
+            window: 1,
             wait: Duration::from_secs(5),
             lease: Duration::from_secs(5),
         })

@@ -67,6 +67,45 @@ pub async fn sdk_consume_timed(
     Consumed { all, first: first.unwrap_or(all) }
 }
 
+/// Two workers with default options share `jobs` messages whose handler
+/// takes `each`: how long until all were done, and how many each ran.
+#[allow(dead_code)]
+pub async fn slow_jobs_on_two_workers(
+    broker: &Arc<dyn Broker>,
+    topic: &str,
+    jobs: usize,
+    each: Duration,
+) -> (Duration, [u64; 2]) {
+    broker.ensure_group(topic, "g").await.unwrap();
+    let handler = move |_job: Job| async move {
+        tokio::time::sleep(each).await;
+        Ok::<(), HandlerError>(())
+    };
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| Worker::new(Arc::clone(broker), topic, "g", handler, WorkerOptions::default()).unwrap())
+        .collect();
+    let tasks: Vec<_> = workers
+        .iter()
+        .map(|w| {
+            let runner = w.clone();
+            tokio::spawn(async move { runner.run().await })
+        })
+        .collect();
+    let started = Instant::now();
+    broker.publish(topic, (0..jobs).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    while workers.iter().map(|w| w.stats().succeeded).sum::<u64>() < jobs as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    for w in &workers {
+        w.shutdown();
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    (took, [workers[0].stats().succeeded, workers[1].stats().succeeded])
+}
+
 /// Messages per second.
 pub fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()

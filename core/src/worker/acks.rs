@@ -12,9 +12,11 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::dispatch::Slot;
+use super::policy::lost;
 use super::stats::bump;
 use super::Inner;
 use crate::broker::Delivery;
+use crate::error::Error;
 
 pub(super) struct AckQueue<T> {
     state: Mutex<State<T>>,
@@ -245,17 +247,25 @@ pub(super) async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
                 held.remove(&slot.id);
             }
         }
+        let handled = batch.iter().filter(|slot| slot.handled).count();
         let deliveries: Vec<Delivery> = batch.drain(..).map(|slot| slot.delivery).collect();
         // A backend that panics here (a bug) must not end the acker: handler
         // loops would then wait for room in its queue forever.
         let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
         match acked {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => bump(&inner.counters.succeeded, handled as u64),
+            Ok(Err(Error::LeaseLost { message_id, count })) => {
+                bump(&inner.counters.succeeded, handled.saturating_sub(count) as u64);
+                lost(&inner, count, &Error::LeaseLost { message_id, count });
+            }
             Ok(Err(e)) => {
+                // The handlers did succeed; the broker will deliver them again.
+                bump(&inner.counters.succeeded, handled as u64);
                 bump(&inner.counters.settle_errors, 1);
                 tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
             }
             Err(_) => {
+                bump(&inner.counters.succeeded, handled as u64);
                 bump(&inner.counters.settle_errors, 1);
                 tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
             }

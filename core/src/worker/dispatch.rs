@@ -19,6 +19,8 @@ pub(super) struct Slot {
     pub(super) permit: Option<OwnedSemaphorePermit>,
     /// Listed in `Inner::held`.
     pub(super) held: bool,
+    /// Its handler succeeded: a success once acked.
+    pub(super) handled: bool,
 }
 
 impl Slot {
@@ -26,6 +28,12 @@ impl Slot {
     pub(super) fn finished(mut self) -> Self {
         self.permit = None;
         self
+    }
+
+    /// Frees the receive slot of a message its handler succeeded on.
+    pub(super) fn succeeded(mut self) -> Self {
+        self.handled = true;
+        self.finished()
     }
 }
 
@@ -110,7 +118,9 @@ pub(super) async fn handler_loop(
                 unmeasured += 1;
                 if unmeasured >= stride {
                     let now = std::time::Instant::now();
-                    if now.duration_since(started) >= BUSY * unmeasured {
+                    let took = now.duration_since(started);
+                    inner.read_ahead.handled(unmeasured, took);
+                    if took >= BUSY * unmeasured {
                         wake_another(&dispatch);
                         stride = 1;
                     } else {
@@ -123,7 +133,11 @@ pub(super) async fn handler_loop(
             std::task::Poll::Pending => {
                 wake_another(&dispatch);
                 since = None;
-                work.await
+                let outcome = work.await;
+                if inner.read_ahead.adapts() {
+                    inner.read_ahead.handled(unmeasured + 1, started.elapsed());
+                }
+                outcome
             }
         };
         if outcome.is_err() {

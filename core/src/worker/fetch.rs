@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{Dispatch, Slot};
@@ -32,6 +32,15 @@ pub(super) async fn fetch_loop(
     // Kept from receive to receive (growing it permit by permit reallocated
     // several times a receive).
     let mut permits = Vec::with_capacity(capacity);
+    // Slots the read-ahead leaves unused for now, kept out of circulation.
+    let mut reserve: Vec<OwnedSemaphorePermit> = Vec::new();
+    // The last receive got less than it asked for: nothing is waiting
+    // (where the broker pushes ahead, a receive takes what has arrived, so
+    // this says nothing there).
+    let mut drained = true;
+    let reads_ahead_from_backlog = inner.read_ahead.adapts() && !pushes_ahead;
+    let concurrency = inner.options.concurrency;
+    let mut last_window = concurrency;
     loop {
         // What a failed receive took goes back before waiting for a slot
         // (else a receive error with every slot taken waited forever).
@@ -42,6 +51,34 @@ pub(super) async fn fetch_loop(
             _ = stop.cancelled() => return Ok(()),
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("semaphore never closed"),
         };
+        // The most to hold now: the handlers and the read-ahead (see
+        // `read_ahead`). Read ahead only from a backlog: after a receive
+        // that emptied it, the next (which may wait for new messages) takes
+        // only what the handlers start at once, else the first burst after
+        // a quiet spell would all go to one worker. From there it may double with each receive that finds more
+        // waiting (as TCP's slow start): when the new messages are slower
+        // than the pace measured so far, few wait behind them here.
+        let paced = concurrency + inner.read_ahead.now();
+        let window = match (reads_ahead_from_backlog, drained) {
+            (false, _) => paced,
+            (true, true) => concurrency,
+            (true, false) => paced.min(last_window * 2),
+        };
+        last_window = window;
+        let spare = capacity - window;
+        if reserve.len() < spare {
+            // Less to hold than before: keep slots back as they come free.
+            reserve.push(first);
+            while reserve.len() < spare {
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(p) => reserve.push(p),
+                    Err(_) => break,
+                }
+            }
+            continue;
+        }
+        // More to hold: slots kept back go out again.
+        reserve.truncate(spare);
         permits.push(first);
         while let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             permits.push(p);
@@ -50,7 +87,7 @@ pub(super) async fn fetch_loop(
         // half of them, so one receive fetches a batch rather than a message.
         // Not where the broker pushes ahead: its messages are here already.
         let gather_until = tokio::time::Instant::now() + GATHER;
-        while !pushes_ahead && permits.len() < capacity.div_ceil(2) {
+        while !pushes_ahead && permits.len() < window.div_ceil(2) {
             match tokio::time::timeout_at(gather_until, Arc::clone(&slots).acquire_owned()).await {
                 Ok(p) => permits.push(p.expect("semaphore never closed")),
                 Err(_) => break,
@@ -61,6 +98,7 @@ pub(super) async fn fetch_loop(
             group: &inner.group,
             consumer: &inner.consumer,
             max: permits.len(),
+            window,
             wait: inner.options.poll_wait,
             lease: inner.options.lease,
         };
@@ -68,6 +106,7 @@ pub(super) async fn fetch_loop(
         match inner.broker.receive(request).await {
             Ok(deliveries) => {
                 backoff = Duration::from_millis(100);
+                drained = deliveries.len() < permits.len();
                 let mut deliveries = deliveries;
                 if deliveries.len() > permits.len() {
                     // A backend bug, not the caller's: hand the surplus back rather than hold it unleased.
@@ -81,6 +120,7 @@ pub(super) async fn fetch_loop(
                     }
                 }
                 bump(&inner.counters.received, deliveries.len() as u64);
+                inner.read_ahead.received(&deliveries);
                 let received: Vec<Slot> = deliveries
                     .into_iter()
                     .zip(permits.drain(..))
@@ -89,6 +129,7 @@ pub(super) async fn fetch_loop(
                         delivery,
                         permit: Some(permit),
                         held: inner.leases,
+                        handled: false,
                     })
                     .collect();
                 if inner.leases {

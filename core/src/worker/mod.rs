@@ -30,6 +30,7 @@ mod leases;
 mod options;
 mod policy;
 mod queue;
+mod read_ahead;
 mod retry;
 mod stats;
 #[cfg(test)]
@@ -50,6 +51,8 @@ pub use handler::{Handler, HandlerError, Job};
 use leases::{hand_back_leftovers, lease_loop, release_slots, Held};
 pub use options::{WorkerOptions, PARTITIONED_PREFETCH};
 use queue::Queue;
+use read_ahead::ReadAhead;
+pub use read_ahead::{READ_AHEAD_BYTES, READ_AHEAD_COUNT, READ_AHEAD_TIME};
 pub use retry::RetryPolicy;
 use stats::Counters;
 pub use stats::WorkerStats;
@@ -77,9 +80,11 @@ pub(super) struct Inner {
     held: Mutex<FastMap<u64, Held>>,
     /// Whether the broker's deliveries have leases to renew.
     leases: bool,
-    /// Most messages held at once: `concurrency` plus the prefetch (the
-    /// backend's default where none was set).
+    /// Most messages ever held at once: `concurrency` plus the most the
+    /// read-ahead can be.
     capacity: usize,
+    /// How many messages to hold beyond the running handlers.
+    read_ahead: ReadAhead,
     /// Deliveries dropped unsettled (their handler stopped at the end of the
     /// shutdown grace, or a bug of ours panicked), with their claim: handed
     /// back when the worker stops.
@@ -142,9 +147,9 @@ impl Worker {
             .clone()
             .unwrap_or_else(|| format!("{}-{:06x}", std::process::id(), fastrand::u32(..0x100_0000)));
         let capabilities = broker.capabilities();
-        let prefetch = options.prefetch.unwrap_or(if capabilities.owned_partitions { PARTITIONED_PREFETCH } else { 0 });
+        let read_ahead = ReadAhead::new(options.concurrency, options.prefetch, capabilities.owned_partitions);
         let leases = capabilities.leases;
-        let capacity = options.concurrency + prefetch;
+        let capacity = options.concurrency + read_ahead.most();
         Ok(Worker {
             inner: Arc::new(Inner {
                 broker,
@@ -161,6 +166,7 @@ impl Worker {
                 held: Mutex::new(FastMap::default()),
                 leases,
                 capacity,
+                read_ahead,
                 abandoned: Mutex::new(Vec::new()),
                 fetching: Arc::new(tokio::sync::Mutex::new(())),
                 next_id: AtomicU64::new(1),

@@ -19,12 +19,20 @@ pub struct WorkerOptions {
     /// Handlers running at once. Default 1.
     pub concurrency: usize,
     /// Messages received and held beyond the running ones, waiting for a
-    /// handler slot. 0 receives only when a handler slot is free, so a long
-    /// job never holds back messages another worker could take: the
-    /// default, except where consumers own whole partitions (Kafka), whose
-    /// messages no other consumer could take anyway; there it is
+    /// handler slot. Set, it is that many always (0: receive only when a
+    /// handler slot is free). Unset (the default), it follows the
+    /// handlers: about [`READ_AHEAD_TIME`] of their work at the pace they
+    /// have been finishing, at most [`READ_AHEAD_COUNT`] messages and
+    /// [`READ_AHEAD_BYTES`] of payload, so quick handlers get messages in
+    /// batches while slow ones hold nothing extra that another worker could
+    /// take. Where consumers own whole partitions (Kafka), whose messages no
+    /// other consumer could take anyway, the default is
     /// [`PARTITIONED_PREFETCH`] (a window of one message ran at a tenth of
     /// the rate).
+    ///
+    /// [`READ_AHEAD_TIME`]: super::READ_AHEAD_TIME
+    /// [`READ_AHEAD_COUNT`]: super::READ_AHEAD_COUNT
+    /// [`READ_AHEAD_BYTES`]: super::READ_AHEAD_BYTES
     pub prefetch: Option<usize>,
     /// The retry budget and backoff.
     pub retry: RetryPolicy,

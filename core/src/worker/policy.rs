@@ -119,8 +119,8 @@ pub(super) async fn process(inner: &Arc<Inner>, slot: Slot, acks: &AckQueue<Slot
                     tracing::warn!(error = %e, "could not mark the idempotency key done; a duplicate may run again");
                 }
             }
-            bump(&inner.counters.succeeded, 1);
-            acks.push(unsettled.settled().finished()).await;
+            // Counted as a success once acked (the broker may have taken it back).
+            acks.push(unsettled.settled().succeeded()).await;
         }
         Err(error) => {
             if let Some(key) = &unsettled.claim {
@@ -233,8 +233,24 @@ async fn settle_later(inner: &Arc<Inner>, unsettled: Unsettled<'_>, delay: Durat
 }
 
 fn settle_error(inner: &Inner, e: &Error) {
-    bump(&inner.counters.settle_errors, 1);
-    tracing::warn!(error = %e, "could not settle a message; it will be delivered again");
+    match e {
+        Error::LeaseLost { count, .. } => lost(inner, *count, e),
+        _ => {
+            bump(&inner.counters.settle_errors, 1);
+            tracing::warn!(error = %e, "could not settle a message; it will be delivered again");
+        }
+    }
+}
+
+/// `count` messages the broker took back while their handlers ran.
+pub(super) fn lost(inner: &Inner, count: usize, e: &Error) {
+    bump(&inner.counters.lost, count as u64);
+    tracing::warn!(
+        error = %e,
+        topic = %inner.topic,
+        group = %inner.group,
+        "the broker took back messages while their handlers ran (a lease expired, or RabbitMQ closed the channel past its consumer_timeout); what the handlers did is not recorded, and the messages will be delivered again (skipped then if their idempotency key is done)"
+    );
 }
 
 /// Takes a settled delivery off the lease keeper's list.

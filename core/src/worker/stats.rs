@@ -22,6 +22,11 @@ pub struct WorkerStats {
     pub released: u64,
     /// Settlements the broker refused (the message will come back).
     pub settle_errors: u64,
+    /// Messages the broker took back while this worker held them (a lease
+    /// that expired, a channel RabbitMQ closed past its consumer timeout):
+    /// what their handler did was not recorded, and they will be delivered
+    /// again (skipped then if their idempotency key is done).
+    pub lost: u64,
 }
 
 #[derive(Default)]
@@ -34,6 +39,7 @@ pub(super) struct Counters {
     pub(super) deferred: AtomicU64,
     pub(super) released: AtomicU64,
     pub(super) settle_errors: AtomicU64,
+    pub(super) lost: AtomicU64,
 }
 
 pub(super) fn bump(c: &AtomicU64, n: u64) {
@@ -52,6 +58,7 @@ impl Counters {
             deferred: get(&self.deferred),
             released: get(&self.released),
             settle_errors: get(&self.settle_errors),
+            lost: get(&self.lost),
         }
     }
 }

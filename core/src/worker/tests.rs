@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::time::SystemTime;
 
@@ -64,6 +65,71 @@ where
     task.await.unwrap().unwrap();
     assert_eq!(worker.stats().succeeded, count as u64);
     peak.load(Ordering::SeqCst)
+}
+
+/// By default a worker reads ahead while its handlers are quick: a backlog
+/// comes in batches, not a receive per message.
+#[tokio::test]
+async fn quick_handlers_read_ahead_by_default() {
+    let memory = crate::connect("memory://").await.unwrap();
+    memory.ensure_group("t", "g").await.unwrap();
+    memory.publish("t", (0..1000).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    let broker = Arc::new(FaultyBroker::new(memory, 0, 0));
+    let options = WorkerOptions::default().poll_wait(Duration::from_millis(50));
+    let worker = Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", no_op, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, 1000).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, 1000);
+    let largest = broker.largest_receive.load(Ordering::SeqCst);
+    assert!(largest > READ_AHEAD_COUNT / 2, "the largest receive got {largest}");
+}
+
+/// By default, slow handlers hold nothing extra: with two workers, no
+/// message waits on a busy one while the other could run it.
+#[tokio::test]
+async fn slow_handlers_hold_nothing_extra_by_default() {
+    const SLOW: Duration = Duration::from_millis(300);
+    let memory = crate::connect("memory://").await.unwrap();
+    memory.ensure_group("t", "g").await.unwrap();
+    let brokers: Vec<Arc<FaultyBroker>> =
+        (0..2).map(|_| Arc::new(FaultyBroker::new(Arc::clone(&memory), 0, 0))).collect();
+    // How long each message waited on its worker before its handler began.
+    let waits: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let workers: Vec<Worker> = brokers
+        .iter()
+        .map(|broker| {
+            let (seen, waits) = (Arc::clone(broker), Arc::clone(&waits));
+            let handler = move |job: Job| {
+                let received = seen.received_at.lock().unwrap()[&job.message.id];
+                waits.lock().unwrap().push(received.elapsed());
+                async move {
+                    tokio::time::sleep(SLOW).await;
+                    Ok::<(), HandlerError>(())
+                }
+            };
+            let options = WorkerOptions::default().poll_wait(Duration::from_millis(50));
+            Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", handler, options).unwrap()
+        })
+        .collect();
+    let tasks: Vec<_> = workers.iter().map(start).collect();
+    memory.publish("t", (0..6).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    for worker in &workers {
+        until(worker, |s| s.succeeded >= 2).await;
+    }
+    until(&workers[0], |_| workers.iter().map(|w| w.stats().succeeded).sum::<u64>() >= 6).await;
+    for worker in &workers {
+        worker.shutdown();
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let waits = waits.lock().unwrap();
+    assert_eq!(waits.len(), 6);
+    // A message held behind a running one would wait the whole `SLOW`.
+    let longest = waits.iter().max().unwrap();
+    assert!(*longest < SLOW / 2, "a message waited {longest:?} on its worker: {waits:?}");
 }
 
 /// Where consumers own whole partitions, a worker holds
@@ -150,6 +216,10 @@ struct FaultyBroker {
     hold_once: AtomicBool,
     holding: Notify,
     go_on: Notify,
+    /// The most one receive returned.
+    largest_receive: AtomicUsize,
+    /// When each message (by id) was last received.
+    received_at: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl FaultyBroker {
@@ -163,6 +233,8 @@ impl FaultyBroker {
             hold_once: AtomicBool::new(false),
             holding: Notify::new(),
             go_on: Notify::new(),
+            largest_receive: AtomicUsize::new(0),
+            received_at: Mutex::default(),
         }
     }
 }
@@ -193,6 +265,9 @@ impl Broker for FaultyBroker {
             return Err(Error::Backend { backend: "test", reason: "receive failed".into() });
         }
         let got = self.inner.receive(request).await?;
+        self.largest_receive.fetch_max(got.len(), Ordering::SeqCst);
+        let now = std::time::Instant::now();
+        self.received_at.lock().unwrap().extend(got.iter().map(|d| (d.message.id.clone(), now)));
         if !got.is_empty() && self.hold_once.swap(false, Ordering::SeqCst) {
             self.holding.notify_one();
             self.go_on.notified().await;

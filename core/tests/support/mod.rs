@@ -65,7 +65,8 @@ pub async fn wait_all_seen(seen: &Seen, taken: &[String], patience: Duration) {
 /// Receives up to `max` messages of `topic` for group `g` as `consumer`
 /// (30 s lease), waiting up to `wait` for the first.
 pub async fn receive(broker: &dyn Broker, topic: &str, consumer: &str, max: usize, wait: Duration) -> Vec<Delivery> {
-    let request = ReceiveRequest { topic, group: "g", consumer, max, wait, lease: Duration::from_secs(30) };
+    let request =
+        ReceiveRequest { topic, group: "g", consumer, max, window: max, wait, lease: Duration::from_secs(30) };
     broker.receive(request).await.unwrap()
 }
 

@@ -44,13 +44,27 @@ const BROKER_HEADERS: &[&str] = &[
     "x-last-death-reason",
 ];
 
-const KNOWN_PARAMS: &[&str] = &["max_message_bytes", "management_port", "stats_delay_ms", "tls_ca_file"];
+const KNOWN_PARAMS: &[&str] =
+    &["max_message_bytes", "management_port", "stats_delay_ms", "tls_ca_file", "consumer_timeout_ms"];
+
+/// The consumer timeout asked for when none is set: about 24 days, the
+/// largest a 32-bit field holds, which RabbitMQ reads as no limit in
+/// practice (a worker bounds its handlers with its own `handler_timeout`,
+/// and a dead consumer's connection gives its messages back at once).
+const NO_CONSUMER_TIMEOUT: i64 = i32::MAX as i64;
 
 fn err(e: lapin::Error) -> Error {
     Error::Backend { backend: BACKEND, reason: e.to_string() }
 }
 
 /// The longest level not beyond `remaining` ms, if any.
+/// A consumer's arguments: the delivery timeout that fits the worker.
+fn consume_args(consumer_timeout_ms: i64) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-consumer-timeout".into(), AMQPValue::LongLongInt(consumer_timeout_ms));
+    args
+}
+
 fn level_for(remaining: u64) -> Option<u64> {
     LEVELS.iter().rev().copied().find(|l| *l <= remaining)
 }
@@ -139,6 +153,10 @@ pub struct AmqpBroker {
     /// One consumer (and channel) per topic, group and consumer name, so
     /// workers sharing this handle never share a prefetch or a channel.
     consumers: Mutex<HashMap<(String, String, String), ConsumerSlot>>,
+    /// `x-consumer-timeout` on every consumer, in ms: how long RabbitMQ
+    /// (3.11.15 and later; older nodes ignore it and keep their own
+    /// `consumer_timeout`) lets a delivery go unacked before it closes the channel.
+    consumer_timeout: i64,
     closed: AtomicBool,
 }
 
@@ -167,6 +185,11 @@ impl AmqpBroker {
         let management_port =
             u16::try_from(management_port).map_err(|_| Error::invalid_option("management_port", "not a port"))?;
         let stats_delay = url.param_millis("stats_delay_ms")?.unwrap_or(Duration::from_secs(5));
+        let consumer_timeout = match url.param_millis("consumer_timeout_ms")? {
+            None => NO_CONSUMER_TIMEOUT,
+            Some(t) if t.is_zero() => return Err(Error::invalid_option("consumer_timeout_ms", "must be at least 1")),
+            Some(t) => i64::try_from(t.as_millis()).unwrap_or(NO_CONSUMER_TIMEOUT).min(NO_CONSUMER_TIMEOUT),
+        };
         let tls_ca = match url.param("tls_ca_file") {
             None => None,
             Some(_) if url.scheme() != "amqps" => {
@@ -185,6 +208,7 @@ impl AmqpBroker {
             vhost,
             max_message_bytes,
             stats_delay,
+            consumer_timeout,
             management: Management::new(&host, management_port, &user, &password),
             link: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
@@ -623,7 +647,8 @@ impl Broker for AmqpBroker {
         let slot = self.consumer_for(req.topic, req.group, req.consumer).await;
         let mut guard = slot.lock().await;
         let generation = self.generation.load(Ordering::Acquire);
-        let wanted = u16::try_from(req.max).unwrap_or(u16::MAX);
+        // The prefetch is what this consumer may hold unacked: the worker's window.
+        let wanted = u16::try_from(req.window.max(req.max)).unwrap_or(u16::MAX);
         // A consumer from an older connection is replaced. A closed channel
         // shows as the end of its stream (below), not by asking its status
         // on every receive: that lock is taken by lapin's reader on every
@@ -633,7 +658,6 @@ impl Broker for AmqpBroker {
             // Declared once per consumer (and again after a reconnect), not per receive.
             self.declare_group(req.topic, req.group).await?;
             let channel = self.fresh_channel().await?;
-            // The prefetch is what this consumer may hold unacked: the worker's capacity.
             channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
             let tag = format!("{}-{:08x}", req.consumer, fastrand::u32(..));
             let consumer = channel
@@ -641,7 +665,7 @@ impl Broker for AmqpBroker {
                     group_queue(req.topic, req.group).into(),
                     tag.as_str().into(),
                     BasicConsumeOptions::default(),
-                    FieldTable::default(),
+                    consume_args(self.consumer_timeout),
                 )
                 .await
                 .map_err(err)?;
@@ -655,7 +679,10 @@ impl Broker for AmqpBroker {
             *guard = Some(GroupConsumer { consumer, tag, prefetch: wanted, link });
         }
         let state = guard.as_mut().expect("consumer set above");
-        if wanted > state.prefetch {
+        // Raised at once; lowered (a round trip) only once the window has
+        // halved, not as it wavers: what the broker pushed ahead to a busy
+        // worker is what another worker could have taken.
+        if wanted > state.prefetch || wanted < state.prefetch / 2 {
             state.link.channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
             state.prefetch = wanted;
         }
@@ -712,7 +739,8 @@ impl Broker for AmqpBroker {
 
     async fn ack(&self, deliveries: &[Delivery]) -> Result<()> {
         self.check_open()?;
-        let mut lost = None;
+        // What the broker took back: how many, and the first one's id.
+        let (mut lost, mut first_lost) = (0usize, None);
         let current = self.generation.load(Ordering::Acquire);
         // Per consumer channel: the tags of this batch below every tag still
         // unsettled on it go as one `multiple` ack; the others one by one.
@@ -730,7 +758,8 @@ impl Broker for AmqpBroker {
             let mut tags = Vec::with_capacity(batch.len());
             for (d, r) in batch {
                 if !live || r.settled.swap(true, Ordering::AcqRel) {
-                    lost.get_or_insert(Error::lease_lost(&d.message.id));
+                    lost += 1;
+                    first_lost.get_or_insert(d.message.id.as_str());
                 } else {
                     tags.push(r.tag);
                 }
@@ -752,16 +781,20 @@ impl Broker for AmqpBroker {
                 acks.push((tags[split - 1], true));
             }
             acks.extend(tags[split..].iter().map(|t| (*t, false)));
-            let count = tags.len();
             for (tag, multiple) in acks {
                 if let Err(e) = link.channel.basic_ack(tag, BasicAckOptions { multiple }).await {
                     // The channel closed: the broker gives these back to the queue.
                     tracing::debug!(error = %e, "an ack did not reach RabbitMQ");
-                    lost.get_or_insert(Error::leases_lost(count));
+                    lost += tags.len();
+                    break;
                 }
             }
         }
-        lost.map_or(Ok(()), Err)
+        match (lost, first_lost) {
+            (0, _) => Ok(()),
+            (1, Some(id)) => Err(Error::lease_lost(id)),
+            (count, _) => Err(Error::leases_lost(count)),
+        }
     }
 
     async fn extend_leases(&self, _deliveries: &[Delivery], _lease: Duration) -> Result<()> {

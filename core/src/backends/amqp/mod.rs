@@ -27,7 +27,16 @@
 //! `management_port` (default 15672; the management plugin gives the
 //! in-flight count), `stats_delay_ms` (how stale those figures may be;
 //! default 5000, RabbitMQ's `collect_statistics_interval`); for `amqps://`,
-//! the system's trust store or `tls_ca_file` (PEM; trust this CA instead).
+//! the system's trust store or `tls_ca_file` (PEM; trust this CA instead);
+//! `consumer_timeout_ms`: how long RabbitMQ lets a delivery go unacked
+//! before it closes the consumer's channel (the `x-consumer-timeout`
+//! consumer argument, RabbitMQ 3.11.15 and later). Default: no limit, as a
+//! lease renewed while the handler runs is on the other backends; bound
+//! handlers with the worker's `handler_timeout`. Older nodes ignore the
+//! argument and keep their `consumer_timeout` (30 min by default): a
+//! handler that outlives it has its message counted `lost` in the worker's
+//! stats, never as a success, and the message is delivered again (skipped
+//! then if its idempotency key is done).
 
 mod broker;
 mod management;

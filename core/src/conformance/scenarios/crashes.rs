@@ -14,6 +14,7 @@ pub(crate) async fn consumer_dropped_mid_message(ctx: Ctx) -> Result<Outcome, Fa
             group: "g",
             consumer: "doomed",
             max: 1,
+            window: 1,
             wait: Duration::from_secs(10),
             lease: Duration::from_millis(800),
         })
@@ -48,6 +49,7 @@ pub(crate) async fn crash_loop_dead_lettered(ctx: Ctx) -> Result<Outcome, Failur
                 group: "g",
                 consumer: &format!("doomed-{attempt}"),
                 max: 1,
+                window: 1,
                 wait: Duration::from_secs(15),
                 lease: Duration::from_millis(300),
             })

@@ -23,6 +23,7 @@ pub(crate) async fn round_trip_with_all_metadata(ctx: Ctx) -> Result<Outcome, Fa
             group: "g",
             consumer: "c1",
             max: 10,
+            window: 10,
             wait: Duration::from_secs(10),
             lease: Duration::from_secs(10),
         })

@@ -37,6 +37,7 @@ pub(crate) async fn idempotency_redelivery_after_done(ctx: Ctx) -> Result<Outcom
             group: "g",
             consumer: "doomed",
             max: 1,
+            window: 1,
             wait: Duration::from_secs(10),
             lease: Duration::from_millis(500),
         })

@@ -31,6 +31,7 @@ pub(crate) async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
                 group: "g",
                 consumer: "c",
                 max: 2 - got.len(),
+                window: 2 - got.len(),
                 wait: Duration::from_secs(1),
                 lease: Duration::from_secs(30),
             })
@@ -79,6 +80,7 @@ pub(crate) async fn inspection_figures(ctx: Ctx) -> Result<Outcome, Failure> {
             group: "g",
             consumer: "c",
             max: 5,
+            window: 5,
             wait: Duration::from_secs(10),
             lease: Duration::from_secs(30),
         })
