@@ -82,7 +82,8 @@ export interface GroupStats {
   group: string
   /** Ready to be received now (the depth; on Kafka, the lag). */
   ready: number
-  inFlight: number
+  /** Received and not yet settled; undefined when the broker could not tell (RabbitMQ without its management plugin). */
+  inFlight?: number
   /** Delayed publishes and retries waiting for their time. */
   waiting: number
   deadLetters: number

@@ -123,7 +123,8 @@ pub struct GroupStats {
     pub topic: String,
     pub group: String,
     pub ready: i64,
-    pub in_flight: i64,
+    /// Unknown (`null`) when the broker could not tell (RabbitMQ without its management plugin).
+    pub in_flight: Option<i64>,
     pub waiting: i64,
     pub dead_letters: i64,
     /// Age of the oldest message not yet done, in milliseconds.
@@ -137,7 +138,7 @@ impl From<pillarbox::GroupStats> for GroupStats {
             topic: s.topic,
             group: s.group,
             ready: s.ready as i64,
-            in_flight: s.in_flight as i64,
+            in_flight: s.in_flight.map(|n| n as i64),
             waiting: s.waiting as i64,
             dead_letters: s.dead_letters as i64,
             oldest_age_ms: s.oldest_age.map(|d| d.as_secs_f64() * 1000.0),

@@ -17,9 +17,10 @@ pub struct PyGroupStats {
     /// Ready to be received now (the depth; on Kafka, the lag).
     #[pyo3(get)]
     pub ready: u64,
-    /// Received and not yet settled.
+    /// Received and not yet settled; `None` when the broker could not tell
+    /// (RabbitMQ without its management plugin).
     #[pyo3(get)]
-    pub in_flight: u64,
+    pub in_flight: Option<u64>,
     /// Delayed publishes and retries waiting for their time.
     #[pyo3(get)]
     pub waiting: u64,
@@ -57,7 +58,12 @@ impl PyGroupStats {
     fn __repr__(&self) -> String {
         format!(
             "<GroupStats {}/{} ready={} in_flight={} waiting={} dead_letters={}>",
-            self.topic, self.group, self.ready, self.in_flight, self.waiting, self.dead_letters
+            self.topic,
+            self.group,
+            self.ready,
+            self.in_flight.map_or("None".to_string(), |n| n.to_string()),
+            self.waiting,
+            self.dead_letters
         )
     }
 }

@@ -1,13 +1,18 @@
-//! Publish and consume throughput on the embedded backends.
+//! Publish and consume throughput as a new user meets it, on the embedded
+//! backends or on the brokers given.
 //!
 //! ```sh
 //! cargo bench -p pillarbox --bench throughput            # default sizes
 //! PB_BENCH_N=50000 cargo bench -p pillarbox --bench throughput
+//! PB_BENCH_URLS=redis://127.0.0.1:6390,amqp://127.0.0.1:5673/%2f?management_port=15673,kafka://127.0.0.1:19092 \
+//!   cargo bench -p pillarbox --features redis,amqp,kafka --bench throughput
 //! ```
 //!
 //! Prints one line per measurement: messages of 100 bytes, published one
-//! at a time, in batches of 100, and consumed by a worker (no-op handler)
-//! at concurrency 1 and 16.
+//! at a time (each call waits for the broker, as a request handler would),
+//! in batches of 100, and consumed by a worker (no-op handler) with
+//! default options (concurrency 1, the read-ahead following the handlers),
+//! at concurrency 1 and at 16 with four slots ahead per handler.
 
 // Only the consume side of the shared helpers is used here.
 #[allow(dead_code)]
@@ -61,6 +66,9 @@ async fn bench(label: &str, url: &str, n: usize) {
         rate(singles, publish_singles(&broker, &format!("{t}-s"), singles).await)
     );
     println!("{label:<8} publish, batches of 100   {}", rate(n, publish_batches(&broker, &format!("{t}-b"), n).await));
+    let defaults = common::sdk_consume(&broker, &format!("{t}-b"), n, WorkerOptions::default()).await;
+    println!("{label:<8} consume, default options  {}", rate(n, defaults));
+    publish_batches(&broker, &format!("{t}-b"), n).await;
     println!("{label:<8} consume, concurrency 1    {}", rate(n, consume(&broker, &format!("{t}-b"), n, 1).await));
     publish_batches(&broker, &format!("{t}-c"), n).await;
     println!("{label:<8} consume, concurrency 16   {}", rate(n, consume(&broker, &format!("{t}-c"), n, 16).await));
@@ -71,6 +79,13 @@ async fn bench(label: &str, url: &str, n: usize) {
 async fn main() {
     // `cargo bench` passes `--bench`; anything else is not for us.
     let n: usize = std::env::var("PB_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    if let Ok(urls) = std::env::var("PB_BENCH_URLS") {
+        for url in urls.split(',').filter(|u| !u.is_empty()) {
+            let label = url.split(':').next().unwrap_or(url);
+            bench(label, url, n).await;
+        }
+        return;
+    }
     bench("memory", "memory://bench", n).await;
     let dir = std::env::temp_dir().join(format!("pillarbox-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

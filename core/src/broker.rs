@@ -182,8 +182,10 @@ pub struct GroupStats {
     pub group: String,
     /// Messages ready to be received now (the depth; on Kafka, the lag).
     pub ready: u64,
-    /// Messages received and not yet acked, retried or dead-lettered.
-    pub in_flight: u64,
+    /// Messages received and not yet acked, retried or dead-lettered;
+    /// `None` when the broker could not tell (RabbitMQ without its
+    /// management plugin), never a zero that is not one.
+    pub in_flight: Option<u64>,
     /// Messages waiting for their time: delayed publishes and retries.
     pub waiting: u64,
     /// Messages in the group's dead letters.

@@ -109,7 +109,7 @@ async fn child_process() {
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 let s = broker.inspect(TOPIC, GROUP).await.unwrap();
-                if marker.exists() && s.ready == 0 && s.in_flight == 0 && s.waiting == 0 {
+                if marker.exists() && s.ready == 0 && s.in_flight == Some(0) && s.waiting == 0 {
                     break;
                 }
                 assert!(std::time::Instant::now() < deadline, "gave up waiting: {s:?}");

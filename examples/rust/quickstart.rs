@@ -100,7 +100,7 @@ async fn main() -> pillarbox::Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let s = broker.inspect(TOPIC, GROUP).await?;
-        if s.ready == 0 && s.in_flight == 0 && s.waiting == 0 && worker.stats().received >= 7 {
+        if s.ready == 0 && s.in_flight == Some(0) && s.waiting == 0 && worker.stats().received >= 7 {
             break;
         }
         if Instant::now() > deadline {
@@ -120,7 +120,10 @@ async fn main() -> pillarbox::Result<()> {
     let s = broker.inspect(TOPIC, GROUP).await?;
     println!(
         "broker: ready {}, in flight {}, waiting {}, dead letters {}",
-        s.ready, s.in_flight, s.waiting, s.dead_letters
+        s.ready,
+        s.in_flight.map_or("unknown".to_string(), |n| n.to_string()),
+        s.waiting,
+        s.dead_letters
     );
     for dead in broker.list_dead_letters(TOPIC, GROUP, None, 10).await? {
         let r = &dead.reason;

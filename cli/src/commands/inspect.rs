@@ -53,7 +53,7 @@ pub async fn inspect(broker: &dyn Broker, topic: &str, group: Option<&str>, json
             s.topic.clone(),
             s.group.clone(),
             s.ready.to_string(),
-            s.in_flight.to_string(),
+            number(s.in_flight),
             s.waiting.to_string(),
             s.dead_letters.to_string(),
             age(s.oldest_age),
@@ -84,7 +84,7 @@ pub async fn lag(broker: &dyn Broker, topic: &str, group: &str, json: bool) -> O
     let s = broker.inspect(topic, group).await?;
     let rows: Vec<(String, Option<i64>, Option<i64>, u64)> = if s.partitions.is_empty() {
         // No partitions: the group's backlog is its lag.
-        vec![("-".into(), None, None, s.ready + s.in_flight + s.waiting)]
+        vec![("-".into(), None, None, s.ready + s.in_flight.unwrap_or(0) + s.waiting)]
     } else {
         s.partitions.iter().map(|p| (p.partition.to_string(), p.committed, Some(p.end), p.lag.max(0) as u64)).collect()
     };

@@ -68,11 +68,11 @@ type Gauge = (&'static str, &'static str, fn(&GroupStats) -> Option<f64>);
 /// The gauges, one family after the other as the format wants.
 const GAUGES: &[Gauge] = &[
     ("pillarbox_ready_messages", "Messages ready to be received now.", |s| Some(s.ready as f64)),
-    ("pillarbox_in_flight_messages", "Messages received and not yet settled.", |s| Some(s.in_flight as f64)),
+    ("pillarbox_in_flight_messages", "Messages received and not yet settled.", |s| s.in_flight.map(|n| n as f64)),
     ("pillarbox_waiting_messages", "Delayed messages and retries waiting for their time.", |s| Some(s.waiting as f64)),
     ("pillarbox_dead_letters", "Messages in the group's dead letters.", |s| Some(s.dead_letters as f64)),
     ("pillarbox_depth_messages", "Ready, in flight and waiting together.", |s| {
-        Some((s.ready + s.in_flight + s.waiting) as f64)
+        s.in_flight.map(|n| (s.ready + n + s.waiting) as f64)
     }),
     ("pillarbox_oldest_age_seconds", "Age of the oldest message not yet done.", |s| {
         Some(s.oldest_age.map_or(0.0, |d| d.as_secs_f64()))

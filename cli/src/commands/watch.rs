@@ -9,7 +9,7 @@ use serde_json::json;
 use super::inspect::stats_json;
 use super::known_group;
 use crate::failure::{exit, Outcome};
-use crate::output::{age, align_right, table};
+use crate::output::{age, align_right, number, table};
 
 pub async fn run(
     broker: &dyn Broker,
@@ -59,7 +59,7 @@ struct Rates {
 impl Rates {
     fn between(before: &GroupStats, after: &GroupStats, elapsed: Duration) -> Rates {
         let secs = elapsed.as_secs_f64().max(1e-3);
-        let backlog = |s: &GroupStats| (s.ready + s.in_flight + s.waiting) as f64;
+        let backlog = |s: &GroupStats| (s.ready + s.in_flight.unwrap_or(0) + s.waiting) as f64;
         let sum = |s: &GroupStats, f: fn(&pillarbox::PartitionLag) -> i64| -> i64 { s.partitions.iter().map(f).sum() };
         let partitioned = !before.partitions.is_empty() && !after.partitions.is_empty();
         Rates {
@@ -82,7 +82,7 @@ fn render(s: &GroupStats, rates: Option<&Rates>, terminal: bool) {
     let mut t = table(&["READY", "IN FLIGHT", "WAITING", "DEAD LETTERS", "OLDEST", "IN", "OUT", "BACKLOG"]);
     t.add_row(vec![
         s.ready.to_string(),
-        s.in_flight.to_string(),
+        number(s.in_flight),
         s.waiting.to_string(),
         s.dead_letters.to_string(),
         age(s.oldest_age),

@@ -252,5 +252,5 @@ async fn stats_where(
 }
 
 async fn settled(ctx: &Ctx, group: &str) -> Result<bool, Failure> {
-    Ok(stats_where(ctx, group, |s| s.ready == 0 && s.in_flight == 0 && s.waiting == 0).await?.0)
+    Ok(stats_where(ctx, group, |s| s.ready == 0 && s.in_flight == Some(0) && s.waiting == 0).await?.0)
 }

@@ -140,6 +140,69 @@ impl<T> AckQueue<T> {
     }
 }
 
+// --- the acker -------------------------------------------------------------------
+
+/// Most deliveries acked in one call.
+pub(super) const ACK_BATCH: usize = 256;
+/// How long the acker waits for a batch to fill where the broker pushes
+/// ahead. Elsewhere it does not wait: while one ack call (a round trip) is
+/// out, the next batch gathers by itself.
+const ACK_LINGER: Duration = Duration::from_millis(1);
+
+/// Acks finished messages in batches: whatever is waiting, up to
+/// `ACK_BATCH`. Where the broker pushes ahead, an ack costs it work per
+/// call (on RabbitMQ each ack frame is a quorum-queue command) rather than
+/// a round trip here: the batch waits up to `ACK_LINGER` to reach half the
+/// worker's capacity, so the broker refills half the window at a time
+/// while the other half is handled.
+pub(super) async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
+    use futures_util::FutureExt;
+    let mut batch = Vec::new();
+    while acks.next_batch(ACK_LINGER, &mut batch).await {
+        // Settling now: the lease keeper can let go.
+        if batch.iter().any(|slot| slot.held) {
+            let mut held = inner.held.lock().unwrap();
+            for slot in batch.iter().filter(|slot| slot.held) {
+                held.remove(&slot.id);
+            }
+        }
+        let handled = batch.iter().filter(|slot| slot.handled).count();
+        let deliveries: Vec<Delivery> = batch.drain(..).map(|slot| slot.delivery).collect();
+        // A backend that panics here (a bug) must not end the acker: handler
+        // loops would then wait for room in its queue forever.
+        let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
+        match acked {
+            Ok(Ok(())) => bump(&inner.counters.succeeded, handled as u64),
+            Ok(Err(Error::LeaseLost { message_id, count })) => {
+                bump(&inner.counters.succeeded, handled.saturating_sub(count) as u64);
+                lost(&inner, count, &Error::LeaseLost { message_id, count });
+            }
+            Ok(Err(e)) => {
+                // The handlers did succeed; the broker will deliver them again.
+                bump(&inner.counters.succeeded, handled as u64);
+                bump(&inner.counters.settle_errors, 1);
+                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
+            }
+            Err(_) => {
+                bump(&inner.counters.succeeded, handled as u64);
+                bump(&inner.counters.settle_errors, 1);
+                tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
+            }
+        }
+        inner.broker.dispose(deliveries);
+    }
+}
+
+/// The batch the acker waits (up to `ACK_LINGER`) to gather: half the
+/// worker's capacity where the broker pushes ahead, else none.
+pub(super) fn ack_fill(inner: &Inner) -> usize {
+    if inner.broker.capabilities().pushes_ahead {
+        (inner.capacity / 2).clamp(1, ACK_BATCH)
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -218,68 +281,5 @@ mod tests {
         q.push(7).await;
         let out = tokio::time::timeout(Duration::from_secs(5), acker).await.unwrap().unwrap();
         assert_eq!(out, vec![7]);
-    }
-}
-
-// --- the acker -------------------------------------------------------------------
-
-/// Most deliveries acked in one call.
-pub(super) const ACK_BATCH: usize = 256;
-/// How long the acker waits for a batch to fill where the broker pushes
-/// ahead. Elsewhere it does not wait: while one ack call (a round trip) is
-/// out, the next batch gathers by itself.
-const ACK_LINGER: Duration = Duration::from_millis(1);
-
-/// Acks finished messages in batches: whatever is waiting, up to
-/// `ACK_BATCH`. Where the broker pushes ahead, an ack costs it work per
-/// call (on RabbitMQ each ack frame is a quorum-queue command) rather than
-/// a round trip here: the batch waits up to `ACK_LINGER` to reach half the
-/// worker's capacity, so the broker refills half the window at a time
-/// while the other half is handled.
-pub(super) async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
-    use futures_util::FutureExt;
-    let mut batch = Vec::new();
-    while acks.next_batch(ACK_LINGER, &mut batch).await {
-        // Settling now: the lease keeper can let go.
-        if batch.iter().any(|slot| slot.held) {
-            let mut held = inner.held.lock().unwrap();
-            for slot in batch.iter().filter(|slot| slot.held) {
-                held.remove(&slot.id);
-            }
-        }
-        let handled = batch.iter().filter(|slot| slot.handled).count();
-        let deliveries: Vec<Delivery> = batch.drain(..).map(|slot| slot.delivery).collect();
-        // A backend that panics here (a bug) must not end the acker: handler
-        // loops would then wait for room in its queue forever.
-        let acked = std::panic::AssertUnwindSafe(inner.broker.ack(&deliveries)).catch_unwind().await;
-        match acked {
-            Ok(Ok(())) => bump(&inner.counters.succeeded, handled as u64),
-            Ok(Err(Error::LeaseLost { message_id, count })) => {
-                bump(&inner.counters.succeeded, handled.saturating_sub(count) as u64);
-                lost(&inner, count, &Error::LeaseLost { message_id, count });
-            }
-            Ok(Err(e)) => {
-                // The handlers did succeed; the broker will deliver them again.
-                bump(&inner.counters.succeeded, handled as u64);
-                bump(&inner.counters.settle_errors, 1);
-                tracing::warn!(error = %e, "ack failed; the message will be delivered again and skipped if it has an idempotency key");
-            }
-            Err(_) => {
-                bump(&inner.counters.succeeded, handled as u64);
-                bump(&inner.counters.settle_errors, 1);
-                tracing::error!("the broker's ack panicked (a bug); the messages will be delivered again");
-            }
-        }
-        inner.broker.dispose(deliveries);
-    }
-}
-
-/// The batch the acker waits (up to `ACK_LINGER`) to gather: half the
-/// worker's capacity where the broker pushes ahead, else none.
-pub(super) fn ack_fill(inner: &Inner) -> usize {
-    if inner.broker.capabilities().pushes_ahead {
-        (inner.capacity / 2).clamp(1, ACK_BATCH)
-    } else {
-        1
     }
 }

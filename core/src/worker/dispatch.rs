@@ -13,6 +13,11 @@ use super::queue::{Keyed, Queue};
 use super::Inner;
 use crate::broker::Delivery;
 
+/// A received delivery and the receive slot it occupies until its handler
+/// is done (acks then go out in batches without holding slots). The
+/// delivery is owned, not shared: only what has a lease or claim to renew
+/// is also in `Inner::held` (a copy of its handles), so a message on a
+/// broker without leases costs no allocation and no lock of the worker's own.
 pub(super) struct Slot {
     pub(super) id: u64,
     pub(super) delivery: Delivery,

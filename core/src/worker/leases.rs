@@ -17,11 +17,6 @@ pub(super) struct Held {
     pub(super) claim: Option<String>,
 }
 
-/// A received delivery and the receive slot it occupies until its handler
-/// is done (acks then go out in batches without holding slots). The
-/// delivery is owned, not shared: only what has a lease or claim to renew
-/// is also in `Inner::held` (a copy of its handles), so a message on a
-
 /// Hands back what no handler will settle: deliveries dropped unsettled
 /// (their handler stopped at the end of the shutdown grace), and, after a
 /// run was dropped half-way, what it left listed for the lease keeper (the

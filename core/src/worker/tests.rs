@@ -110,7 +110,7 @@ async fn slow_handlers_hold_nothing_extra_by_default() {
                 }
             };
             let options = WorkerOptions::default().poll_wait(Duration::from_millis(50));
-            Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", handler, options).unwrap()
+            Worker::new(Arc::clone(broker) as Arc<dyn Broker>, "t", "g", handler, options).unwrap()
         })
         .collect();
     let tasks: Vec<_> = workers.iter().map(start).collect();
@@ -377,7 +377,7 @@ async fn an_ack_that_panics_does_not_stop_the_acker() {
     let stats = broker.inspect("t", "g").await.unwrap();
     worker.shutdown();
     task.await.unwrap().unwrap();
-    assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message acked");
+    assert_eq!((stats.ready, stats.in_flight), (0, Some(0)), "every message acked");
     assert_eq!(worker.stats().succeeded, 5);
     assert_eq!(worker.stats().settle_errors, 1);
 }
@@ -409,7 +409,7 @@ async fn handlers_past_the_shutdown_grace_hand_their_messages_back() {
         task.await.unwrap().unwrap();
         assert_eq!(worker.stats().released, 1, "leases: {leases}");
         let stats = broker.inspect("t", "g").await.unwrap();
-        assert_eq!((stats.ready, stats.in_flight), (1, 0), "leases: {leases}");
+        assert_eq!((stats.ready, stats.in_flight), (1, Some(0)), "leases: {leases}");
 
         let attempts = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&attempts);

@@ -157,6 +157,8 @@ pub struct AmqpBroker {
     /// (3.11.15 and later; older nodes ignore it and keep their own
     /// `consumer_timeout`) lets a delivery go unacked before it closes the channel.
     consumer_timeout: i64,
+    /// Said once that the management API was out of reach for `inspect`.
+    in_flight_unknown_said: AtomicBool,
     closed: AtomicBool,
 }
 
@@ -214,6 +216,7 @@ impl AmqpBroker {
             generation: AtomicU64::new(0),
             declared: Mutex::new(HashSet::new()),
             consumers: Mutex::new(HashMap::new()),
+            in_flight_unknown_said: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
         broker.link().await?;
@@ -836,7 +839,17 @@ impl Broker for AmqpBroker {
             waiting += self.ready(&wait_queue(topic, group, level)).await?;
         }
         let dead_letters = self.ready(&dlq(topic, group)).await?;
-        let in_flight = self.management.unacked(&self.vhost, &group_queue(topic, group)).await?;
+        // Ready, waiting and dead letters come over AMQP; in flight only
+        // from the management plugin: without it, unknown rather than 0.
+        let in_flight = match self.management.unacked(&self.vhost, &group_queue(topic, group)).await {
+            Ok(n) => Some(n),
+            Err(e) => {
+                if !self.in_flight_unknown_said.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "the in-flight count is unknown (inspect gives the other figures)");
+                }
+                None
+            }
+        };
         Ok(GroupStats {
             topic: topic.to_string(),
             group: group.to_string(),

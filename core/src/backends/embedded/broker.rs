@@ -523,7 +523,7 @@ impl Broker for EmbeddedBroker {
                     topic: t,
                     group: g,
                     ready: (ready + log_ready) as u64,
-                    in_flight: in_flight as u64,
+                    in_flight: Some(in_flight as u64),
                     waiting: (waiting + log_waiting) as u64,
                     dead_letters: dead as u64,
                     oldest_age: oldest.map(|ms| Duration::from_millis((now - ms).max(0) as u64)),

@@ -655,7 +655,8 @@ fn group_figures(
         }
     }
     let committed = inspector.committed_offsets(tpl, t)?;
-    let mut stats = GroupStats { topic: topic.to_string(), group: group.to_string(), ..Default::default() };
+    let mut stats =
+        GroupStats { topic: topic.to_string(), group: group.to_string(), in_flight: Some(0), ..Default::default() };
     for (name, ready_now) in &sources {
         for p in 0..partitions.get(name.as_str()).copied().unwrap_or(0) {
             let p = p as i32;
@@ -666,7 +667,7 @@ fn group_figures(
             let marks = elem.as_ref().map(|e| Marks::parse(e.metadata())).unwrap_or_default();
             let handed = marks.through().map_or(0, |t| (t + 1).clamp(start, high) - start);
             let rest = (high - start - handed).max(0) as u64;
-            stats.in_flight += handed as u64;
+            *stats.in_flight.get_or_insert(0) += handed as u64;
             if *ready_now {
                 stats.ready += rest;
             } else {

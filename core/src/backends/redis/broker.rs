@@ -948,7 +948,8 @@ impl Broker for RedisBroker {
         validate_name("group", group)?;
         let keys = TopicKeys::new(topic);
         let mut conn = self.conn();
-        let mut stats = GroupStats { topic: topic.to_string(), group: group.to_string(), ..Default::default() };
+        let mut stats =
+            GroupStats { topic: topic.to_string(), group: group.to_string(), in_flight: Some(0), ..Default::default() };
         let mut oldest: Option<u64> = None;
         let mut note_oldest = |id: &str| {
             if let Some((ms, _)) = parse_id(id) {
@@ -963,7 +964,7 @@ impl Broker for RedisBroker {
                 stats.ready += len;
                 continue;
             };
-            stats.in_flight += g.pending;
+            *stats.in_flight.get_or_insert(0) += g.pending;
             let lag = match g.lag {
                 Some(lag) => lag,
                 None => {

@@ -79,7 +79,8 @@ pub(crate) async fn retries_exhausted_dead_letter(ctx: Ctx) -> Result<Outcome, F
     );
     check!(why.last_failed_at > why.first_failed_at, "first and last failure should differ across retries");
     let (ok, s) =
-        stats_where(&ctx, "g", |s| s.dead_letters == 1 && s.ready == 0 && s.in_flight == 0 && s.waiting == 0).await?;
+        stats_where(&ctx, "g", |s| s.dead_letters == 1 && s.ready == 0 && s.in_flight == Some(0) && s.waiting == 0)
+            .await?;
     check!(ok, "stats {s:?}");
     Ok(Outcome::Passed)
 }
@@ -179,7 +180,7 @@ pub(crate) async fn redrive_and_purge(ctx: Ctx) -> Result<Outcome, Failure> {
         r.jobs().iter().skip(5).all(|(j, _)| j.message.failures.is_none()),
         "redriven messages keep a failure history"
     );
-    let (ok, s) = stats_where(&ctx, "g", |s| s.dead_letters == 0 && s.ready == 0 && s.in_flight == 0).await?;
+    let (ok, s) = stats_where(&ctx, "g", |s| s.dead_letters == 0 && s.ready == 0 && s.in_flight == Some(0)).await?;
     check!(ok, "stats after redrive {s:?}");
     // Redrive went to `g` only: `other` still has exactly the 5 originals.
     let (ok, o) = stats_where(&ctx, "other", |o| o.ready == 5).await?;
