@@ -72,6 +72,13 @@ async fn bench(label: &str, url: &str, n: usize) {
     println!("{label:<8} consume, concurrency 1    {}", rate(n, consume(&broker, &format!("{t}-b"), n, 1).await));
     publish_batches(&broker, &format!("{t}-c"), n).await;
     println!("{label:<8} consume, concurrency 16   {}", rate(n, consume(&broker, &format!("{t}-c"), n, 16).await));
+    // Long jobs: none may wait on a busy worker while the other is idle.
+    let (took, [a, b]) =
+        common::slow_jobs_on_two_workers(&broker, &format!("{t}-slow"), 4, Duration::from_secs(1)).await;
+    println!(
+        "{label:<8} 4 jobs of 1 s on two default workers: {:.2} s (2 s if none waits), {a} and {b} each",
+        took.as_secs_f64()
+    );
     broker.close().await.unwrap();
 }
 

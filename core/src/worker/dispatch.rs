@@ -97,7 +97,13 @@ pub(super) async fn handler_loop(
                 match again {
                     Some(slot) => slot,
                     None => {
-                        since = None;
+                        // Idle: what was handled since the last look at the
+                        // clock still tells the read-ahead the pace (one
+                        // message at a time would never fill a stride).
+                        if let Some(started) = since.take().filter(|_| unmeasured > 0) {
+                            inner.read_ahead.handled(unmeasured, started.elapsed());
+                            unmeasured = 0;
+                        }
                         tokio::select! {
                             _ = woken => continue,
                             _ = stop.cancelled() => return,

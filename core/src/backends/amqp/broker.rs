@@ -98,6 +98,9 @@ struct GroupConsumer {
     tag: String,
     prefetch: u16,
     link: Arc<ConsumerLink>,
+    /// Pushed to a consumer this one replaced (same channel) and not yet
+    /// received: handed out first.
+    pushed: std::collections::VecDeque<lapin::message::Delivery>,
 }
 
 /// What every delivery of one consumer channel shares (one `Arc` per
@@ -442,6 +445,43 @@ impl AmqpBroker {
         )
     }
 
+    /// Replaces `state`'s consumer with one of `prefetch` on the same channel.
+    async fn reconsume(&self, state: &mut GroupConsumer, req: &ReceiveRequest<'_>, prefetch: u16) -> Result<()> {
+        let channel = state.link.channel.clone();
+        channel.basic_cancel(state.tag.as_str().into(), BasicCancelOptions::default()).await.map_err(err)?;
+        // Past the cancel's answer nothing more comes to the old consumer:
+        // what it was pushed is in its buffer now.
+        while let Some(Some(Ok(d))) = state.consumer.next().now_or_never() {
+            state.pushed.push_back(d);
+        }
+        let (consumer, tag) = self.consume(&channel, req.topic, req.group, req.consumer, prefetch).await?;
+        (state.consumer, state.tag, state.prefetch) = (consumer, tag, prefetch);
+        Ok(())
+    }
+
+    /// Starts a consumer of the group's queue on `channel` with `prefetch`.
+    async fn consume(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+        consumer: &str,
+        prefetch: u16,
+    ) -> Result<(lapin::Consumer, String)> {
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(err)?;
+        let tag = format!("{consumer}-{:08x}", fastrand::u32(..));
+        let consumer = channel
+            .basic_consume(
+                group_queue(topic, group).into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                consume_args(self.consumer_timeout),
+            )
+            .await
+            .map_err(err)?;
+        Ok((consumer, tag))
+    }
+
     async fn settle(&self, delivery: &Delivery) -> Result<()> {
         let r = delivery.receipt_as::<AmqpReceipt>(BACKEND)?;
         // A closed channel means the broker has put the message back.
@@ -661,17 +701,7 @@ impl Broker for AmqpBroker {
             // Declared once per consumer (and again after a reconnect), not per receive.
             self.declare_group(req.topic, req.group).await?;
             let channel = self.fresh_channel().await?;
-            channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
-            let tag = format!("{}-{:08x}", req.consumer, fastrand::u32(..));
-            let consumer = channel
-                .basic_consume(
-                    group_queue(req.topic, req.group).into(),
-                    tag.as_str().into(),
-                    BasicConsumeOptions::default(),
-                    consume_args(self.consumer_timeout),
-                )
-                .await
-                .map_err(err)?;
+            let (consumer, tag) = self.consume(&channel, req.topic, req.group, req.consumer, wanted).await?;
             let link = Arc::new(ConsumerLink {
                 channel,
                 generation: self.generation.load(Ordering::Acquire),
@@ -679,23 +709,32 @@ impl Broker for AmqpBroker {
                 topic: req.topic.into(),
                 group: req.group.into(),
             });
-            *guard = Some(GroupConsumer { consumer, tag, prefetch: wanted, link });
+            *guard = Some(GroupConsumer { consumer, tag, prefetch: wanted, link, pushed: Default::default() });
         }
         let state = guard.as_mut().expect("consumer set above");
-        // Raised at once; lowered (a round trip) only once the window has
-        // halved, not as it wavers: what the broker pushed ahead to a busy
-        // worker is what another worker could have taken.
+        // RabbitMQ applies a prefetch only to consumers started after it:
+        // a new window is a new consumer on the same channel (what this one
+        // holds stays valid to settle). Raised at once; lowered only once
+        // the window has halved, not as it wavers (three round trips), so
+        // little that another worker could take is pushed to a busy one.
         if wanted > state.prefetch || wanted < state.prefetch / 2 {
-            state.link.channel.basic_qos(wanted, BasicQosOptions::default()).await.map_err(err)?;
-            state.prefetch = wanted;
+            if let Err(e) = self.reconsume(state, &req, wanted).await {
+                *guard = None; // its channel is gone: a new one next time
+                return Err(e);
+            }
         }
+        let state = guard.as_mut().expect("consumer set above");
         let deadline = tokio::time::Instant::now() + req.wait;
         let mut out = Vec::new();
         while out.len() < req.max {
             // Take what is already here (polled once: a timer set to now
             // fires on the next millisecond tick, which held every batch a
             // millisecond); wait, with a timer, only for the first.
-            let next = match state.consumer.next().now_or_never() {
+            let next = match state.pushed.pop_front() {
+                Some(d) => Some(Some(Ok(d))),
+                None => state.consumer.next().now_or_never(),
+            };
+            let next = match next {
                 Some(next) => Some(next),
                 None if out.is_empty() => tokio::time::timeout_at(deadline, state.consumer.next()).await.ok(),
                 None => break,
@@ -958,7 +997,8 @@ impl Broker for AmqpBroker {
         // back in the queue, stop the consumer, then ack the originals.
         // Closing the channel on them instead would give them back as a
         // new attempt.
-        let mut pushed = Vec::new();
+        let mut pushed: Vec<Delivery> =
+            state.pushed.drain(..).map(|d| AmqpBroker::to_delivery(&state.link, d)).collect();
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(50), state.consumer.next()).await {
             pushed.push(AmqpBroker::to_delivery(&state.link, d));
         }
