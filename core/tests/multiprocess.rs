@@ -2,7 +2,10 @@
 //! worker processes on one file, at once. Every message is handled exactly
 //! once. (What a Django web process and a worker process do.)
 //!
-//! The test re-runs its own binary as the child processes, selected by the
+//! Also: a consumer idle in another process wakes as soon as a message is
+//! published, not at its next poll.
+//!
+//! The tests re-run their own binary as the child processes, selected by the
 //! `PB_MP_ROLE` environment variable.
 
 use std::path::PathBuf;
@@ -10,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pillarbox::{connect, HandlerError, Job, Message, Worker, WorkerOptions};
+use pillarbox::{connect, HandlerError, Job, Message, ReceiveRequest, Worker, WorkerOptions};
 
 const TOPIC: &str = "orders";
 const GROUP: &str = "fulfil";
@@ -74,11 +77,77 @@ fn publishers_and_workers_in_separate_processes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Rounds of the wake-up test.
+const WAKE_ROUNDS: usize = 3;
+
+/// A consumer in another process, idle in `receive` with a 5 s poll,
+/// receives each message published here well within a second: publishing
+/// wakes it (the sidecar sockets, `backends/embedded/wake.rs`). Without the
+/// wake-up each round would take until its next poll, about 5 s.
+#[test]
+fn an_idle_consumer_in_another_process_wakes_when_a_message_is_published() {
+    if std::env::var("PB_MP_ROLE").is_ok() {
+        return;
+    }
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("pillarbox-wake-{}-{}", std::process::id(), fastrand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("queue.db");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = runtime.block_on(async {
+        let broker = connect(&format!("sqlite://{}", db.display())).await.unwrap();
+        broker.ensure_group("wake", GROUP).await.unwrap();
+        broker
+    });
+    let mut consumer = child("idle", &db, "");
+    // Its lines, read on a thread so that every wait below is bounded.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = consumer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |what: &str, within: Duration| -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no `{what}` from the consumer within {within:?} ({e})"),
+            }
+        }
+    };
+    let mut took = Vec::new();
+    for round in 0..WAKE_ROUNDS {
+        next("receiving", Duration::from_secs(30));
+        // Past its first look: idle, until its next poll 5 s away.
+        std::thread::sleep(Duration::from_millis(300));
+        let published = std::time::Instant::now();
+        runtime.block_on(broker.publish("wake", vec![Message::new(format!("m{round}"))])).unwrap();
+        let line = next("received", Duration::from_secs(10));
+        took.push(published.elapsed());
+        assert!(line.ends_with(&format!("m{round}")), "{line}");
+    }
+    let status = consumer.wait().unwrap();
+    assert!(status.success(), "the consumer failed");
+    assert!(took.iter().all(|t| *t < Duration::from_secs(1)), "publish to receive: {took:?}");
+    eprintln!("publish to receive in another process: {took:?}");
+    runtime.block_on(broker.close()).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process() {
     let Ok(role) = std::env::var("PB_MP_ROLE") else { return };
     let db = PathBuf::from(std::env::var("PB_MP_DB").unwrap());
     let name = std::env::var("PB_MP_ARG").unwrap();
+    if role == "idle" {
+        return idle_consumer(&db).await;
+    }
     let url = format!("sqlite://{}", db.display());
     let broker = connect(&url).await.unwrap();
     broker.ensure_group(TOPIC, GROUP).await.unwrap();
@@ -119,4 +188,26 @@ async fn child_process() {
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// Receives `WAKE_ROUNDS` messages one at a time, polling only every 5 s,
+/// and says when it starts waiting and what it received.
+async fn idle_consumer(db: &std::path::Path) {
+    let broker = connect(&format!("sqlite://{}?poll_ms=5000", db.display())).await.unwrap();
+    for _ in 0..WAKE_ROUNDS {
+        println!("receiving");
+        let request = ReceiveRequest {
+            topic: "wake",
+            group: GROUP,
+            consumer: "idle",
+            max: 1,
+            wait: Duration::from_secs(8),
+            lease: Duration::from_secs(30),
+        };
+        let got = broker.receive(request).await.unwrap();
+        assert_eq!(got.len(), 1, "nothing within the wait");
+        println!("received {}", String::from_utf8_lossy(&got[0].message.payload));
+        broker.ack(&got).await.unwrap();
+    }
+    broker.close().await.unwrap();
 }

@@ -224,6 +224,7 @@ impl Broker for EmbeddedBroker {
         if messages.is_empty() {
             return Ok(());
         }
+        let woken = topic.to_string();
         let topic = topic.to_string();
         let err = self.db.err();
         self.db
@@ -251,13 +252,14 @@ impl Broker for EmbeddedBroker {
                 tx.commit().map_err(err)
             })
             .await?;
-        self.db.activity.notify_waiters();
+        self.db.work_ready(Some(&woken));
         Ok(())
     }
 
     async fn publish_raw(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
         self.check_open()?;
         validate_raw(topic, &headers, &payload, self.db.options.max_message_bytes)?;
+        let woken = topic.to_string();
         let topic = topic.to_string();
         let headers = headers_json(headers);
         let err = self.db.err();
@@ -273,7 +275,7 @@ impl Broker for EmbeddedBroker {
                 Ok(())
             })
             .await?;
-        self.db.activity.notify_waiters();
+        self.db.work_ready(Some(&woken));
         Ok(())
     }
 
@@ -286,6 +288,7 @@ impl Broker for EmbeddedBroker {
         }
         let deadline = tokio::time::Instant::now() + request.wait;
         let err = self.db.err();
+        let _listening = if request.wait.is_zero() { None } else { self.db.listen_to_other_processes(request.topic) };
         loop {
             // Listen before looking, so a publish between the look and the
             // wait is not missed.
@@ -411,7 +414,7 @@ impl Broker for EmbeddedBroker {
                 tx.commit().map_err(err)
             })
             .await?;
-        self.db.activity.notify_waiters();
+        self.db.work_ready(None);
         Ok(())
     }
 
@@ -438,7 +441,7 @@ impl Broker for EmbeddedBroker {
                 Ok(())
             })
             .await?;
-        self.db.activity.notify_waiters();
+        self.db.work_ready(Some(&delivery.topic));
         Ok(())
     }
 
@@ -662,7 +665,7 @@ impl Broker for EmbeddedBroker {
                 Ok(moved)
             })
             .await?;
-        self.db.activity.notify_waiters();
+        self.db.work_ready(Some(topic));
         Ok(moved)
     }
 
@@ -709,6 +712,7 @@ impl Broker for EmbeddedBroker {
 
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        // Only this handle's receives need to see it.
         self.db.activity.notify_waiters();
         Ok(())
     }

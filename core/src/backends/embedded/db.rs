@@ -12,6 +12,8 @@ use tokio::sync::Notify;
 use crate::error::{Error, Result};
 use crate::url::BrokerUrl;
 
+use super::wake::{WaitingFor, Wake};
+
 pub(crate) const BACKEND_SQLITE: &str = "sqlite";
 pub(crate) const BACKEND_MEMORY: &str = "memory";
 
@@ -123,7 +125,9 @@ pub(crate) struct Db {
     pub options: DbOptions,
     /// Woken on every publish, retry and release through this process, so
     /// local consumers do not wait for the next poll.
-    pub activity: Notify,
+    pub activity: Arc<Notify>,
+    /// The same for consumers in other processes, for a file.
+    wake: Option<Wake>,
 }
 
 fn registry() -> &'static Mutex<HashMap<String, Weak<Db>>> {
@@ -188,7 +192,8 @@ impl Db {
             url: url.redacted(),
             reason: e.to_string(),
         })?;
-        let db = Arc::new(Db { conn: Mutex::new(conn), backend, options, activity: Notify::new() });
+        let wake = path.as_deref().map(Wake::new);
+        let db = Arc::new(Db { conn: Mutex::new(conn), backend, options, activity: Arc::default(), wake });
         if let Some(key) = registry_key {
             reg.retain(|_, w| w.strong_count() > 0);
             reg.insert(key, Arc::downgrade(&db));
@@ -210,6 +215,26 @@ impl Db {
         })
         .await
         .map_err(|e| Error::Backend { backend, reason: format!("database task failed: {e}") })?
+    }
+
+    /// Wakes the consumers waiting for work in `topic` (`None`: in any),
+    /// here and in other processes: called after a commit that made some
+    /// ready (or due sooner).
+    pub fn work_ready(&self, topic: Option<&str>) {
+        self.activity.notify_waiters();
+        if let Some(wake) = &self.wake {
+            wake.wake_others(topic);
+        }
+    }
+
+    /// Lets other processes' `work_ready` for `topic` reach this process's
+    /// waiting receives while the guard lives. Called before a receive
+    /// first looks for work.
+    pub fn listen_to_other_processes(&self, topic: &str) -> Option<WaitingFor> {
+        let wake = self.wake.as_ref()?;
+        let waiting = wake.waiting_for(topic);
+        wake.listen(&self.activity);
+        Some(waiting)
     }
 
     /// Maps a SQLite error to ours.

@@ -8,13 +8,15 @@
 //!
 //! Options (URL query): `max_message_bytes` (default 1 MiB), `poll_ms`
 //! (how often an idle consumer looks for work published by other processes,
-//! default 50), `busy_timeout_ms` (default 10000), `synchronous` (`full`,
+//! default 50; a fallback: on Linux and macOS they wake it at once, see
+//! `wake`), `busy_timeout_ms` (default 10000), `synchronous` (`full`,
 //! the default: a publish survives power loss; `normal`: survives a crash of
 //! the process).
 
 mod broker;
 mod db;
 mod idempotency;
+mod wake;
 
 pub use broker::EmbeddedBroker;
 pub use idempotency::SqliteIdempotencyStore;
