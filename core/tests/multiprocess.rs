@@ -201,6 +201,7 @@ async fn idle_consumer(db: &std::path::Path) {
             group: GROUP,
             consumer: "idle",
             max: 1,
+            window: 1,
             wait: Duration::from_secs(8),
             lease: Duration::from_secs(30),
         };

@@ -416,6 +416,7 @@ mod tests {
             group: "g",
             consumer: "c",
             max: 1,
+            window: 1,
             wait: Duration::from_millis(100),
             lease: Duration::from_secs(30),
         };
