@@ -34,8 +34,16 @@
 //! `appendfsync always` for no loss on power failure).
 
 mod broker;
+mod dead_letters;
 mod idempotency;
+mod inspect;
+mod options;
+mod publish;
+mod receive;
+mod reply;
 mod scripts;
+mod settle;
+mod topology;
 
 pub use broker::RedisBroker;
 pub use idempotency::RedisIdempotencyStore;
