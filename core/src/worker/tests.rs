@@ -372,8 +372,8 @@ async fn an_ack_that_panics_does_not_stop_the_acker() {
     broker.publish("t", (0..3).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
     // The first ack panicked: that message comes back after its lease
     // and is handled again; the later ones are acked.
+    // Successes count once acked: at five, nothing is left to ack.
     until_succeeded(&worker, 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let stats = broker.inspect("t", "g").await.unwrap();
     worker.shutdown();
     task.await.unwrap().unwrap();
@@ -549,8 +549,13 @@ async fn a_dropped_run_stops_receiving_and_the_worker_can_run_again() {
     // Dropped mid-run (as a `select!` or a cancelled task does).
     task.abort();
     assert!(task.await.unwrap_err().is_cancelled());
-    // A receive under way when the run was dropped ends within its poll wait.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A receive under way when the run was dropped ends within its poll
+    // wait: its fetcher lets go of the worker's fetching lock then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while worker.inner.fetching.try_lock().is_err() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(worker.inner.fetching.try_lock().is_ok(), "the dropped run's fetcher never stopped");
     let received = worker.stats().received;
     broker.publish("t", (0..5).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
