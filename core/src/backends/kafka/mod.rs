@@ -53,8 +53,12 @@
 
 mod broker;
 mod dead_letters;
+mod inspect;
 mod outstanding;
+mod publish;
 mod reader;
+mod settle;
+mod topology;
 
 use std::time::Duration;
 

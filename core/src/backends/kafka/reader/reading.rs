@@ -17,7 +17,7 @@ use super::assignment::finish_revocation;
 use super::incoming::{Body, Incoming, KafkaReceipt, KindCache, Spares};
 use super::tracks::Admission;
 use super::{Kind, Part, Reader};
-use crate::backends::kafka::broker::Outbox;
+use crate::backends::kafka::publish::Outbox;
 use crate::backends::kafka::{err, level_for, retry_topic, BACKEND};
 use crate::broker::Delivery;
 use crate::error::{Error, Result};
