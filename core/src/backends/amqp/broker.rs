@@ -19,10 +19,11 @@ use super::management::Management;
 use super::options::Options;
 use super::receive::ConsumerSlot;
 use super::{err, BACKEND};
+use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
-use crate::message::{validate_name, Message};
+use crate::message::Message;
 use crate::url::BrokerUrl;
 
 /// A live connection and its shared channels.
@@ -92,11 +93,7 @@ impl AmqpBroker {
     }
 
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        shared::check_open(&self.closed)
     }
 
     /// The live connection's channels, reconnecting if it dropped.
@@ -171,8 +168,7 @@ impl Broker for AmqpBroker {
 
     async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         self.declare_group(topic, group).await
     }
 

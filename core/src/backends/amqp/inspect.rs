@@ -8,15 +8,14 @@ use lapin::types::FieldTable;
 
 use super::broker::AmqpBroker;
 use super::topology::{dlq, group_queue, wait_queue, LEVELS};
+use crate::backends::shared;
 use crate::broker::{ConsumerInfo, GroupStats};
 use crate::error::Result;
-use crate::message::validate_name;
 
 impl AmqpBroker {
     pub(super) async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let ready = self.ready(&group_queue(topic, group)).await?;
         let mut waiting = 0;
         for level in LEVELS {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use super::management::Management;
+use crate::backends::shared;
 use crate::error::{Error, Result};
 use crate::url::BrokerUrl;
 
@@ -60,10 +61,7 @@ impl Options {
             Some(_) if url.scheme() != "amqps" => {
                 return Err(Error::invalid_option("tls_ca_file", "TLS options need an amqps:// URL"))
             }
-            Some(path) => Some(
-                std::fs::read_to_string(path)
-                    .map_err(|e| Error::invalid_option("tls_ca_file", format!("cannot read `{path}`: {e}")))?,
-            ),
+            Some(path) => Some(shared::read_option_file("tls_ca_file", path, std::fs::read_to_string)?),
         };
         parsed.set_query(None);
         Ok(Options {

@@ -15,9 +15,10 @@ use super::broker::AmqpBroker;
 use super::publish::headers_of;
 use super::topology::{group_queue, level_for};
 use super::{err, BACKEND};
+use crate::backends::shared;
 use crate::broker::{Delivery, ReceiveRequest};
 use crate::error::{Error, Result};
-use crate::message::{to_millis, validate_name};
+use crate::message::to_millis;
 
 /// A group's consumer on this handle.
 pub(super) struct GroupConsumer {
@@ -65,8 +66,7 @@ pub(super) fn consume_args(consumer_timeout_ms: i64) -> FieldTable {
 impl AmqpBroker {
     pub(super) async fn receive_batch(&self, req: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
         self.check_open()?;
-        validate_name("topic", req.topic)?;
-        validate_name("group", req.group)?;
+        shared::check_names(req.topic, req.group)?;
         if req.max == 0 {
             return Ok(Vec::new());
         }

@@ -5,7 +5,6 @@
 use std::borrow::Cow;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use lapin::types::AMQPValue;
@@ -14,6 +13,7 @@ use lapin::BasicProperties;
 use super::broker::AmqpBroker;
 use super::receive::ConsumerLink;
 use super::settle::AmqpReceipt;
+use crate::backends::shared;
 use crate::broker::{Delivery, Receipt};
 use crate::message::from_millis;
 use crate::wire;
@@ -37,10 +37,9 @@ impl AmqpBroker {
         if decoded.message.content_type.is_none() {
             decoded.message.content_type = d.properties.content_type().as_ref().map(|c| c.to_string());
         }
-        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
-            decoded.message.published_at =
-                d.properties.timestamp().map(|t| from_millis(t * 1000)).unwrap_or_else(crate::message::now_millis);
-        }
+        shared::fill_published_at(&mut decoded.message, || {
+            Some(d.properties.timestamp().map(|t| from_millis(t * 1000)).unwrap_or_else(crate::message::now_millis))
+        });
         Delivery::new(
             Arc::clone(&link.topic),
             Arc::clone(&link.group),

@@ -10,6 +10,7 @@ use lapin::{Channel, ExchangeKind};
 
 use super::broker::AmqpBroker;
 use super::err;
+use crate::backends::shared;
 use crate::error::Result;
 use crate::message::to_millis;
 
@@ -18,7 +19,7 @@ pub(super) const LEVELS: [u64; 9] = [10, 100, 1_000, 10_000, 60_000, 600_000, 3_
 
 /// The longest level not beyond `remaining` ms, if any.
 pub(super) fn level_for(remaining: u64) -> Option<u64> {
-    LEVELS.iter().rev().copied().find(|l| *l <= remaining)
+    shared::longest_level(&LEVELS, remaining)
 }
 
 pub(super) fn group_queue(topic: &str, group: &str) -> String {

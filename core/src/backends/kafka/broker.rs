@@ -22,6 +22,7 @@ use super::dead_letters::DeadLetterViews;
 use super::publish::Outbox;
 use super::reader::Reader;
 use super::{err, Options, BACKEND};
+use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
@@ -91,11 +92,7 @@ impl KafkaBroker {
     }
 
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::SeqCst) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        shared::check_open(&self.closed)
     }
 
     fn reader(&self, topic: &str, group: &str, consumer: &str) -> Result<Arc<Reader>> {
