@@ -12,3 +12,6 @@ pub mod amqp;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+
+#[cfg(any(feature = "embedded", feature = "redis", feature = "amqp", feature = "kafka"))]
+mod shared;

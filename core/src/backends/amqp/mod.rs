@@ -39,8 +39,20 @@
 //! then if its idempotency key is done).
 
 mod broker;
+mod dead_letters;
+mod inspect;
 mod management;
+mod options;
+mod publish;
+mod receive;
+mod reply;
+mod settle;
+mod topology;
 
 pub use broker::AmqpBroker;
 
 pub(crate) const BACKEND: &str = "amqp";
+
+fn err(e: lapin::Error) -> crate::Error {
+    crate::Error::Backend { backend: BACKEND, reason: e.to_string() }
+}

@@ -14,13 +14,14 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::db::Db;
 use super::idempotency::SqliteIdempotencyStore;
+use crate::backends::shared;
 use crate::broker::{
     validate_batch, validate_raw, Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, Receipt, ReceiveRequest,
 };
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
-use crate::message::{from_millis, to_millis, validate_name, Message};
+use crate::message::{from_millis, to_millis, Message};
 use crate::url::BrokerUrl;
 use crate::wire;
 
@@ -53,11 +54,7 @@ impl EmbeddedBroker {
     }
 
     fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        shared::check_open(&self.closed)
     }
 
     fn receipts<'a>(&self, deliveries: &'a [Delivery]) -> Result<Vec<(i64, i64, &'a str)>> {
@@ -180,9 +177,7 @@ fn parse_headers(json: &str) -> (Vec<(String, String)>, Option<String>) {
 fn decode_row(headers: &str, payload: Vec<u8>, deliveries: u32, published_at: i64) -> wire::Decoded {
     let (pairs, bad_json) = parse_headers(headers);
     let mut decoded = wire::decode(pairs, Bytes::from(payload), deliveries);
-    if decoded.message.published_at == SystemTime::UNIX_EPOCH {
-        decoded.message.published_at = crate::message::from_millis(published_at.max(0) as u64);
-    }
+    shared::fill_published_at(&mut decoded.message, || Some(crate::message::from_millis(published_at.max(0) as u64)));
     if bad_json.is_some() {
         decoded.malformed = bad_json;
     }
@@ -211,8 +206,7 @@ impl Broker for EmbeddedBroker {
 
     async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let (t, g) = (topic.to_string(), group.to_string());
         let err = self.db.err();
         self.db.call(move |c| ensure_group(c, &t, &g, to_millis(SystemTime::now()) as i64).map_err(err)).await
@@ -281,8 +275,7 @@ impl Broker for EmbeddedBroker {
 
     async fn receive(&self, request: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
         self.check_open()?;
-        validate_name("topic", request.topic)?;
-        validate_name("group", request.group)?;
+        shared::check_names(request.topic, request.group)?;
         if request.max == 0 {
             return Ok(Vec::new());
         }
@@ -480,8 +473,7 @@ impl Broker for EmbeddedBroker {
 
     async fn inspect(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let (t, g) = (topic.to_string(), group.to_string());
         let err = self.db.err();
         self.db
@@ -539,8 +531,7 @@ impl Broker for EmbeddedBroker {
     /// The consumers holding messages now (an idle one leaves no trace in the file).
     async fn consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let (t, g) = (topic.to_string(), group.to_string());
         let now = to_millis(SystemTime::now()) as i64;
         let err = self.db.err();

@@ -1,20 +1,26 @@
 //! A group's dead letters: a compacted topic keyed by message id, where a
 //! record without a value (a tombstone) removes one. Read incrementally:
-//! each call reads only what was added since the last.
+//! each call reads only what was added since the last Then the broker's
+//! dead-letter operations over it: producing one, listing, redriving
+//! (to the group's own due-now retry topic) and purging (tombstones).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message as _;
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{err, header_pairs, Options};
+use super::broker::{blocking, KafkaBroker};
+use super::publish::{delivered, Record};
+use super::{dlq_topic, err, header_pairs, retry_topic, Options};
+use crate::broker::Broker;
 use crate::dead_letter::{self, DeadLetter};
 use crate::error::{Error, Result};
-use crate::message::from_millis;
+use crate::message::{from_millis, Message};
 use crate::wire;
 
 /// What is known of one dead-letter topic.
@@ -123,5 +129,95 @@ impl DeadLetterViews {
         if let Some(view) = self.views.lock().unwrap().get_mut(dlq) {
             view.live.retain(|_, d| !ids.contains(&d.id));
         }
+    }
+}
+
+/// Dead letters: the partition the message was read from.
+pub const DL_PARTITION: &str = "pb-dl-partition";
+/// Dead letters: its offset there.
+pub const DL_OFFSET: &str = "pb-dl-offset";
+
+impl KafkaBroker {
+    pub(super) async fn produce_dead_letter(
+        &self,
+        topic: &str,
+        group: &str,
+        letter: Vec<(String, String)>,
+        m: &Message,
+    ) -> Result<()> {
+        self.outbox.send(&dlq_topic(topic, group), Some(m.id.as_bytes()), &letter, &m.payload).await
+    }
+
+    /// Tombstones (a key without a value) for dead letters: the view
+    /// drops them at once, compaction for good.
+    async fn remove_dead_letters(&self, dlq: &str, ids: &[String]) -> Result<()> {
+        let mut pending = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dlq).key(id.as_bytes());
+            pending.push(self.outbox.producer.send_result(record).map_err(|(e, _)| err(e))?);
+        }
+        for f in pending {
+            delivered(f.await)?;
+        }
+        self.dead_letters.forget(dlq, ids);
+        Ok(())
+    }
+
+    pub(super) async fn list_dead(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
+        self.check_open()?;
+        self.ensure_group(topic, group).await?;
+        let views = Arc::clone(&self.dead_letters);
+        let (dlq, t, g, after) =
+            (dlq_topic(topic, group), topic.to_string(), group.to_string(), after.map(String::from));
+        blocking(move || views.list(&dlq, &t, &g, after.as_deref(), limit)).await
+    }
+
+    pub(super) async fn redrive_dead(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        self.check_open()?;
+        self.ensure_group(topic, group).await?;
+        let views = Arc::clone(&self.dead_letters);
+        let (dlq, t, g, wanted) = (dlq_topic(topic, group), topic.to_string(), group.to_string(), ids.to_vec());
+        let letters = blocking(move || views.select(&dlq, &t, &g, Some(&wanted))).await?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        // To this group's own due-now retry topic: never re-fanned-out to other groups.
+        let target = retry_topic(topic, group, 0);
+        let fresh: Vec<Message> = letters.iter().map(|d| dead_letter::redriven(d.message.clone())).collect();
+        let headers: Vec<Vec<(String, String)>> = fresh.iter().map(wire::encode_headers).collect();
+        let records: Vec<Record<'_>> = fresh
+            .iter()
+            .zip(&headers)
+            .map(|(m, h)| Record {
+                topic: &target,
+                key: m.key.as_deref().map(str::as_bytes),
+                headers: h,
+                payload: &m.payload,
+            })
+            .collect();
+        self.outbox.send_all(&records).await?;
+        let moved: Vec<String> = letters.into_iter().map(|d| d.id).collect();
+        self.remove_dead_letters(&dlq_topic(topic, group), &moved).await?;
+        Ok(moved.len())
+    }
+
+    pub(super) async fn purge_dead(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        self.check_open()?;
+        self.ensure_group(topic, group).await?;
+        let views = Arc::clone(&self.dead_letters);
+        let (dlq, t, g, wanted) =
+            (dlq_topic(topic, group), topic.to_string(), group.to_string(), ids.map(<[String]>::to_vec));
+        let letters = blocking(move || views.select(&dlq, &t, &g, wanted.as_deref())).await?;
+        let gone: Vec<String> = letters.into_iter().map(|d| d.id).collect();
+        if !gone.is_empty() {
+            self.remove_dead_letters(&dlq_topic(topic, group), &gone).await?;
+        }
+        Ok(gone.len())
     }
 }

@@ -53,14 +53,19 @@
 
 mod broker;
 mod dead_letters;
+mod inspect;
 mod outstanding;
+mod publish;
 mod reader;
+mod settle;
+mod topology;
 
 use std::time::Duration;
 
 pub use broker::KafkaBroker;
 use rdkafka::ClientConfig;
 
+use crate::backends::shared;
 use crate::error::{Error, Result};
 use crate::url::BrokerUrl;
 
@@ -71,7 +76,7 @@ const LEVELS: [u64; 8] = [0, 10, 100, 1_000, 10_000, 60_000, 600_000, 3_600_000]
 
 /// The longest level not beyond `remaining` ms.
 fn level_for(remaining: u64) -> u64 {
-    LEVELS.iter().rev().copied().find(|l| *l <= remaining).unwrap_or(0)
+    shared::longest_level(&LEVELS, remaining).unwrap_or(0)
 }
 
 /// Kafka's limit on topic names.
@@ -269,8 +274,7 @@ impl Options {
                 if !protocol.ends_with("ssl") {
                     return Err(Error::invalid_option(param, "TLS files need security_protocol=ssl or sasl_ssl"));
                 }
-                std::fs::metadata(path)
-                    .map_err(|e| Error::invalid_option(param, format!("cannot read `{path}`: {e}")))?;
+                shared::read_option_file(param, path, std::fs::metadata)?;
                 common.push((setting, path.to_string()));
             }
         }

@@ -20,11 +20,12 @@ use super::options::{tls_certificates, Options};
 use super::receive::GroupState;
 use super::reply::xinfo_groups;
 use super::{TopicKeys, BACKEND};
+use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
-use crate::message::{to_millis, validate_name, Message};
+use crate::message::{to_millis, Message};
 use crate::url::BrokerUrl;
 
 /// Longest a single blocking read may take (sets the blocking connections' timeout).
@@ -87,11 +88,7 @@ impl RedisBroker {
     }
 
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            Err(Error::Closed)
-        } else {
-            Ok(())
-        }
+        shared::check_open(&self.closed)
     }
 
     pub(super) fn conn(&self) -> ConnectionManager {
@@ -139,8 +136,7 @@ impl Broker for RedisBroker {
 
     async fn ensure_group(&self, topic: &str, group: &str) -> Result<()> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         self.create_group(&TopicKeys::new(topic), topic, group).await
     }
 

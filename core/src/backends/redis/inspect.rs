@@ -9,16 +9,15 @@ use redis::Value;
 use super::broker::{now_ms, RedisBroker};
 use super::reply::{parse_entries, parse_id, string, xinfo_consumers, xinfo_groups};
 use super::{err, TopicKeys};
+use crate::backends::shared;
 use crate::broker::{ConsumerInfo, GroupStats};
 use crate::error::Result;
-use crate::message::validate_name;
 
 impl RedisBroker {
     /// The group's consumers, over both its streams (`Broker::consumers`).
     pub(super) async fn list_consumers(&self, topic: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let keys = TopicKeys::new(topic);
         let mut conn = self.conn();
         // A consumer reads the topic's stream and the group's stream of due
@@ -48,8 +47,7 @@ impl RedisBroker {
     /// The group's counts and oldest message (`Broker::inspect`).
     pub(super) async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.check_open()?;
-        validate_name("topic", topic)?;
-        validate_name("group", group)?;
+        shared::check_names(topic, group)?;
         let keys = TopicKeys::new(topic);
         let mut conn = self.conn();
         let mut stats =

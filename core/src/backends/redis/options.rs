@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::backends::shared;
 use crate::error::{Error, Result};
 use crate::url::BrokerUrl;
 
@@ -46,11 +47,7 @@ impl Options {
 /// and `tls_cert_file` + `tls_key_file` (a client certificate), for rediss://.
 pub(super) fn tls_certificates(url: &BrokerUrl) -> Result<Option<redis::TlsCertificates>> {
     let read = |name: &str| -> Result<Option<Vec<u8>>> {
-        url.param(name)
-            .map(|path| {
-                std::fs::read(path).map_err(|e| Error::invalid_option(name, format!("cannot read `{path}`: {e}")))
-            })
-            .transpose()
+        url.param(name).map(|path| shared::read_option_file(name, path, std::fs::read)).transpose()
     };
     let (ca, cert, key) = (read("tls_ca_file")?, read("tls_cert_file")?, read("tls_key_file")?);
     if ca.is_none() && cert.is_none() && key.is_none() {

@@ -5,16 +5,16 @@
 //! pacing state (`GroupState`) and receipts (`RedisReceipt`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use redis::Value;
 
 use super::broker::{now_ms, RedisBroker};
 use super::reply::{id_time, into_entries, parse_read_reply, pending_count, split_fields};
 use super::{err, scripts, TopicKeys};
+use crate::backends::shared;
 use crate::broker::{Delivery, Receipt, ReceiveRequest};
 use crate::error::Result;
-use crate::message::validate_name;
 use crate::wire;
 
 /// Entries moved per mover run.
@@ -72,8 +72,7 @@ impl RedisBroker {
     /// Receives up to `req.max` deliveries (`Broker::receive`).
     pub(super) async fn receive_batch(&self, req: ReceiveRequest<'_>) -> Result<Vec<Delivery>> {
         self.check_open()?;
-        validate_name("topic", req.topic)?;
-        validate_name("group", req.group)?;
+        shared::check_names(req.topic, req.group)?;
         if req.max == 0 {
             return Ok(Vec::new());
         }
@@ -197,9 +196,7 @@ impl RedisBroker {
     fn delivery(&self, names: &Names, due: bool, id: String, fields: Vec<(String, Vec<u8>)>, count: u32) -> Delivery {
         let (headers, payload) = split_fields(fields);
         let mut decoded = wire::decode(headers, payload, count);
-        if decoded.message.published_at == SystemTime::UNIX_EPOCH {
-            decoded.message.published_at = id_time(&id);
-        }
+        shared::fill_published_at(&mut decoded.message, || Some(id_time(&id)));
         Delivery::new(
             Arc::clone(&names.topic),
             Arc::clone(&names.group),

@@ -32,7 +32,7 @@ pub(super) use self::incoming::KafkaReceipt;
 pub(super) use self::marks::Marks;
 use self::reading::READ_AHEAD;
 use self::tracks::run_len;
-use super::broker::Outbox;
+use super::publish::Outbox;
 use super::{consumer_group, delay_topic, err, retry_topic, Options, BACKEND, LEVELS};
 use crate::broker::Delivery;
 use crate::error::{Error, Result};

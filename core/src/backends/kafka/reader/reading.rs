@@ -17,8 +17,9 @@ use super::assignment::finish_revocation;
 use super::incoming::{Body, Incoming, KafkaReceipt, KindCache, Spares};
 use super::tracks::Admission;
 use super::{Kind, Part, Reader};
-use crate::backends::kafka::broker::Outbox;
+use crate::backends::kafka::publish::Outbox;
 use crate::backends::kafka::{err, level_for, retry_topic, BACKEND};
+use crate::backends::shared;
 use crate::broker::Delivery;
 use crate::error::{Error, Result};
 use crate::message::{from_millis, to_millis};
@@ -279,11 +280,7 @@ impl Reader {
         if first.key.is_none() {
             first.key = m.key.map(|k| String::from_utf8_lossy(&k).into_owned());
         }
-        if first.published_at == SystemTime::UNIX_EPOCH {
-            if let Some(ts) = m.timestamp_ms.filter(|t| *t >= 0) {
-                first.published_at = from_millis(ts as u64);
-            }
-        }
+        shared::fill_published_at(first, || m.timestamp_ms.filter(|t| *t >= 0).map(|ts| from_millis(ts as u64)));
         let receipt =
             KafkaReceipt { reader: Arc::clone(self), topic: m.topic, partition: m.partition, offset: m.offset, epoch };
         Delivery::new(Arc::clone(&self.topic), Arc::clone(&self.group), message, malformed, spares.receipt(receipt))
