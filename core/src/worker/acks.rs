@@ -197,7 +197,11 @@ pub(super) async fn ack_loop(inner: Arc<Inner>, acks: Arc<AckQueue<Slot>>) {
 /// worker's capacity where the broker pushes ahead, else none.
 pub(super) fn ack_fill(inner: &Inner) -> usize {
     if inner.broker.capabilities().pushes_ahead {
-        (inner.capacity / 2).clamp(1, ACK_BATCH)
+        // A broker that pushes ahead keeps the window its consumer started
+        // with: with a read-ahead that follows the handlers, that is the
+        // handlers alone (nothing is known of their pace yet).
+        let window = if inner.read_ahead.adapts() { inner.options.concurrency } else { inner.capacity };
+        (window / 2).clamp(1, ACK_BATCH)
     } else {
         1
     }

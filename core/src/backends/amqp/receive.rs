@@ -24,11 +24,7 @@ use crate::message::to_millis;
 pub(super) struct GroupConsumer {
     pub(super) consumer: lapin::Consumer,
     pub(super) tag: String,
-    pub(super) prefetch: u16,
     pub(super) link: Arc<ConsumerLink>,
-    /// Pushed to a consumer this one replaced (same channel) and not yet
-    /// received: handed out first.
-    pub(super) pushed: std::collections::VecDeque<lapin::message::Delivery>,
 }
 
 /// What every delivery of one consumer channel shares (one `Arc` per
@@ -92,20 +88,13 @@ impl AmqpBroker {
                 topic: req.topic.into(),
                 group: req.group.into(),
             });
-            *guard = Some(GroupConsumer { consumer, tag, prefetch: wanted, link, pushed: Default::default() });
+            *guard = Some(GroupConsumer { consumer, tag, link });
         }
-        let state = guard.as_mut().expect("consumer set above");
-        // RabbitMQ applies a prefetch only to consumers started after it:
-        // a new window is a new consumer on the same channel (what this one
-        // holds stays valid to settle). Raised at once; lowered only once
-        // the window has halved, not as it wavers (three round trips), so
-        // little that another worker could take is pushed to a busy one.
-        if wanted > state.prefetch || wanted < state.prefetch / 2 {
-            if let Err(e) = self.reconsume(state, &req, wanted).await {
-                *guard = None; // its channel is gone: a new one next time
-                return Err(e);
-            }
-        }
+        // RabbitMQ applies a prefetch only to consumers started after it,
+        // so a consumer keeps the window it started with (see
+        // `consume`). Changing it takes a cancel, and on RabbitMQ 3.10 a
+        // delivery racing the cancel comes back with its delivery count
+        // raised: a message would lose an attempt for nothing.
         let state = guard.as_mut().expect("consumer set above");
         let deadline = tokio::time::Instant::now() + req.wait;
         let mut out = Vec::new();
@@ -113,11 +102,7 @@ impl AmqpBroker {
             // Take what is already here (polled once: a timer set to now
             // fires on the next millisecond tick, which held every batch a
             // millisecond); wait, with a timer, only for the first.
-            let next = match state.pushed.pop_front() {
-                Some(d) => Some(Some(Ok(d))),
-                None => state.consumer.next().now_or_never(),
-            };
-            let next = match next {
+            let next = match state.consumer.next().now_or_never() {
                 Some(next) => Some(next),
                 None if out.is_empty() => tokio::time::timeout_at(deadline, state.consumer.next()).await.ok(),
                 None => break,
@@ -167,25 +152,6 @@ impl AmqpBroker {
         Arc::clone(consumers.entry((topic.to_string(), group.to_string(), consumer.to_string())).or_default())
     }
 
-    /// Replaces `state`'s consumer with one of `prefetch` on the same channel.
-    pub(super) async fn reconsume(
-        &self,
-        state: &mut GroupConsumer,
-        req: &ReceiveRequest<'_>,
-        prefetch: u16,
-    ) -> Result<()> {
-        let channel = state.link.channel.clone();
-        channel.basic_cancel(state.tag.as_str().into(), BasicCancelOptions::default()).await.map_err(err)?;
-        // Past the cancel's answer nothing more comes to the old consumer:
-        // what it was pushed is in its buffer now.
-        while let Some(Some(Ok(d))) = state.consumer.next().now_or_never() {
-            state.pushed.push_back(d);
-        }
-        let (consumer, tag) = self.consume(&channel, req.topic, req.group, req.consumer, prefetch).await?;
-        (state.consumer, state.tag, state.prefetch) = (consumer, tag, prefetch);
-        Ok(())
-    }
-
     /// Starts a consumer of the group's queue on `channel` with `prefetch`.
     pub(super) async fn consume(
         &self,
@@ -222,8 +188,7 @@ impl AmqpBroker {
         // back in the queue, stop the consumer, then ack the originals.
         // Closing the channel on them instead would give them back as a
         // new attempt.
-        let mut pushed: Vec<Delivery> =
-            state.pushed.drain(..).map(|d| AmqpBroker::to_delivery(&state.link, d)).collect();
+        let mut pushed = Vec::new();
         while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(50), state.consumer.next()).await {
             pushed.push(AmqpBroker::to_delivery(&state.link, d));
         }
