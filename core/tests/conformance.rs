@@ -112,6 +112,7 @@ every_backend!(
     foreign_message_consumed,
     malformed_metadata_dead_lettered,
     oversized_message_rejected,
+    bad_names_refused,
     graceful_shutdown_loses_nothing,
     worker_stopping_leaves_its_neighbour_alone,
 );

@@ -78,6 +78,7 @@ scenarios!(
     bad_input::foreign_message_consumed,
     bad_input::malformed_metadata_dead_lettered,
     bad_input::oversized_message_rejected,
+    bad_input::bad_names_refused,
     shutdown::graceful_shutdown_loses_nothing,
     shutdown::worker_stopping_leaves_its_neighbour_alone,
 );

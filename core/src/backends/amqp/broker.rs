@@ -23,7 +23,7 @@ use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
-use crate::message::Message;
+use crate::message::{validate_name, Message};
 use crate::url::BrokerUrl;
 
 /// A live connection and its shared channels.
@@ -209,6 +209,7 @@ impl Broker for AmqpBroker {
     }
 
     async fn groups(&self, topic: &str) -> Result<Vec<String>> {
+        validate_name("topic", topic)?;
         self.list_groups(topic).await
     }
 
@@ -219,14 +220,17 @@ impl Broker for AmqpBroker {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
+        shared::check_names(topic, group)?;
         self.list_dead(topic, group, after, limit).await
     }
 
     async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        shared::check_names(topic, group)?;
         self.redrive_dead(topic, group, ids).await
     }
 
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        shared::check_names(topic, group)?;
         self.purge_dead(topic, group, ids).await
     }
 

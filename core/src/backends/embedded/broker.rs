@@ -21,7 +21,7 @@ use crate::broker::{
 use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
-use crate::message::{from_millis, to_millis, Message};
+use crate::message::{from_millis, to_millis, validate_name, Message};
 use crate::url::BrokerUrl;
 use crate::wire;
 
@@ -559,6 +559,7 @@ impl Broker for EmbeddedBroker {
 
     async fn groups(&self, topic: &str) -> Result<Vec<String>> {
         self.check_open()?;
+        validate_name("topic", topic)?;
         let t = topic.to_string();
         let err = self.db.err();
         self.db
@@ -579,6 +580,7 @@ impl Broker for EmbeddedBroker {
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
         self.check_open()?;
+        shared::check_names(topic, group)?;
         let after: i64 = match after {
             None => 0,
             Some(a) => a.parse().map_err(|_| Error::invalid_option("after", format!("not a dead-letter id: `{a}`")))?,
@@ -613,6 +615,7 @@ impl Broker for EmbeddedBroker {
 
     async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
         self.check_open()?;
+        shared::check_names(topic, group)?;
         let ids: Vec<i64> = ids
             .iter()
             .map(|s| s.parse().map_err(|_| Error::invalid_option("ids", format!("not a dead-letter id: `{s}`"))))
@@ -662,6 +665,7 @@ impl Broker for EmbeddedBroker {
 
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
         self.check_open()?;
+        shared::check_names(topic, group)?;
         let ids: Option<Vec<i64>> = ids
             .map(|ids| {
                 ids.iter()

@@ -25,7 +25,7 @@ use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, Re
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
-use crate::message::{to_millis, Message};
+use crate::message::{to_millis, validate_name, Message};
 use crate::url::BrokerUrl;
 
 /// Longest a single blocking read may take (sets the blocking connections' timeout).
@@ -178,6 +178,7 @@ impl Broker for RedisBroker {
 
     async fn groups(&self, topic: &str) -> Result<Vec<String>> {
         self.check_open()?;
+        validate_name("topic", topic)?;
         let keys = TopicKeys::new(topic);
         let mut names: Vec<String> =
             xinfo_groups(&mut self.conn(), &keys.stream).await?.into_iter().map(|g| g.name).collect();
@@ -192,14 +193,17 @@ impl Broker for RedisBroker {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<DeadLetter>> {
+        shared::check_names(topic, group)?;
         self.list_dead(topic, group, after, limit).await
     }
 
     async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> Result<usize> {
+        shared::check_names(topic, group)?;
         self.redrive_dead(topic, group, ids).await
     }
 
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
+        shared::check_names(topic, group)?;
         self.purge_dead(topic, group, ids).await
     }
 

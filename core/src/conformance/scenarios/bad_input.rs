@@ -74,3 +74,30 @@ pub(crate) async fn oversized_message_rejected(ctx: Ctx) -> Result<Outcome, Fail
     check!(matches!(bad_topic, Err(crate::Error::InvalidMessage(_))), "bad topic accepted: {bad_topic:?}");
     Ok(Outcome::Passed)
 }
+
+/// A topic or group name outside the allowed characters and length is
+/// refused by every call, with the same clear error, and nothing changes.
+pub(crate) async fn bad_names_refused(ctx: Ctx) -> Result<Outcome, Failure> {
+    ctx.broker.ensure_group(&ctx.topic, "g").await.map_err(fail("ensure_group"))?;
+    let long = "x".repeat(201);
+    let refused = |what: &str, r: crate::Result<()>| match r {
+        Err(crate::Error::InvalidMessage(_)) => Ok(()),
+        other => Err(format!("{what} accepted a bad name or failed otherwise: {other:?}")),
+    };
+    let b = &ctx.broker;
+    let t = ctx.topic.as_str();
+    for bad in ["", "a b", "a/b", "a}b", "a*", long.as_str()] {
+        refused("ensure_group (topic)", b.ensure_group(bad, "g").await)?;
+        refused("ensure_group (group)", b.ensure_group(t, bad).await)?;
+        refused("publish", b.publish(bad, vec![Message::new("x")]).await)?;
+        refused("inspect (group)", b.inspect(t, bad).await.map(drop))?;
+        refused("groups", b.groups(bad).await.map(drop))?;
+        refused("list_dead_letters (topic)", b.list_dead_letters(bad, "g", None, 10).await.map(drop))?;
+        refused("list_dead_letters (group)", b.list_dead_letters(t, bad, None, 10).await.map(drop))?;
+        refused("redrive_dead_letters", b.redrive_dead_letters(t, bad, &[]).await.map(drop))?;
+        refused("purge_dead_letters", b.purge_dead_letters(t, bad, None).await.map(drop))?;
+    }
+    let (ok, s) = stats_where(&ctx, "g", |s| s.ready == 0 && s.waiting == 0 && s.dead_letters == 0).await?;
+    check!(ok, "something changed: {s:?}");
+    Ok(Outcome::Passed)
+}
