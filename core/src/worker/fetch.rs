@@ -34,11 +34,9 @@ pub(super) async fn fetch_loop(
     let mut permits = Vec::with_capacity(capacity);
     // Slots the read-ahead leaves unused for now, kept out of circulation.
     let mut reserve: Vec<OwnedSemaphorePermit> = Vec::new();
-    // The last receive got less than it asked for: nothing is waiting
-    // (where the broker pushes ahead, a receive takes what has arrived, so
-    // this says nothing there).
+    // The last receive got less than it asked for: nothing is waiting.
     let mut drained = true;
-    let reads_ahead_from_backlog = inner.read_ahead.adapts() && !pushes_ahead;
+    let adapts = inner.read_ahead.adapts();
     let concurrency = inner.options.concurrency;
     let mut last_window = concurrency;
     loop {
@@ -55,14 +53,17 @@ pub(super) async fn fetch_loop(
         // `read_ahead`). Read ahead only from a backlog: after a receive
         // that emptied it, the next (which may wait for new messages) takes
         // only what the handlers start at once, else the first burst after
-        // a quiet spell would all go to one worker. From there it may double with each receive that finds more
-        // waiting (as TCP's slow start): when the new messages are slower
-        // than the pace measured so far, few wait behind them here.
+        // a quiet spell would all go to one worker. From there it may
+        // double with each receive that finds more waiting (as TCP's slow
+        // start): when the new messages are slower than the pace measured
+        // so far, few wait behind them here. A broker that pushes ahead
+        // keeps the window its consumer started with (RabbitMQ: see the
+        // amqp backend), so there the default is the handlers alone.
         let paced = concurrency + inner.read_ahead.now();
-        let window = match (reads_ahead_from_backlog, drained) {
-            (false, _) => paced,
-            (true, true) => concurrency,
-            (true, false) => paced.min(last_window * 2),
+        let window = match (adapts, pushes_ahead, drained) {
+            (false, _, _) => paced,
+            (true, true, _) | (true, false, true) => concurrency,
+            (true, false, false) => paced.min(last_window * 2),
         };
         last_window = window;
         let spare = capacity - window;
