@@ -249,55 +249,109 @@ class Fatal extends Error {
 }
 
 /**
- * Where each value of a job sits in the rows the native dispatcher hands
- * over (`take()`, see src/handler.rs): values by position cost less to
- * cross than objects with named fields.
+ * A batch of jobs from the native dispatcher is one Buffer (`take()`, see
+ * `QueuedJob::encode` in src/handler.rs for the layout): a value per field
+ * would cost a call across the boundary each. A job reads the numbers and
+ * its payload at once, and the rest of the metadata only if the handler
+ * asks for it.
  */
-const FIELD = {
-  id: 0, attempt: 1, maxAttempts: 2, deadline: 3, payload: 4, messageId: 5, topic: 6, group: 7, key: 8,
-  idempotencyKey: 9, contentType: 10, headers: 11, messageAttempt: 12, publishedAt: 13, deliverAt: 14,
-  traceparent: 15, tracestate: 16, failures: 17, script: 18,
+const NONE = 0xffffffff // the length of a null string
+
+/** Reads the strings and numbers of a block from `at` on. */
+class BlockReader {
+  constructor(block, at) {
+    this.block = block
+    this.at = at
+  }
+
+  u32() {
+    const n = this.block.readUInt32LE(this.at)
+    this.at += 4
+    return n
+  }
+
+  f64() {
+    const n = this.block.readDoubleLE(this.at)
+    this.at += 8
+    return n
+  }
+
+  /** A time in milliseconds since the epoch as a Date; NaN means none. */
+  date() {
+    const ms = this.f64()
+    return Number.isNaN(ms) ? null : new Date(ms)
+  }
+
+  str() {
+    const length = this.u32()
+    if (length === NONE) return null
+    const text = this.block.toString('utf8', this.at, this.at + length)
+    this.at += length
+    return text
+  }
 }
-const FIELDS = 19
 
 /** What a handler is given. */
 class Job {
-  constructor(rows, at) {
-    this._rows = rows
-    this._at = at
-    this.payload = rows[at + FIELD.payload]
-    this.topic = rows[at + FIELD.topic]
-    this.group = rows[at + FIELD.group]
-    this.attempt = rows[at + FIELD.attempt]
-    this.maxAttempts = rows[at + FIELD.maxAttempts]
-    const deadline = rows[at + FIELD.deadline]
+  /** Reads the job at `at` in `block`; `_end` is where the next one starts. */
+  constructor(block, at) {
+    this._block = block
+    this._end = at + block.readUInt32LE(at)
+    this._id = block.readUInt32LE(at + 4)
+    this.attempt = block.readUInt32LE(at + 8)
+    this.maxAttempts = block.readUInt32LE(at + 12)
+    const deadline = block.readDoubleLE(at + 16)
     /** When the attempt times out (`handlerTimeoutMs`), or null. */
-    this.deadline = deadline == null ? null : new Date(deadline)
+    this.deadline = Number.isNaN(deadline) ? null : new Date(deadline)
+    const length = block.readUInt32LE(at + 24)
+    // A view of the block, not a copy.
+    this.payload = block.subarray(at + 28, at + 28 + length)
+    const reader = new BlockReader(block, at + 28 + length)
+    this._script = reader.str()
+    this._metadata = reader.at
     this._message = undefined
     this._controller = undefined
     this._aborted = false
   }
 
-  /** The message with every metadata field (made on first use: most handlers need only the payload). */
+  /** The message with every metadata field (decoded on first use: most handlers need only the payload). */
   get message() {
     if (this._message === undefined) {
-      const [rows, at] = [this._rows, this._at]
-      this._message = message({
-        id: rows[at + FIELD.messageId],
-        payload: this.payload,
-        key: rows[at + FIELD.key],
-        idempotencyKey: rows[at + FIELD.idempotencyKey],
-        contentType: rows[at + FIELD.contentType],
-        headers: rows[at + FIELD.headers] || {},
-        attempt: rows[at + FIELD.messageAttempt],
-        publishedAt: rows[at + FIELD.publishedAt],
-        deliverAt: rows[at + FIELD.deliverAt],
-        traceparent: rows[at + FIELD.traceparent],
-        tracestate: rows[at + FIELD.tracestate],
-        failures: rows[at + FIELD.failures],
-      })
+      const r = new BlockReader(this._block, this._metadata)
+      const attempt = r.u32()
+      const publishedAt = r.date()
+      const deliverAt = r.date()
+      const [id, topic, group, key, idempotencyKey, contentType, traceparent, tracestate] = [
+        r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(),
+      ]
+      const headers = {}
+      for (let n = r.u32(); n > 0; n--) {
+        const name = r.str()
+        headers[name] = r.str()
+      }
+      const failures = r.block[r.at++] === 1
+        ? { firstFailedAt: r.date(), lastFailedAt: r.date(), lastErrorKind: r.str(), lastError: r.str() }
+        : null
+      this._topic = topic
+      this._group = group
+      this._message = {
+        id, payload: this.payload, key, idempotencyKey, contentType, headers, attempt, publishedAt, deliverAt,
+        traceparent, tracestate, failures,
+      }
     }
     return this._message
+  }
+
+  get id() {
+    return this.message.id
+  }
+
+  get topic() {
+    return this.message && this._topic
+  }
+
+  get group() {
+    return this.message && this._group
   }
 
   /** Aborted when the worker gives up on this attempt (timeout, end of the shutdown grace). */
@@ -312,10 +366,6 @@ class Job {
   _abort() {
     this._aborted = true
     if (this._controller !== undefined) this._controller.abort()
-  }
-
-  get id() {
-    return this._rows[this._at + FIELD.messageId]
   }
 
   /** Whether a failure now dead-letters the message rather than retrying it. */
@@ -364,19 +414,29 @@ function outcome(e, { retryFor, fatalFor = [] }) {
 function dispatcher(handler, classes = {}) {
   const running = new Map()
   let jobs
-  let succeeded = []
+  // The ids of the handlers that succeeded since the last flush.
+  let succeeded = new Uint32Array(256)
+  let count = 0
   const flush = () => {
-    const ids = succeeded
-    succeeded = []
+    const ids = succeeded.subarray(0, count)
+    count = 0
     jobs.succeed(ids)
   }
-  const run = async (rows, at) => {
-    const job = new Job(rows, at)
-    const id = rows[at + FIELD.id]
+  const succeed = (id) => {
+    if (count === succeeded.length) {
+      const larger = new Uint32Array(count * 2)
+      larger.set(succeeded)
+      succeeded = larger
+    }
+    succeeded[count++] = id
+    if (count === 1) queueMicrotask(flush)
+  }
+  const run = async (job) => {
+    const id = job._id
     running.set(id, job)
     let failure = null
     try {
-      await handler(job, rows[at + FIELD.script])
+      await handler(job, job._script)
     } catch (e) {
       try {
         failure = outcome(e, classes)
@@ -386,11 +446,15 @@ function dispatcher(handler, classes = {}) {
     }
     running.delete(id)
     if (failure !== null) jobs.complete(id, failure)
-    else if (succeeded.push(id) === 1) queueMicrotask(flush)
+    else succeed(id)
   }
   const wake = () => {
-    const rows = jobs.take()
-    for (let at = 0; at < rows.length; at += FIELDS) run(rows, at)
+    const block = jobs.take()
+    for (let at = 0; at < block.length; ) {
+      const job = new Job(block, at)
+      at = job._end
+      run(job)
+    }
   }
   const cancel = (id) => {
     const job = running.get(id)

@@ -4,9 +4,10 @@
 //! Jobs cross to the event loop in batches, as the Python package's
 //! coroutines do: the core's handler calls queue their job and wake the
 //! loop once (a weak threadsafe function: it never keeps Node alive); the
-//! facade (`index.js`) then takes every queued job in one call, runs the
-//! handlers, and reports each outcome with one synchronous call. A call and
-//! a Promise per job across the boundary cost about four times as much.
+//! facade (`index.js`) then takes every queued job in one call, as one
+//! buffer, runs the handlers, and reports the successes of a turn of the
+//! event loop with one synchronous call. A call and a Promise per job
+//! across the boundary cost about four times as much.
 //!
 //! When the core gives up on an attempt (timeout, end of the shutdown grace)
 //! its future is dropped here, and the facade is told to abort that job's
@@ -18,15 +19,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use napi::bindgen_prelude::{Array, BufferSlice, Null, Object};
+use napi::bindgen_prelude::{BufferSlice, Uint32Array};
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status};
 use napi_derive::napi;
 use pillarbox::message::to_millis;
 use pillarbox::{HandlerError, Job, Message};
 use tokio::sync::oneshot;
-
-use crate::message::Failures;
 
 /// A job on its way to JavaScript.
 struct QueuedJob {
@@ -40,54 +39,86 @@ struct QueuedJob {
     script: Option<String>,
 }
 
-/// How many values a job takes in the array `take` returns, and their
-/// order (the facade, `index.js`, reads them by these positions).
-pub const FIELDS: u32 = 19;
-
 impl QueuedJob {
-    /// Writes the job at `at`: values by position, no property names, which
-    /// would cost a string per field per job.
-    fn write(&self, env: &Env, row: &mut Array, at: u32) -> napi::Result<()> {
+    /// Appends the job to a block of jobs (the layout `index.js` reads,
+    /// little-endian): numbers at fixed places, then the payload and the
+    /// script, which every handler call needs, then the rest of the
+    /// metadata, which the facade decodes only if the handler asks for it.
+    /// One buffer per batch rather than a JavaScript value per field: a
+    /// value costs a call across the boundary and a payload its own
+    /// allocation.
+    ///
+    /// ```text
+    /// u32 size (of the whole record)   u32 id   u32 attempt   u32 max_attempts
+    /// f64 deadline (NaN: none)         u32 payload length, payload   str script
+    /// u32 message attempt   f64 published at   f64 deliver at (NaN: none)
+    /// str id, topic, group, key, idempotency key, content type, traceparent, tracestate
+    /// u32 headers, then str name, str value each
+    /// u8 failures (0 or 1), then f64 first, f64 last, str kind, str error
+    /// ```
+    ///
+    /// `str` is a u32 length (`NONE`: null) and that many bytes of UTF-8.
+    fn encode(&self, out: &mut Vec<u8>) {
         let m = &self.message;
         let ms = |t: SystemTime| to_millis(t) as f64;
-        row.set(at, self.id)?;
-        row.set(at + 1, self.attempt)?;
-        row.set(at + 2, self.max_attempts)?;
-        row.set(at + 3, self.deadline)?;
-        // A copy into memory V8 owns: no finalizer per payload.
-        row.set(at + 4, BufferSlice::copy_from(env, &m.payload[..])?)?;
-        row.set(at + 5, m.id.as_str())?;
-        row.set(at + 6, &*self.topic)?;
-        row.set(at + 7, &*self.group)?;
-        row.set(at + 8, m.key.as_deref())?;
-        row.set(at + 9, m.idempotency_key.as_deref())?;
-        row.set(at + 10, m.content_type.as_deref())?;
-        if m.headers.is_empty() {
-            row.set(at + 11, Null)?;
-        } else {
-            let mut headers = Object::new(env)?;
-            for (k, v) in &m.headers {
-                headers.set(k, v.as_str())?;
-            }
-            row.set(at + 11, headers)?;
+        let start = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes()); // the size, filled in last
+        for n in [self.id, self.attempt, self.max_attempts] {
+            out.extend_from_slice(&n.to_le_bytes());
         }
-        row.set(at + 12, m.attempt)?;
-        row.set(at + 13, ms(m.published_at))?;
-        row.set(at + 14, m.deliver_at.map(ms))?;
-        row.set(at + 15, m.traceparent.as_deref())?;
-        row.set(at + 16, m.tracestate.as_deref())?;
-        row.set(
-            at + 17,
-            m.failures.as_ref().map(|f| Failures {
-                first_failed_at: ms(f.first_failed_at),
-                last_failed_at: ms(f.last_failed_at),
-                last_error_kind: f.last_error_kind.clone(),
-                last_error: f.last_error.clone(),
-            }),
-        )?;
-        row.set(at + 18, self.script.as_deref())?;
-        Ok(())
+        out.extend_from_slice(&self.deadline.unwrap_or(f64::NAN).to_le_bytes());
+        put_bytes(out, Some(&m.payload[..]));
+        put_str(out, self.script.as_deref());
+        out.extend_from_slice(&m.attempt.to_le_bytes());
+        out.extend_from_slice(&ms(m.published_at).to_le_bytes());
+        out.extend_from_slice(&m.deliver_at.map(ms).unwrap_or(f64::NAN).to_le_bytes());
+        for text in [
+            Some(m.id.as_str()),
+            Some(&*self.topic),
+            Some(&*self.group),
+            m.key.as_deref(),
+            m.idempotency_key.as_deref(),
+            m.content_type.as_deref(),
+            m.traceparent.as_deref(),
+            m.tracestate.as_deref(),
+        ] {
+            put_str(out, text);
+        }
+        out.extend_from_slice(&(m.headers.len() as u32).to_le_bytes());
+        for (name, value) in &m.headers {
+            put_str(out, Some(name));
+            put_str(out, Some(value));
+        }
+        match &m.failures {
+            None => out.push(0),
+            Some(f) => {
+                out.push(1);
+                out.extend_from_slice(&ms(f.first_failed_at).to_le_bytes());
+                out.extend_from_slice(&ms(f.last_failed_at).to_le_bytes());
+                put_str(out, Some(&f.last_error_kind));
+                put_str(out, Some(&f.last_error));
+            }
+        }
+        let size = (out.len() - start) as u32;
+        out[start..start + 4].copy_from_slice(&size.to_le_bytes());
     }
+}
+
+/// The length that stands for a null string.
+const NONE: u32 = u32::MAX;
+
+fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.extend_from_slice(&NONE.to_le_bytes()),
+        Some(bytes) => {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, text: Option<&str>) {
+    put_bytes(out, text.map(str::as_bytes))
 }
 
 /// What the handler did, when it failed.
@@ -116,6 +147,8 @@ struct Shared {
     /// Whether a wake-up is on its way (one per batch, not one per job).
     woken: AtomicBool,
     next_id: AtomicU32,
+    /// Where `take` encodes a batch (kept for its capacity).
+    block: Mutex<Vec<u8>>,
 }
 
 /// The JavaScript end: the facade takes jobs from it and completes them.
@@ -136,33 +169,38 @@ impl Dispatcher {
             running: Mutex::new(HashMap::new()),
             woken: AtomicBool::new(false),
             next_id: AtomicU32::new(1),
+            block: Mutex::new(Vec::new()),
         };
         Dispatcher { shared: Arc::new(shared) }
     }
 
-    /// Every job queued since the last call, `FIELDS` values each.
+    /// Every job queued since the last call, as one block (see `QueuedJob::encode`).
     #[napi]
-    pub fn take<'env>(&self, env: &'env Env) -> napi::Result<Array<'env>> {
+    pub fn take<'env>(&self, env: &'env Env) -> napi::Result<BufferSlice<'env>> {
         // Cleared first: a job queued from now on wakes the loop again.
         self.shared.woken.store(false, Ordering::SeqCst);
         let queued = std::mem::take(&mut *self.shared.queued.lock().unwrap());
-        // A job whose attempt was given up while queued is not run.
-        let live: Vec<_> = queued.into_iter().filter(|(_, reply)| !reply.is_closed()).collect();
-        let mut rows = env.create_array(live.len() as u32 * FIELDS)?;
+        let mut block = self.shared.block.lock().unwrap();
+        block.clear();
         let mut running = self.shared.running.lock().unwrap();
-        for (n, (job, reply)) in live.into_iter().enumerate() {
-            job.write(env, &mut rows, n as u32 * FIELDS)?;
-            running.insert(job.id, reply);
+        for (job, reply) in queued {
+            // A job whose attempt was given up while queued is not run.
+            if !reply.is_closed() {
+                job.encode(&mut block);
+                running.insert(job.id, reply);
+            }
         }
-        Ok(rows)
+        // One copy into memory V8 owns: no finalizer to run, and the
+        // payloads handed to handlers are views of it.
+        BufferSlice::copy_from(env, &block[..])
     }
 
     /// The handlers of these jobs succeeded.
     #[napi]
-    pub fn succeed(&self, ids: Vec<u32>) {
+    pub fn succeed(&self, ids: Uint32Array) {
         let mut running = self.shared.running.lock().unwrap();
-        for id in ids {
-            if let Some(reply) = running.remove(&id) {
+        for id in ids.iter() {
+            if let Some(reply) = running.remove(id) {
                 let _ = reply.send(None);
             }
         }

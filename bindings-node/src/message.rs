@@ -47,10 +47,18 @@ impl MessageInput {
 }
 
 /// A duration from milliseconds; a clear error for a negative or odd number.
+/// Whole milliseconds stay exact (a time since the epoch divided by 1000 as
+/// a float would not: a `deliverAt` came back a millisecond early).
 pub fn millis(ms: f64, name: &str) -> napi::Result<Duration> {
-    Duration::try_from_secs_f64(ms / 1000.0).map_err(|_| {
-        invalid("INVALID_OPTION", format!("invalid option `{name}`: must be a non-negative number of milliseconds"))
-    })
+    let whole = ms.trunc();
+    let fraction = Duration::try_from_secs_f64((ms - whole) / 1000.0);
+    match fraction {
+        Ok(fraction) if (0.0..u64::MAX as f64).contains(&whole) => Ok(Duration::from_millis(whole as u64) + fraction),
+        _ => Err(invalid(
+            "INVALID_OPTION",
+            format!("invalid option `{name}`: must be a non-negative number of milliseconds"),
+        )),
+    }
 }
 
 fn epoch_ms(t: SystemTime) -> f64 {

@@ -94,6 +94,9 @@ for (const backend of BACKENDS) {
     await assert.rejects(broker.publish(t, 'x', { headers: { 'pb-attempt': '9' } }), { code: 'INVALID_MESSAGE' })
     await assert.rejects(broker.publish('bad topic!', 'x'), { code: 'INVALID_MESSAGE' })
     await assert.rejects(broker.publish(t, 42), TypeError)
+    for (const delayMs of [-5, -0.5, NaN, Infinity]) {
+      await assert.rejects(broker.publish(t, 'x', { delayMs }), { code: 'INVALID_OPTION' })
+    }
     const s = await statsWhere(broker, t, 'g', (s) => s.ready === 0)
     assert.equal(s.ready + s.waiting, 0)
     await broker.close()

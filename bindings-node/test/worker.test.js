@@ -24,6 +24,80 @@ test('a handler retries after the delay it asks for, and sees its attempt', asyn
   await broker.close()
 })
 
+test('a handler sees every field of its job, whatever else its batch holds', async () => {
+  // Jobs cross from the addon in one buffer per batch: payloads of every
+  // size (empty, multi-byte text, binary), fields set and unset, several
+  // headers, and the failure history of an earlier attempt must all come
+  // back as published.
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  const binary = Buffer.from([0, 255, 1, 254, 0])
+  const deliverAt = new Date(Date.now() + 50)
+  const [full, empty, bytes, late] = await broker.publish(t, [
+    {
+      payload: 'naïve ☃ résumé',
+      key: 'k-é',
+      idempotencyKey: 'i-1',
+      headers: { tenant: 'acme', 'x-ü': 'ünïcödé', empty: '' },
+      contentType: 'text/plain; charset=utf-8',
+      traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+      tracestate: 'pb=1',
+    },
+    '',
+    binary,
+    { payload: 'later', deliverAt },
+  ])
+  const seen = new Map()
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    seen.set(`${job.id}/${job.attempt}`, job)
+    if (job.id === bytes && job.attempt === 1) throw new RangeError('first time fails')
+  }, quick)
+  await runUntil(worker, () => worker.stats().succeeded === 4)
+
+  const a = seen.get(`${full}/1`)
+  assert.equal(a.text(), 'naïve ☃ résumé')
+  assert.equal(a.topic, t)
+  assert.equal(a.group, 'g')
+  assert.equal(a.maxAttempts, 3)
+  assert.equal(a.deadline, null)
+  assert.deepEqual(
+    { ...a.message, payload: a.message.payload.toString(), publishedAt: undefined },
+    {
+      id: full,
+      payload: 'naïve ☃ résumé',
+      key: 'k-é',
+      idempotencyKey: 'i-1',
+      contentType: 'text/plain; charset=utf-8',
+      headers: { tenant: 'acme', 'x-ü': 'ünïcödé', empty: '' },
+      attempt: 1,
+      publishedAt: undefined,
+      deliverAt: null,
+      traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
+      tracestate: 'pb=1',
+      failures: null,
+    },
+  )
+  assert.ok(Math.abs(a.message.publishedAt - Date.now()) < 60_000)
+
+  const e = seen.get(`${empty}/1`)
+  assert.equal(e.payload.length, 0)
+  assert.equal(e.message.key, null)
+  assert.equal(e.message.traceparent, null)
+  assert.deepEqual(e.message.headers, {})
+
+  const retried = seen.get(`${bytes}/2`)
+  assert.deepEqual(retried.payload, binary)
+  assert.equal(retried.message.attempt, 2)
+  assert.equal(retried.message.failures.lastErrorKind, 'RangeError')
+  assert.equal(retried.message.failures.lastError, 'first time fails')
+  assert.ok(retried.message.failures.firstFailedAt instanceof Date)
+  assert.ok(retried.message.failures.lastFailedAt >= retried.message.failures.firstFailedAt)
+
+  assert.equal(seen.get(`${late}/1`).message.deliverAt.getTime(), deliverAt.getTime())
+  await broker.close()
+})
+
 test('errors are classified as the worker says', async () => {
   const broker = await connect(URLS.sqlite())
   const t = topic()
