@@ -44,11 +44,14 @@ pub fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option
     seconds(secs, name).map(Some)
 }
 
-/// A duration from seconds.
+/// A duration from seconds, in whole microseconds as a `datetime` or
+/// `timedelta` has them: the float itself may fall a fraction of one short
+/// (a `deliver_at` came back a millisecond early).
 pub fn seconds(secs: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| {
         pyo3::exceptions::PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
-    })
+    })?;
+    Ok(Duration::from_micros((secs * 1e6).round() as u64))
 }
 
 /// A point in time from a `datetime` (naive ones are local time).

@@ -45,6 +45,13 @@ def test_publish_inspect_and_read_back_every_field(url: str, topic: str) -> None
         assert (stats.topic, stats.group, stats.dead_letters) == (topic, "g", 0)
 
 
+def test_a_deliver_at_is_kept_to_the_millisecond() -> None:
+    start = 1_796_645_121_000  # milliseconds since the epoch
+    for ms in range(start, start + 1000):
+        at = datetime.fromtimestamp(ms / 1000, timezone.utc)
+        assert pillarbox.Message(b"x", deliver_at=at).deliver_at == at
+
+
 def test_a_delayed_message_waits(url: str, topic: str) -> None:
     with pillarbox.connect(url) as broker:
         if not broker.capabilities["delayed_delivery"]:
