@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use napi::bindgen_prelude::{Buffer, Either, Result};
+use napi::bindgen_prelude::{Buffer, BufferSlice, Either, Result, Uint32Array};
 use napi::Env;
 use napi_derive::napi;
 use pillarbox::dead_letter::{self, RedriveOptions};
 use pillarbox::Message;
 
 use crate::completions::Completions;
-use crate::errors::OrThrow;
+use crate::errors::{invalid, OrThrow};
 use crate::message::{DeadLetter, DeadLetterFilter, GroupStats, MessageInput};
 
 /// Connects to the broker `url` names.
@@ -87,12 +87,32 @@ impl Broker {
                 Either::B(input) => input.into_message(),
             })
             .collect::<Result<Vec<_>>>()?;
-        let broker = Arc::clone(&self.inner);
-        completions.start(env, ticket, async move {
-            let ids = batch.iter().map(|m| m.id.clone()).collect();
-            broker.publish(&topic, batch).await.or_throw()?;
-            Ok(ids)
-        })
+        self.start_publish(env, topic, batch, completions, ticket)
+    }
+
+    /// Publishes a batch of bare payloads given as one buffer and each
+    /// one's length: the batch crosses in one piece, where a Buffer per
+    /// message costs a reference and a type check across the boundary each.
+    #[napi]
+    pub fn publish_payloads(
+        &self,
+        env: &Env,
+        topic: String,
+        payloads: BufferSlice,
+        lengths: Uint32Array,
+        completions: &Completions,
+        ticket: u32,
+    ) -> Result<()> {
+        let mut rest = &payloads[..];
+        let mut batch = Vec::with_capacity(lengths.len());
+        for &length in lengths.iter() {
+            let Some((payload, after)) = rest.split_at_checked(length as usize) else {
+                return Err(invalid("INVALID_MESSAGE", "the payload lengths do not add up to the payloads"));
+            };
+            batch.push(Message::new(payload.to_vec()));
+            rest = after;
+        }
+        self.start_publish(env, topic, batch, completions, ticket)
     }
 
     #[napi]
@@ -138,5 +158,24 @@ impl Broker {
     #[napi]
     pub async fn close(&self) -> Result<()> {
         self.inner.close().await.or_throw()
+    }
+}
+
+impl Broker {
+    /// Publishes `batch` on the runtime; `ticket` settles with the ids.
+    fn start_publish(
+        &self,
+        env: &Env,
+        topic: String,
+        batch: Vec<Message>,
+        completions: &Completions,
+        ticket: u32,
+    ) -> Result<()> {
+        let broker = Arc::clone(&self.inner);
+        completions.start(env, ticket, async move {
+            let ids = batch.iter().map(|m| m.id.clone()).collect();
+            broker.publish(&topic, batch).await.or_throw()?;
+            Ok(ids)
+        })
     }
 }

@@ -98,6 +98,24 @@ test('a handler sees every field of its job, whatever else its batch holds', asy
   await broker.close()
 })
 
+test('the bare payloads of a batch arrive whole and in order', async () => {
+  // A batch of bare payloads crosses as one buffer and the lengths.
+  const broker = await connect(URLS.sqlite())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  const backing = Buffer.from('..view..')
+  const payloads = ['', 'naïve ☃', backing.subarray(2, 6), new Uint8Array([0, 1, 2]), Buffer.alloc(3000, 'z'), '']
+  const ids = await broker.publish(t, payloads)
+  assert.equal(ids.length, payloads.length)
+  assert.equal(new Set(ids).size, payloads.length)
+  const seen = []
+  const worker = new Worker(broker, t, 'g', async (job) => seen.push([job.id, Buffer.from(job.payload)]), quick)
+  await runUntil(worker, () => seen.length === payloads.length)
+  assert.deepEqual(seen.map(([id]) => id), ids)
+  assert.deepEqual(seen.map(([, payload]) => payload), payloads.map((p) => Buffer.from(p)))
+  await broker.close()
+})
+
 test('errors are classified as the worker says', async () => {
   const broker = await connect(URLS.sqlite())
   const t = topic()
