@@ -104,6 +104,9 @@ impl QueuedJob {
     }
 }
 
+/// Most room the encoding buffer keeps between batches.
+const KEPT_BLOCK_BYTES: usize = 1 << 20;
+
 /// The length that stands for a null string.
 const NONE: u32 = u32::MAX;
 
@@ -147,7 +150,7 @@ struct Shared {
     /// Whether a wake-up is on its way (one per batch, not one per job).
     woken: AtomicBool,
     next_id: AtomicU32,
-    /// Where `take` encodes a batch (kept for its capacity).
+    /// Where `take` encodes a batch (kept for its capacity, up to `KEPT_BLOCK_BYTES`).
     block: Mutex<Vec<u8>>,
 }
 
@@ -192,7 +195,11 @@ impl Dispatcher {
         }
         // One copy into memory V8 owns: no finalizer to run, and the
         // payloads handed to handlers are views of it.
-        BufferSlice::copy_from(env, &block[..])
+        let copy = BufferSlice::copy_from(env, &block[..]);
+        // Kept for the next batch, but not the room one of large messages took.
+        block.clear();
+        block.shrink_to(KEPT_BLOCK_BYTES);
+        copy
     }
 
     /// The handlers of these jobs succeeded.
