@@ -46,6 +46,11 @@ impl<T: Keyed> Queue<T> {
         self.ready.pop_front()
     }
 
+    /// How many messages a handler may start now.
+    pub(super) fn ready(&self) -> usize {
+        self.ready.len()
+    }
+
     /// Whether a handler may start a message now.
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()

@@ -86,6 +86,49 @@ async fn quick_handlers_read_ahead_by_default() {
     assert!(largest > READ_AHEAD_COUNT / 2, "the largest receive got {largest}");
 }
 
+/// Where the broker pushes ahead, handlers that wait on another runtime
+/// (JavaScript, Python) free their slots a few at a time; the worker still
+/// receives in batches while they have a backlog, not a few messages a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_broker_that_pushes_ahead_is_received_from_in_batches() {
+    const COUNT: usize = 2000;
+    let memory = crate::connect("memory://").await.unwrap();
+    memory.ensure_group("t", "g").await.unwrap();
+    memory.publish("t", (0..COUNT).map(|i| Message::new(format!("{i}"))).collect()).await.unwrap();
+    let broker = Arc::new(FaultyBroker { pushes_ahead: true, ..FaultyBroker::new(memory, 0, 0) });
+    // Each handler waits for another thread, which takes the jobs waiting
+    // a moment after the first arrives and finishes them together, as an
+    // event loop woken for them does.
+    let (to_other, jobs) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let other = std::thread::spawn(move || {
+        while let Ok(first) = jobs.recv() {
+            std::thread::sleep(Duration::from_micros(20));
+            for done in std::iter::once(first).chain(jobs.try_iter()) {
+                let _ = done.send(());
+            }
+        }
+    });
+    let handler = move |_job: Job| {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        to_other.send(done).unwrap();
+        async move {
+            finished.await.unwrap();
+            Ok::<(), HandlerError>(())
+        }
+    };
+    let options = WorkerOptions::default().concurrency(4).prefetch(196).poll_wait(Duration::from_millis(50));
+    let worker = Worker::new(Arc::clone(&broker) as Arc<dyn Broker>, "t", "g", handler, options).unwrap();
+    let task = start(&worker);
+    until_succeeded(&worker, COUNT as u64).await;
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    assert_eq!(worker.stats().succeeded, COUNT as u64);
+    drop(worker);
+    other.join().unwrap();
+    let receives = broker.receives.load(Ordering::SeqCst);
+    assert!(receives <= COUNT / 20, "{receives} receives for {COUNT} messages");
+}
+
 /// By default, slow handlers hold nothing extra: with two workers, no
 /// message waits on a busy one while the other could run it.
 #[tokio::test]
@@ -211,6 +254,7 @@ struct FaultyBroker {
     panics: AtomicUsize,
     leases: bool,
     owned_partitions: bool,
+    pushes_ahead: bool,
     /// The next receive that gets messages says so on `holding`, then
     /// waits for `go_on` before returning them.
     hold_once: AtomicBool,
@@ -218,6 +262,8 @@ struct FaultyBroker {
     go_on: Notify,
     /// The most one receive returned.
     largest_receive: AtomicUsize,
+    /// Receives that returned messages.
+    receives: AtomicUsize,
     /// When each message (by id) was last received.
     received_at: Mutex<HashMap<String, std::time::Instant>>,
 }
@@ -230,10 +276,12 @@ impl FaultyBroker {
             panics: AtomicUsize::new(panics),
             leases: true,
             owned_partitions: false,
+            pushes_ahead: false,
             hold_once: AtomicBool::new(false),
             holding: Notify::new(),
             go_on: Notify::new(),
             largest_receive: AtomicUsize::new(0),
+            receives: AtomicUsize::new(0),
             received_at: Mutex::default(),
         }
     }
@@ -248,6 +296,7 @@ impl Broker for FaultyBroker {
         crate::broker::Capabilities {
             leases: self.leases,
             owned_partitions: self.owned_partitions,
+            pushes_ahead: self.pushes_ahead || self.inner.capabilities().pushes_ahead,
             ..self.inner.capabilities()
         }
     }
@@ -266,6 +315,7 @@ impl Broker for FaultyBroker {
         }
         let got = self.inner.receive(request).await?;
         self.largest_receive.fetch_max(got.len(), Ordering::SeqCst);
+        self.receives.fetch_add(usize::from(!got.is_empty()), Ordering::SeqCst);
         let now = std::time::Instant::now();
         self.received_at.lock().unwrap().extend(got.iter().map(|d| (d.message.id.clone(), now)));
         if !got.is_empty() && self.hold_once.swap(false, Ordering::SeqCst) {
