@@ -25,8 +25,7 @@ mod worker;
 /// than the machine has cores (at least one), since the event loop needs a
 /// core of its own. More threads than cores cost a context switch per hand-off
 /// (on two cores, one-at-a-time publishes to Redis: 4,400-4,800/s with two
-/// threads, 5,400-6,200/s with one; a Kafka consumer gains from two:
-/// docs/node.md). Nothing on these threads ever waits for JavaScript.
+/// threads, 5,400-6,200/s with one: docs/node.md). Nothing on these threads ever waits for JavaScript.
 /// `PILLARBOX_RUNTIME_THREADS` overrides it.
 #[napi_derive::module_init]
 fn init() {
