@@ -201,3 +201,45 @@ async fn acks_settle_exactly_their_batch() {
     let due_len: usize = redis::cmd("XLEN").arg(&due_key).query_async(&mut raw).await.unwrap();
     assert_eq!(due_len, 0, "acked due entries are deleted");
 }
+
+/// Where Redis cannot tell a group's lag (an entry after the group's
+/// position was deleted), `inspect` still counts what is ready, a page at a
+/// time in Redis rather than bringing every entry over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_counts_ready_messages_when_redis_cannot_tell_the_lag() {
+    const COUNT: usize = 2500; // past two pages of the count
+    let broker = connect(&url()).await.unwrap();
+    let t = topic("lag");
+    broker.ensure_group(&t, "g").await.unwrap();
+    broker.publish(&t, (0..COUNT).map(|i| Message::new(format!("m{i}"))).collect()).await.unwrap();
+    let got = broker
+        .receive(ReceiveRequest {
+            topic: &t,
+            group: "g",
+            consumer: "c",
+            max: 2,
+            window: 2,
+            wait: Duration::from_secs(5),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+
+    // Delete one entry the group has not read yet, as XDEL from redis-cli would.
+    let client = redis::Client::open(url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let stream = format!("pb:{{{t}}}:stream");
+    let next: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").arg("COUNT").arg(3).query_async(&mut conn).await.unwrap();
+    let _: u64 = redis::cmd("XDEL").arg(&stream).arg(&next.ids[2].id).query_async(&mut conn).await.unwrap();
+    let groups: Vec<Vec<redis::Value>> =
+        redis::cmd("XINFO").arg("GROUPS").arg(&stream).query_async(&mut conn).await.unwrap();
+    let lag = groups[0].chunks(2).find(|kv| kv[0] == redis::Value::BulkString(b"lag".to_vec())).map(|kv| &kv[1]);
+    assert_eq!(lag, Some(&redis::Value::Nil), "Redis still knows the lag: {groups:?}");
+
+    let stats = broker.inspect(&t, "g").await.unwrap();
+    assert_eq!(stats.ready, (COUNT - 3) as u64, "{stats:?}");
+    assert_eq!(stats.in_flight, Some(2), "{stats:?}");
+    broker.ack(&got).await.unwrap();
+}

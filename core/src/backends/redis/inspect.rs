@@ -8,7 +8,7 @@ use redis::Value;
 
 use super::broker::{now_ms, RedisBroker};
 use super::reply::{parse_entries, parse_id, string, xinfo_consumers, xinfo_groups};
-use super::{err, TopicKeys};
+use super::{err, scripts, TopicKeys};
 use crate::backends::shared;
 use crate::broker::{ConsumerInfo, GroupStats};
 use crate::error::Result;
@@ -69,17 +69,9 @@ impl RedisBroker {
             *stats.in_flight.get_or_insert(0) += g.pending;
             let lag = match g.lag {
                 Some(lag) => lag,
-                None => {
-                    // Redis could not tell (after deletions): count what is after the group's position.
-                    let after: Value = redis::cmd("XRANGE")
-                        .arg(&stream)
-                        .arg(format!("({}", g.last_delivered))
-                        .arg("+")
-                        .query_async(&mut conn)
-                        .await
-                        .map_err(err)?;
-                    parse_entries(&after).len() as u64
-                }
+                // Redis could not tell (an entry after the group's position
+                // was deleted): count what is after it.
+                None => count_after(&mut conn, &stream, &g.last_delivered).await?,
             };
             stats.ready += lag;
             if g.pending > 0 {
@@ -129,5 +121,25 @@ impl RedisBroker {
         let now = now_ms();
         stats.oldest_age = oldest.map(|ms| Duration::from_millis(now.saturating_sub(ms)));
         Ok(stats)
+    }
+}
+
+/// Entries a page of a script call at a time: each call holds Redis for
+/// about a millisecond, however long the stream.
+const COUNT_PAGE: usize = 1000;
+
+/// How many entries of `stream` come after `after`, counted in Redis a
+/// page at a time (an XRANGE would bring every entry here to be counted).
+async fn count_after(conn: &mut redis::aio::ConnectionManager, stream: &str, after: &str) -> Result<u64> {
+    let mut total = 0;
+    let mut cursor = after.to_string();
+    loop {
+        let (counted, last): (u64, String) =
+            scripts::count_after().key(stream).arg(&cursor).arg(COUNT_PAGE).invoke_async(conn).await.map_err(err)?;
+        total += counted;
+        if counted < COUNT_PAGE as u64 {
+            return Ok(total);
+        }
+        cursor = last;
     }
 }

@@ -182,6 +182,23 @@ return 1
     })
 }
 
+/// Counts up to a page of a stream's entries after an id, in Redis: an
+/// inspection whose lag Redis cannot tell then moves two numbers, not the
+/// entries. KEYS: stream. ARGV: after (exclusive), page size.
+/// Returns `{counted, last id counted}`.
+pub(super) fn count_after() -> &'static Script {
+    static S: OnceLock<Script> = OnceLock::new();
+    S.get_or_init(|| {
+        Script::new(
+            r#"
+local e = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+if #e == 0 then return {0, ARGV[1]} end
+return {#e, e[#e][1]}
+"#,
+        )
+    })
+}
+
 /// Idempotency claim. KEYS: key. ARGV: owner, lease ms.
 /// Returns 1 acquired, 2 already done, 3 busy.
 pub(super) fn claim() -> &'static Script {
