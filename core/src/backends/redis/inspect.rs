@@ -124,8 +124,8 @@ impl RedisBroker {
     }
 }
 
-/// Entries a page of a script call at a time: each call holds Redis for
-/// about a millisecond, however long the stream.
+/// Entries counted per script call: each call holds Redis for about a
+/// millisecond, however long the stream.
 const COUNT_PAGE: usize = 1000;
 
 /// How many entries of `stream` come after `after`, counted in Redis a
