@@ -150,6 +150,7 @@ export class Broker {
   close(): Promise<void>
 }
 
+/** Options go in the URL's query; a second argument is refused. */
 export function connect(url: string): Promise<Broker>
 
 export class Job {
@@ -212,6 +213,12 @@ export interface WorkerOptions {
   idempotencyRetentionMs?: number
   busyKeyDelayMs?: number
   consumerName?: string
+  /**
+   * URL of the idempotency store the worker shares with others (`redis://...`,
+   * `sqlite://PATH`, `memory://`); by default the backend's own where it has
+   * one (embedded, Redis), else this process's memory. Opened when the worker is made.
+   */
+  idempotencyStore?: string
   /** Only these errors are retried; the others dead-letter at once. */
   retryFor?: ErrorClass[]
   /** These errors dead-letter at once. */
@@ -274,6 +281,10 @@ export class App {
     handler: (...args: Args) => Promise<unknown> | unknown,
     options?: { topic?: string; retry?: RetryPolicy; idempotencyKey?: (...args: Args) => string | undefined },
   ): Task<Args>
+  /** A task registered elsewhere (another service, another language), to call by name. */
+  signature<Args extends unknown[] = unknown[]>(name: string, options?: { topic?: string }): Task<Args>
+  /** The broker, once the group that runs `topic`'s tasks exists (done before each topic's first call). */
+  ensureTopic(topic: string): Promise<Broker>
   topics(): string[]
   workers(options?: WorkerOptions & { topics?: string[] }): Promise<Worker[]>
   /** Runs the app's tasks until SIGTERM or Ctrl-C. */

@@ -18,23 +18,8 @@
  */
 
 const native = require('./native/pillarbox.node')
-
-/** Codes whose errors may go away if the same call is made again later. */
-const TRANSIENT = new Set(['CONNECT', 'BACKEND', 'TIMEOUT', 'QUEUE_FULL'])
-
-/** Every error the package throws: `code` is the core's stable code. */
-class PillarboxError extends Error {
-  constructor(code, message) {
-    super(message)
-    this.name = 'PillarboxError'
-    this.code = code
-  }
-
-  /** Whether the same call may succeed later (a lost connection, a timeout). */
-  get transient() {
-    return TRANSIENT.has(this.code)
-  }
-}
+const { PillarboxError, invalidOption } = require('./lib/errors.js')
+const { checkOptions } = require('./lib/options.js')
 
 /** The native layer rejects with `[CODE] message`: make that a PillarboxError. */
 function fromNative(e) {
@@ -108,13 +93,36 @@ function messageInput(payload, options = {}) {
     payload: toBuffer(payload),
     key: options.key,
     idempotencyKey: options.idempotencyKey,
-    headers: options.headers,
+    headers: checkHeaders(options.headers),
     contentType: options.contentType,
     delayMs: options.delayMs,
     deliverAt: toMillis(options.deliverAt, 'deliverAt'),
     traceparent: options.traceparent,
     tracestate: options.tracestate,
   }
+}
+
+/** Headers are strings to strings: anything else is refused, naming the header, as in Python and Rust. */
+function checkHeaders(headers) {
+  if (headers == null) return undefined
+  const invalid = (why) => new PillarboxError('INVALID_MESSAGE', `invalid message: ${why}`)
+  if (typeof headers !== 'object' || Array.isArray(headers)) {
+    throw invalid(`headers must be an object of strings, not ${Array.isArray(headers) ? 'an array' : typeof headers}`)
+  }
+  for (const [name, value] of Object.entries(headers)) {
+    if (typeof value !== 'string') {
+      throw invalid(`header \`${name}\` must be a string, not ${value === null ? 'null' : typeof value}`)
+    }
+  }
+  return headers
+}
+
+/** A `{ payload, ...options }` message, its option names checked. */
+function checkMessage(m) {
+  if (m === null || typeof m !== 'object' || m instanceof ArrayBuffer) {
+    throw new TypeError(`a message must be a Buffer, a Uint8Array, a string or { payload, ...options }, not ${m === null ? 'null' : typeof m}`)
+  }
+  return checkOptions('message', m)
 }
 
 function filterInput(filter = {}) {
@@ -181,14 +189,18 @@ class Broker {
     if (Array.isArray(what)) {
       if (what.every(isPayload)) return this._publishPayloads(topic, what)
       // A bare payload crosses as its bytes alone: cheaper than a message.
-      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, m)))
+      if (Object.keys(checkOptions('publish', options)).length) {
+        throw invalidOption(Object.keys(options)[0], 'a batch takes its options per message ({ payload, ...options })')
+      }
+      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, checkMessage(m))))
       return submit((c, ticket) => this._native.publish(topic, batch, c, ticket))
     }
+    checkOptions('publish', options)
     if (isPayload(what) && Object.keys(options).length === 0) {
       const [id] = await this._publishPayloads(topic, [what])
       return id
     }
-    const message = isPayload(what) ? messageInput(what, options) : messageInput(what.payload, { ...what, ...options })
+    const message = isPayload(what) ? messageInput(what, options) : messageInput(what.payload, { ...checkMessage(what), ...options })
     const [id] = await submit((c, ticket) => this._native.publish(topic, [message], c, ticket))
     return id
   }
@@ -217,18 +229,21 @@ class Broker {
   }
 
   /** The group's dead letters with their reason, oldest first. */
-  async deadLetters(topic, group, { limit = 100, after } = {}) {
+  async deadLetters(topic, group, options) {
+    const { limit = 100, after } = checkOptions('deadLetters', options)
     const found = await call(this._native.deadLetters(topic, group, after, limit))
     return found.map(deadLetter)
   }
 
   /** Sends matching dead letters back to their group as fresh messages; resolves to how many. */
-  redrive(topic, group, filter = {}) {
+  redrive(topic, group, filter) {
+    checkOptions('redrive', filter)
     return call(this._native.redrive(topic, group, filterInput(filter)))
   }
 
   /** Deletes matching dead letters (all of them without a filter); resolves to how many. */
-  purge(topic, group, filter = {}) {
+  purge(topic, group, filter) {
+    checkOptions('purge', filter)
     return call(this._native.purge(topic, group, filterInput(filter)))
   }
 
@@ -239,7 +254,10 @@ class Broker {
 }
 
 /** Connects to the broker `url` names (`memory://`, `sqlite://PATH`, `redis://`, `amqp://`, `kafka://`...). */
-async function connect(url) {
+async function connect(url, ...rest) {
+  if (rest.length && rest[0] !== undefined) {
+    throw invalidOption('connect options', "connect takes a URL only: options go in the URL's query (`redis://host?name=value`)")
+  }
   return new Broker(await call(native.connect(url)))
 }
 
@@ -486,7 +504,8 @@ function dispatcher(handler, classes = {}) {
 class Worker {
   constructor(broker, topic, group, handler, options = {}) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function')
-    const { retry = {}, retryFor, fatalFor, ...rest } = options
+    const { retryFor, fatalFor, ...rest } = checkOptions('worker', options)
+    const retry = checkOptions('retry', rest.retry, 'retry.')
     const jobs = dispatcher(handler, { retryFor, fatalFor })
     const nativeOptions = {
       concurrency: rest.concurrency,
@@ -503,6 +522,7 @@ class Worker {
       idempotencyRetentionMs: rest.idempotencyRetentionMs,
       busyKeyDelayMs: rest.busyKeyDelayMs,
       consumerName: rest.consumerName,
+      idempotencyStore: rest.idempotencyStore,
     }
     this._native = sync(() => new native.Worker(broker._native, topic, group, jobs, nativeOptions))
   }
@@ -536,7 +556,8 @@ const LEVELS = ['error', 'warn', 'info', 'debug', 'trace']
  * winston...), at `level` and above; `null` for nowhere. By default,
  * warnings and errors go to the console.
  */
-function setLogger(logger, { level = 'info' } = {}) {
+function setLogger(logger, options) {
+  const { level = 'info' } = checkOptions('setLogger', options)
   if (logger == null) return sync(() => native.setLogger(null, level))
   const log =
     typeof logger === 'function'

@@ -16,6 +16,7 @@
  */
 
 const { connect, Worker, Fatal } = require('./index.js')
+const { checkOptions } = require('./lib/options.js')
 
 const DEFAULT_GROUP = 'workers'
 const DEFAULT_TOPIC = 'tasks'
@@ -57,9 +58,10 @@ class Task {
   }
 
   /** Publishes a call: `{ kwargs, countdownMs, eta, key, idempotencyKey, headers }`. */
-  async applyAsync(args = [], { kwargs = {}, countdownMs, eta, key, idempotencyKey, headers = {} } = {}) {
+  async applyAsync(args = [], options) {
+    let { kwargs = {}, countdownMs, eta, key, idempotencyKey, headers = {} } = checkOptions('applyAsync', options)
     if (idempotencyKey === undefined && this.idempotencyKey) idempotencyKey = this.idempotencyKey(...args)
-    const broker = await this.app.broker()
+    const broker = await this.app.ensureTopic(this.topic)
     return broker.publish(this.topic, envelope(this.name, args, kwargs), {
       key,
       idempotencyKey,
@@ -73,13 +75,15 @@ class Task {
 
 /** Tasks, the broker they go through, and the workers that run them. Retry settings belong to a topic. */
 class App {
-  constructor(url, { group = DEFAULT_GROUP, defaultTopic = DEFAULT_TOPIC } = {}) {
+  constructor(url, options) {
+    const { group = DEFAULT_GROUP, defaultTopic = DEFAULT_TOPIC } = checkOptions('app', options)
     this.url = url
     this.group = group
     this.defaultTopic = defaultTopic
     this.tasks = new Map()
     this.retry = new Map()
     this._broker = null
+    this._ensured = new Map()
   }
 
   /** The app's connection, opened on first use (with a group for each of its topics). */
@@ -94,8 +98,37 @@ class App {
     return this._broker
   }
 
+  /**
+   * The broker, once the group that runs `topic`'s tasks exists: a group
+   * only receives what is published after it exists (RabbitMQ routes a
+   * message to no queue while its topic has no group). Once per topic.
+   */
+  ensureTopic(topic) {
+    if (!this._ensured.has(topic)) {
+      const ready = this.broker().then(async (broker) => {
+        await broker.ensureGroup(topic, this.group)
+        return broker
+      })
+      ready.catch(() => this._ensured.delete(topic))
+      this._ensured.set(topic, ready)
+    }
+    return this._ensured.get(topic)
+  }
+
+  /**
+   * A task registered elsewhere (another service, another language), to
+   * call by name with `delay()` or `applyAsync()`; it goes to `topic`
+   * (default: the app's default topic). This app's workers do not run it.
+   */
+  signature(name, options) {
+    const { topic = this.defaultTopic } = checkOptions('signature', options)
+    return new Task(this, name, null, { topic })
+  }
+
   /** Registers a task; tasks of one topic share one retry policy. */
-  task(name, handler, { topic = this.defaultTopic, retry, idempotencyKey } = {}) {
+  task(name, handler, options) {
+    const { topic = this.defaultTopic, retry, idempotencyKey } = checkOptions('task', options)
+    if (retry !== undefined) checkOptions('retry', retry, 'retry.')
     if (this.tasks.has(name)) throw new Error(`a task named ${name} is already registered`)
     if (retry) {
       const known = this.retry.get(topic)
@@ -124,10 +157,11 @@ class App {
   }
 
   /** One worker per topic (all of the app's by default). */
-  async workers({ topics = this.topics(), ...options } = {}) {
+  async workers(options) {
+    const { topics = this.topics(), ...rest } = checkOptions('appWorkers', options)
     if (topics.length === 0) throw new Error('no tasks are registered, so there is nothing to run')
     const broker = await this.broker()
-    return topics.map((topic) => new Worker(broker, topic, this.group, this.handler(), { retry: this.retry.get(topic), ...options }))
+    return topics.map((topic) => new Worker(broker, topic, this.group, this.handler(), { retry: this.retry.get(topic), ...rest }))
   }
 
   /** Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down gracefully and closes the broker. */

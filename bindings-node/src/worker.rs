@@ -29,6 +29,9 @@ pub struct WorkerOptions {
     pub idempotency_retention_ms: Option<f64>,
     pub busy_key_delay_ms: Option<f64>,
     pub consumer_name: Option<String>,
+    /// URL of a shared idempotency store (`redis://`, `sqlite://PATH`,
+    /// `memory://`), opened when the worker is made.
+    pub idempotency_store: Option<String>,
 }
 
 impl WorkerOptions {
@@ -69,6 +72,12 @@ impl WorkerOptions {
         }
         if let Some(name) = &self.consumer_name {
             options = options.consumer_name(name.clone());
+        }
+        if let Some(url) = &self.idempotency_store {
+            // Opened here, as Python's worker does, so that a bad URL or an
+            // unreachable store fails the constructor, not the first message.
+            let store = napi::bindgen_prelude::block_on(pillarbox::idempotency::open(url)).or_throw()?;
+            options = options.idempotency_store(store);
         }
         Ok(options)
     }

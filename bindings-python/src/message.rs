@@ -1,7 +1,7 @@
 //! `pillarbox.Message`: payload bytes plus metadata, shared with the core
 //! (a message handed to a handler is the core's, not a copy).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use pillarbox::Message;
@@ -26,16 +26,41 @@ pub fn text(payload: &[u8]) -> PyResult<String> {
     String::from_utf8(payload.to_vec()).map_err(|e| pyo3::exceptions::PyUnicodeDecodeError::new_err(e.to_string()))
 }
 
+/// Headers as the core takes them: a mapping of strings to strings. Any
+/// other value is refused with `InvalidMessage` naming the header, as in
+/// Node and Rust (a number would otherwise reach a consumer as who knows what).
+fn string_map(headers: &Bound<'_, PyAny>) -> Result<BTreeMap<String, String>, pillarbox::Error> {
+    let invalid = |why: String| pillarbox::Error::InvalidMessage(why);
+    let dict = headers
+        .cast::<PyDict>()
+        .map_err(|_| invalid(format!("headers must be a dict of str to str, not {}", type_name(headers))))?;
+    let mut map = BTreeMap::new();
+    for (name, value) in dict.iter() {
+        let name: String =
+            name.extract().map_err(|_| invalid(format!("header names must be str, not {}", type_name(&name))))?;
+        let value: String = value
+            .extract()
+            .map_err(|_| invalid(format!("header `{name}` must be a str, not {}", type_name(&value))))?;
+        map.insert(name, value);
+    }
+    Ok(map)
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
 #[pymethods]
 impl PyMessage {
     #[new]
     #[pyo3(signature = (payload, *, key=None, idempotency_key=None, headers=None, content_type=None, delay=None, deliver_at=None, traceparent=None, tracestate=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        py: Python<'_>,
         payload: &Bound<'_, PyAny>,
         key: Option<String>,
         idempotency_key: Option<String>,
-        headers: Option<HashMap<String, String>>,
+        headers: Option<&Bound<'_, PyAny>>,
         content_type: Option<String>,
         delay: Option<&Bound<'_, PyAny>>,
         deliver_at: Option<&Bound<'_, PyAny>>,
@@ -49,7 +74,7 @@ impl PyMessage {
         m.traceparent = traceparent;
         m.tracestate = tracestate;
         if let Some(headers) = headers {
-            m.headers = headers.into_iter().collect::<BTreeMap<_, _>>();
+            m.headers = string_map(headers).map_err(|e| crate::errors::to_pyerr(py, &e))?;
         }
         if let Some(delay) = convert::duration(delay, "delay")? {
             m = m.with_delay(delay);

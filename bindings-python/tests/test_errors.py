@@ -43,3 +43,20 @@ def test_worker_options_are_checked() -> None:
         assert "concurrency" in str(e)
     else:
         raise AssertionError("accepted concurrency 0")
+
+
+def test_a_header_value_that_is_not_a_str_is_an_invalid_message_naming_it() -> None:
+    broker = pillarbox.connect("memory://")
+    broker.ensure_group("t", "g")
+    for headers in ({"n": 1}, {"n": None}, {"n": b"bytes"}, {1: "x"}, ["a"]):
+        try:
+            broker.publish("t", b"x", headers=headers)  # type: ignore[arg-type]
+        except pillarbox.InvalidMessage as exc:
+            assert exc.code == "INVALID_MESSAGE"
+        else:
+            raise AssertionError(f"headers {headers!r} were accepted")
+    try:
+        broker.publish("t", b"x", headers={"count": 3})  # type: ignore[dict-item]
+    except pillarbox.InvalidMessage as exc:
+        assert "header `count` must be a str, not int" in str(exc)
+    assert broker.inspect("t", "g").ready == 0

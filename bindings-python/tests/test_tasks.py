@@ -35,6 +35,19 @@ def test_tasks_of_one_topic_share_one_retry_policy() -> None:
     assert app.topics() == ["slow", "tasks"]
 
 
+def test_a_task_registered_elsewhere_is_called_by_name(tmp_path: Path) -> None:
+    app = pillarbox.App(f"sqlite://{tmp_path / 'tasks.db'}")
+    remote = app.signature("reports.build", topic="reports")
+    assert (remote.name, remote.topic) == ("reports.build", "reports")
+    remote.apply_async([7], {"fmt": "pdf"}, idempotency_key="report-7")
+    # The group that runs the topic's tasks was made before the call went out.
+    assert app.broker.groups("reports") == ["workers"]
+    assert app.broker.inspect("reports", "workers").ready == 1
+    assert "reports.build" not in app.tasks, "a signature is not run by this app's workers"
+    with pytest.raises(TypeError, match="runs in another worker"):
+        remote(7)
+
+
 TASKS = textwrap.dedent(
     """
     import pathlib, pillarbox

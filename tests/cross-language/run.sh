@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Cross-language: a task published with Python's .delay() runs in a Node
-# worker and the other way round, on the embedded backend and on Redis, with
-# the idempotency key honoured across languages. Uses the packages the
-# Python and Node suites installed (tests/run.sh runs them first).
+# The cross-language matrix (matrix.py): Rust, Python and Node producers and
+# consumers, every ordered pair, on the embedded backend, Redis, RabbitMQ and
+# Kafka, in separate processes. Uses the packages the Python and Node suites
+# installed (tests/run.sh runs them first) and the brokers it started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -11,19 +11,15 @@ export NODE_PATH="${NODE_PATH:-$root/.pillarbox-test/node-app/node_modules}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-for url in "sqlite://$work/tasks.db" "${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}"; do
-  topic="xlang.$RANDOM$RANDOM"
-  out="$work/out-$topic"
-  echo "on $url: Python publishes, Node works"
-  "$python" tests/cross-language/python_side.py publish "$url" "$topic"
-  node tests/cross-language/node_side.js work "$url" "$topic" "$out" 2
-  echo "on $url: Node publishes, Python works"
-  node tests/cross-language/node_side.js publish "$url" "$topic"
-  "$python" tests/cross-language/python_side.py work "$url" "$topic" "$out" 2
-  expected=$'node says hello from python?\npython says hello from node.'
-  if [ "$(cat "$out")" != "$expected" ]; then
-    echo "cross-language: expected"; echo "$expected"; echo "got"; cat "$out"
-    exit 1
-  fi
-done
-echo "cross-language: passed"
+# The Rust agent is an example of the core, built with the test command's features.
+cargo build -q --workspace --all-features --example matrix-agent
+target_dir=$(cargo metadata --format-version 1 --no-deps | "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+
+redis=${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}
+amqp=${PILLARBOX_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000}
+kafka=${PILLARBOX_KAFKA_URL:-kafka://127.0.0.1:19092}
+
+"$python" tests/cross-language/matrix.py \
+  --rust "$target_dir/debug/examples/matrix-agent" --python "$python" --node node \
+  --store "$redis" --logs "${PILLARBOX_MATRIX_LOGS:-$work/logs}" \
+  "sqlite://$work/matrix.db" "$redis" "$amqp" "$kafka"

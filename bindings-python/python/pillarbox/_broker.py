@@ -25,6 +25,8 @@ def message(
     content_type: Optional[str] = None,
     delay: Union[float, timedelta, None] = None,
     deliver_at: Optional[datetime] = None,
+    traceparent: Optional[str] = None,
+    tracestate: Optional[str] = None,
 ) -> Message:
     """A :class:`Message` from a payload and keyword arguments (a message is taken as it is)."""
     if isinstance(payload, Message):
@@ -37,6 +39,8 @@ def message(
         content_type=content_type,
         delay=delay,
         deliver_at=deliver_at,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
 
 
@@ -96,6 +100,8 @@ class Broker:
         content_type: Optional[str] = None,
         delay: Union[float, timedelta, None] = None,
         deliver_at: Optional[datetime] = None,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> str:
         """Publishes one message; returns its id once the broker holds it durably."""
         m = message(
@@ -106,6 +112,8 @@ class Broker:
             content_type=content_type,
             delay=delay,
             deliver_at=deliver_at,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         return self._native.publish(topic, [m]).wait()[0]
 

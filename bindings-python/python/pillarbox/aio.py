@@ -71,6 +71,8 @@ class Broker:
         content_type: Optional[str] = None,
         delay: Union[float, timedelta, None] = None,
         deliver_at: Optional[datetime] = None,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> str:
         """Publishes one message; returns its id once the broker holds it durably."""
         m = message(
@@ -81,6 +83,8 @@ class Broker:
             content_type=content_type,
             delay=delay,
             deliver_at=deliver_at,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         ids: List[str] = await wait(self._native.publish(topic, [m]))
         return ids[0]

@@ -26,7 +26,7 @@ import logging
 import signal
 import threading
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
 from ._broker import Broker, connect
 from ._handlers import Fatal
@@ -109,6 +109,7 @@ class Task:
         kwargs = dict(kwargs or {})
         if idempotency_key is None and self.idempotency_key is not None:
             idempotency_key = self.idempotency_key(*args, **kwargs)
+        self.app.ensure_topic(self.topic)
         return self.app.broker.publish(
             self.topic,
             envelope(self.name, args, kwargs),
@@ -147,6 +148,7 @@ class App:
         self.task_class: Type[Task] = Task
         self._retry: Dict[str, RetryPolicy] = {}
         self._broker: Optional[Broker] = None
+        self._ensured: Set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -157,7 +159,21 @@ class App:
                 self._broker = connect(self.url)
                 for topic in sorted({t.topic for t in self.tasks.values()}):
                     self._broker.ensure_group(topic, self.group)
+                    self._ensured.add(topic)
             return self._broker
+
+    def ensure_topic(self, topic: str) -> None:
+        """Creates the group that runs ``topic``'s tasks, once per process,
+        before the first publish to it: a group only receives what is
+        published after it exists (RabbitMQ routes a message to no queue
+        while its topic has no group)."""
+        if topic in self._ensured:
+            return
+        broker = self.broker
+        with self._lock:
+            if topic not in self._ensured:
+                broker.ensure_group(topic, self.group)
+                self._ensured.add(topic)
 
     def task(
         self,
@@ -195,6 +211,17 @@ class App:
             return t
 
         return register(fn) if fn is not None else register
+
+    def signature(self, name: str, *, topic: Optional[str] = None) -> Task:
+        """A task registered elsewhere (another service, another language),
+        to call by name with ``delay`` or ``apply_async``; it goes to
+        ``topic`` (default: the app's default topic). Not registered here,
+        so this app's workers do not run it."""
+
+        def elsewhere(*args: Any, **kwargs: Any) -> Any:
+            raise TypeError(f"task {name} runs in another worker: call it with delay() or apply_async()")
+
+        return self.task_class(self, elsewhere, name, topic or self.default_topic, None)
 
     def topics(self) -> List[str]:
         """The topics the registered tasks go to."""

@@ -33,13 +33,6 @@ class DjangoTask(Task):
     """A task of the project's app: ``delay`` and ``apply_async`` as in
     :class:`pillarbox.Task`, plus their on-commit forms."""
 
-    def apply_async(self, args: Sequence[Any] = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> str:
-        # The group must exist before the first publish, or it misses it.
-        app = self.app
-        if isinstance(app, DjangoApp):
-            app.ensure_topic(self.topic)
-        return super().apply_async(args, kwargs, **options)
-
     def delay_on_commit(self, *args: Any, **kwargs: Any) -> None:
         """``delay`` once the current transaction commits (at once outside
         one); nothing is published if it rolls back."""
@@ -64,18 +57,6 @@ class DjangoApp(App):
     def __init__(self, url: str, *, group: str, default_topic: str) -> None:
         super().__init__(url, group=group, default_topic=default_topic)
         self.task_class = DjangoTask
-        self._ensured: set[str] = set()
-        self._ensure_lock = threading.Lock()
-
-    def ensure_topic(self, topic: str) -> None:
-        """Creates the group on ``topic`` once per process, before the first
-        publish to it: a group only receives what is published after it exists."""
-        if topic in self._ensured:
-            return
-        with self._ensure_lock:
-            if topic not in self._ensured:
-                self.broker.ensure_group(topic, self.group)
-                self._ensured.add(topic)
 
     def django_topics(self) -> List[str]:
         """The topics of the Django Tasks backends that publish through Pillarbox."""
@@ -146,6 +127,8 @@ def publish_on_commit(
     content_type: Optional[str] = None,
     delay: Union[float, timedelta, None] = None,
     deliver_at: Optional[datetime] = None,
+    traceparent: Optional[str] = None,
+    tracestate: Optional[str] = None,
 ) -> None:
     """Publishes a message to ``topic`` through the project's broker once the
     transaction of database ``using`` commits (at once outside a
@@ -161,6 +144,8 @@ def publish_on_commit(
             content_type=content_type,
             delay=delay,
             deliver_at=deliver_at,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
 
     transaction.on_commit(publish, using=using)

@@ -1,0 +1,158 @@
+//! The task layer over the memory backend: calls published, run with their
+//! arguments, and what cannot run dead-lettered with its kind.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::{Broker, HandlerError, RetryPolicy, Worker, WorkerOptions, WorkerStats};
+
+async fn broker() -> Arc<dyn Broker> {
+    crate::connect("memory://").await.unwrap()
+}
+
+/// Runs `worker` until its stats satisfy `done` (or 20 s pass), then stops it.
+async fn run_until(worker: &Worker, done: impl Fn(&WorkerStats) -> bool) -> WorkerStats {
+    let runner = worker.clone();
+    let task = tokio::spawn(async move { runner.run().await });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !done(&worker.stats()) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    worker.shutdown();
+    task.await.unwrap().unwrap();
+    worker.stats()
+}
+
+fn quick() -> WorkerOptions {
+    WorkerOptions::default().poll_wait(Duration::from_millis(50))
+}
+
+#[tokio::test]
+async fn a_call_runs_with_its_args_and_kwargs_and_travels_as_the_shared_envelope() {
+    let broker = broker().await;
+    let mut app = App::new(Arc::clone(&broker));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let send = app
+        .task("emails.send_welcome", move |call, job| {
+            let record = Arc::clone(&record);
+            async move {
+                let to: String = call.arg(0)?;
+                let lang: Option<String> = call.kwarg("lang")?;
+                record.lock().unwrap().push((to, lang, job.message.headers.get(TASK_HEADER).cloned()));
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .unwrap();
+    assert_eq!((send.name(), send.topic()), ("emails.send_welcome", DEFAULT_TOPIC));
+    send.delay(to_args(("ada@example.com",)).unwrap()).await.unwrap();
+    send.apply_async(Apply::args(vec![json!("bob@example.com")]).kwarg("lang", json!("fr"))).await.unwrap();
+
+    let workers = app.workers(quick()).await.unwrap();
+    assert_eq!(workers.len(), 1);
+    let stats = run_until(&workers[0], |s| s.succeeded >= 2).await;
+    assert_eq!(stats.succeeded, 2);
+    let task = Some("emails.send_welcome".to_string());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![("ada@example.com".into(), None, task.clone()), ("bob@example.com".into(), Some("fr".into()), task)]
+    );
+}
+
+#[tokio::test]
+async fn a_call_carries_its_options_as_message_metadata() {
+    let broker = broker().await;
+    broker.ensure_group("jobs", "audit").await.unwrap();
+    let app = App::new(Arc::clone(&broker));
+    let eta = SystemTime::now() + Duration::from_secs(3600);
+    let remote = app.signature("reports.build").on_topic("jobs").unwrap();
+    remote
+        .apply_async(
+            Apply::args(vec![json!(1)]).eta(eta).key("customer-7").idempotency_key("report-7").header("origin", "rust"),
+        )
+        .await
+        .unwrap();
+    // The app's group was made before the call went out.
+    assert!(broker.groups("jobs").await.unwrap().contains(&DEFAULT_GROUP.to_string()));
+    let stats = broker.inspect("jobs", "audit").await.unwrap();
+    assert_eq!(stats.waiting, 1, "an eta an hour away waits");
+    let countdown = app.signature("reports.build").on_topic("jobs").unwrap();
+    countdown.apply_async(Apply::default().countdown(Duration::from_secs(3600))).await.unwrap();
+    assert_eq!(broker.inspect("jobs", "audit").await.unwrap().waiting, 2);
+}
+
+#[tokio::test]
+async fn what_cannot_run_is_dead_lettered_at_once_with_its_kind() {
+    let broker = broker().await;
+    let mut app = App::new(Arc::clone(&broker));
+    app.task("known", |call, _job| async move {
+        let _n: u32 = call.arg(0)?;
+        Ok::<(), HandlerError>(())
+    })
+    .unwrap();
+    let workers = app.workers(quick().retry(RetryPolicy::retries(5))).await.unwrap();
+    app.signature("not.here").delay(vec![]).await.unwrap();
+    app.signature("known").delay(vec![json!("not a number")]).await.unwrap();
+    broker.publish(DEFAULT_TOPIC, vec![crate::Message::new("not json")]).await.unwrap();
+    let stats = run_until(&workers[0], |s| s.dead_lettered >= 3).await;
+    assert_eq!((stats.dead_lettered, stats.retried), (3, 0));
+    let mut kinds: Vec<(String, u32)> = broker
+        .list_dead_letters(DEFAULT_TOPIC, DEFAULT_GROUP, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.reason.error_kind, d.reason.attempts))
+        .collect();
+    kinds.sort();
+    let expected: Vec<(String, u32)> =
+        [INVALID_ARGUMENTS, INVALID_ENVELOPE, UNKNOWN_TASK].iter().map(|k| (k.to_string(), 1)).collect();
+    assert_eq!(kinds, expected);
+}
+
+#[tokio::test]
+async fn the_idempotency_rule_gives_each_call_its_key_unless_the_call_names_one() {
+    let broker = broker().await;
+    let mut app = App::new(Arc::clone(&broker));
+    let runs = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let record = Arc::clone(&runs);
+    let options = TaskOptions::default()
+        .topic("welcomes")
+        .idempotency_key(|call| call.args.first().and_then(Value::as_str).map(|to| format!("welcome-{to}")));
+    let send = app
+        .task_with("send", options, move |call, _job| {
+            let record = Arc::clone(&record);
+            async move {
+                record.lock().unwrap().push(call.args[0].clone());
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .unwrap();
+    assert_eq!(app.topics(), vec!["welcomes".to_string()]);
+    send.delay(vec![json!("ada")]).await.unwrap();
+    send.delay(vec![json!("ada")]).await.unwrap();
+    send.apply_async(Apply::args(vec![json!("ada")]).idempotency_key("again")).await.unwrap();
+    let workers = app.workers(quick()).await.unwrap();
+    let stats = run_until(&workers[0], |s| s.succeeded + s.duplicates >= 3).await;
+    assert_eq!((stats.succeeded, stats.duplicates), (2, 1));
+    assert_eq!(runs.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn registration_refuses_what_would_be_ambiguous() {
+    let mut app = App::new(broker().await);
+    let ok = |_call, _job| async { Ok::<(), HandlerError>(()) };
+    app.task_with("a", TaskOptions::default().retry(RetryPolicy::retries(1)), ok).unwrap();
+    let twice = app.task("a", ok).unwrap_err();
+    assert_eq!(twice.code(), "INVALID_OPTION");
+    let other_policy = app.task_with("b", TaskOptions::default().retry(RetryPolicy::retries(2)), ok).unwrap_err();
+    assert!(other_policy.to_string().contains("share one"), "{other_policy}");
+    app.task_with("c", TaskOptions::default().retry(RetryPolicy::retries(1)), ok).unwrap();
+    assert_eq!(
+        app.task_with("d", TaskOptions::default().topic("bad topic"), ok).unwrap_err().code(),
+        "INVALID_MESSAGE"
+    );
+    assert!(App::new(broker().await).workers(quick()).await.is_err(), "no tasks, nothing to run");
+}
