@@ -187,11 +187,11 @@ class Broker {
    */
   async publish(topic, what, options = {}) {
     if (Array.isArray(what)) {
-      if (what.every(isPayload)) return this._publishPayloads(topic, what)
-      // A bare payload crosses as its bytes alone: cheaper than a message.
       if (Object.keys(checkOptions('publish', options)).length) {
         throw invalidOption(Object.keys(options)[0], 'a batch takes its options per message ({ payload, ...options })')
       }
+      if (what.every(isPayload)) return this._publishPayloads(topic, what)
+      // A bare payload crosses as its bytes alone: cheaper than a message.
       const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, checkMessage(m))))
       return submit((c, ticket) => this._native.publish(topic, batch, c, ticket))
     }
