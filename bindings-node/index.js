@@ -404,14 +404,27 @@ class Job {
     return this.attempt >= this.maxAttempts
   }
 
+  /** The payload as UTF-8 text; `INVALID_MESSAGE` if it is not UTF-8 (never replacement characters). */
   text() {
-    return this.payload.toString('utf8')
+    try {
+      return UTF8.decode(this.payload)
+    } catch {
+      throw new PillarboxError('INVALID_MESSAGE', 'invalid message: the payload is not valid UTF-8')
+    }
   }
 
+  /** The payload parsed as JSON; `INVALID_MESSAGE` if it is not UTF-8 JSON. */
   json() {
-    return JSON.parse(this.text())
+    const text = this.text()
+    try {
+      return JSON.parse(text)
+    } catch (e) {
+      throw new PillarboxError('INVALID_MESSAGE', `invalid message: the payload is not JSON (${e.message})`)
+    }
   }
 }
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true })
 
 function errorName(e) {
   if (e && typeof e.name === 'string' && e.name) return e.name

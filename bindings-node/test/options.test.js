@@ -117,3 +117,37 @@ test('a header value that is not a string is refused with INVALID_MESSAGE naming
   assert.equal(stats.ready, 0)
   await broker.close()
 })
+
+test('job.text() and job.json() of a payload that is not UTF-8 or not JSON throw INVALID_MESSAGE', async () => {
+  const broker = await connect(URLS.memory())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  await broker.publish(t, [Buffer.from([0x68, 0xff, 0x69]), Buffer.from('{"a": ')])
+  const seen = []
+  const worker = new Worker(broker, t, 'g', async (job) => {
+    for (const read of ['text', 'json']) {
+      try {
+        job[read]()
+        seen.push(`${read}: read`)
+      } catch (e) {
+        seen.push(`${read}: ${e.code} ${e.message}`)
+      }
+    }
+  }, { pollWaitMs: 50 })
+  await runUntil(worker, () => worker.stats().succeeded === 2)
+  assert.deepEqual(seen, [
+    'text: INVALID_MESSAGE invalid message: the payload is not valid UTF-8',
+    'json: INVALID_MESSAGE invalid message: the payload is not valid UTF-8',
+    'text: read',
+    `json: INVALID_MESSAGE invalid message: the payload is not JSON (${jsonError('{"a": ')})`,
+  ])
+  await broker.close()
+})
+
+function jsonError(text) {
+  try {
+    JSON.parse(text)
+  } catch (e) {
+    return e.message
+  }
+}

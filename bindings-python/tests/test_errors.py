@@ -60,3 +60,25 @@ def test_a_header_value_that_is_not_a_str_is_an_invalid_message_naming_it() -> N
     except pillarbox.InvalidMessage as exc:
         assert "header `count` must be a str, not int" in str(exc)
     assert broker.inspect("t", "g").ready == 0
+
+
+def test_job_text_and_json_of_a_payload_that_is_not_utf8_or_not_json_raise_a_value_error() -> None:
+    from .support import run_until
+
+    broker = pillarbox.connect("memory://")
+    broker.ensure_group("t", "g")
+    broker.publish_many("t", [b"h\xffi", b'{"a": '])
+    seen = []
+
+    def handle(job: pillarbox.Job) -> None:
+        for read in (job.text, job.json):
+            try:
+                read()
+                seen.append((read.__name__, None))
+            except ValueError as exc:
+                seen.append((read.__name__, str(exc)))
+
+    worker = pillarbox.Worker(broker, "t", "g", handle, poll_wait=0.05)
+    run_until(worker, lambda: worker.stats.succeeded == 2)
+    assert [(name, why is None) for name, why in seen] == [("text", False), ("json", False), ("text", True), ("json", False)]
+    assert seen[0][1].startswith("the payload is not valid UTF-8: "), seen[0]
