@@ -23,7 +23,8 @@ pub fn json<'py>(py: Python<'py>, payload: &[u8]) -> PyResult<Bound<'py, PyAny>>
 
 /// The payload as UTF-8 text.
 pub fn text(payload: &[u8]) -> PyResult<String> {
-    String::from_utf8(payload.to_vec()).map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("the payload is not valid UTF-8: {e}")))
+    String::from_utf8(payload.to_vec())
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("the payload is not valid UTF-8: {e}")))
 }
 
 /// Headers as the core takes them: a mapping of strings to strings. Any

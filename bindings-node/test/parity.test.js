@@ -1,0 +1,67 @@
+'use strict'
+// The Node package's public surface against tests/parity/surface.json, the
+// description every language is checked against (the Rust and Python
+// packages have the same test): every option of the others is here, in
+// camelCase (`Ms` after a duration), in the option checks and in the types.
+const { test } = require('node:test')
+const assert = require('node:assert/strict')
+const fs = require('node:fs')
+const path = require('node:path')
+const { connect, Worker } = require('..')
+const { KNOWN } = require('../lib/options.js')
+const { URLS, topic } = require('./support.js')
+
+const root = path.join(__dirname, '..', '..')
+const SURFACE = JSON.parse(fs.readFileSync(path.join(root, 'tests/parity/surface.json'), 'utf8'))
+const TYPES = fs.readFileSync(path.join(__dirname, '..', 'index.d.ts'), 'utf8')
+
+function camel(name, unit) {
+  const [head, ...rest] = name.split('_')
+  return head + rest.map((w) => w[0].toUpperCase() + w.slice(1)).join('') + (unit === 'duration' ? 'Ms' : '')
+}
+
+/** The surface's options of `call`, as Node spells them. */
+function expected(call) {
+  return Object.entries(SURFACE.calls[call])
+    .filter(([, spec]) => (spec.languages ?? ['node']).includes('node'))
+    .map(([name, spec]) => camel(name, spec.unit))
+    .sort()
+}
+
+/** The member names of `interface name { ... }` in index.d.ts. */
+function members(name) {
+  const body = new RegExp(`interface ${name}(?: extends \\w+)? \\{([\\s\\S]*?)\\n\\}`).exec(TYPES)
+  assert.ok(body, `index.d.ts has no interface ${name}`)
+  return [...body[1].matchAll(/^\s{2}(\w+)\??:/gm)].map((m) => m[1]).sort()
+}
+
+const CALLS = { worker: 'worker', retry: 'retry', publish: 'publish', app: 'app', task: 'task', apply_async: 'applyAsync', signature: 'signature' }
+
+test('every option of the surface is checked by name, and none else', () => {
+  for (const [call, node] of Object.entries(CALLS)) {
+    assert.deepEqual([...KNOWN[node]].sort(), expected(call), `${call} (${node})`)
+  }
+})
+
+test('the types declare every option of the surface', () => {
+  assert.deepEqual(members('WorkerOptions'), expected('worker'))
+  assert.deepEqual(members('RetryPolicy'), expected('retry'))
+  assert.deepEqual(members('PublishOptions'), expected('publish'))
+  assert.deepEqual(members('ApplyOptions'), expected('apply_async'))
+  const codes = /export type ErrorCode =([\s\S]*?)\n\n/.exec(TYPES)[1]
+  assert.deepEqual([...codes.matchAll(/'([A-Z_]+)'/g)].map((m) => m[1]), SURFACE.error_codes)
+})
+
+test('stats records have the fields of the surface', async () => {
+  const broker = await connect(URLS.memory())
+  const t = topic()
+  await broker.ensureGroup(t, 'g')
+  const worker = new Worker(broker, t, 'g', async () => {})
+  assert.deepEqual(Object.keys(worker.stats()).sort(), SURFACE.worker_stats.map((f) => camel(f)).sort())
+  const stats = await broker.inspect(t, 'g')
+  const fields = SURFACE.group_stats.map((f) => camel(f, f === 'oldest_age' ? 'duration' : undefined)).sort()
+  // Unknown figures are left out of the object (undefined), so compare with the declared type as well.
+  assert.deepEqual(members('GroupStats'), fields)
+  for (const key of Object.keys(stats)) assert.ok(fields.includes(key), `inspect() has ${key}`)
+  await broker.close()
+})
