@@ -74,11 +74,34 @@ function isPayload(value) {
   return typeof value === 'string' || value instanceof Uint8Array
 }
 
+/**
+ * The bytes of a payload. A string is sent as UTF-8, so one with a lone
+ * surrogate (no UTF-8 for it) is refused rather than sent with U+FFFD in
+ * its place; so is a view of a detached buffer, which would send nothing.
+ */
 function toBuffer(payload) {
-  if (Buffer.isBuffer(payload)) return payload
-  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
-  if (typeof payload === 'string') return Buffer.from(payload, 'utf8')
-  throw new TypeError(`a payload must be a Buffer, a Uint8Array or a string, not ${payload === null ? 'null' : typeof payload}`)
+  if (payload instanceof Uint8Array) {
+    if (payload.buffer.detached) throw invalidMessage("the payload's buffer is detached (transferred or resized away): it holds nothing to send")
+    return Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength)
+  }
+  if (typeof payload === 'string') {
+    if (typeof payload.isWellFormed === 'function' && !payload.isWellFormed()) {
+      throw invalidMessage('the payload string has a lone surrogate: it is not valid Unicode, so it has no UTF-8')
+    }
+    return Buffer.from(payload, 'utf8')
+  }
+  throw new TypeError(`a payload must be a Buffer, a Uint8Array or a string, not ${describePayload(payload)}`)
+}
+
+function describePayload(value) {
+  if (value === null || value === undefined) return String(value)
+  if (Array.isArray(value)) return 'an array'
+  if (value instanceof ArrayBuffer) return 'an ArrayBuffer (wrap it: new Uint8Array(buffer))'
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`
+}
+
+function invalidMessage(why) {
+  return new PillarboxError('INVALID_MESSAGE', `invalid message: ${why}`)
 }
 
 function toMillis(date, name) {
@@ -91,21 +114,21 @@ function toMillis(date, name) {
 function messageInput(payload, options = {}) {
   return {
     payload: toBuffer(payload),
-    key: options.key,
-    idempotencyKey: options.idempotencyKey,
+    key: options.key ?? undefined,
+    idempotencyKey: options.idempotencyKey ?? undefined,
     headers: checkHeaders(options.headers),
-    contentType: options.contentType,
-    delayMs: options.delayMs,
+    contentType: options.contentType ?? undefined,
+    delayMs: options.delayMs ?? undefined,
     deliverAt: toMillis(options.deliverAt, 'deliverAt'),
-    traceparent: options.traceparent,
-    tracestate: options.tracestate,
+    traceparent: options.traceparent ?? undefined,
+    tracestate: options.tracestate ?? undefined,
   }
 }
 
 /** Headers are strings to strings: anything else is refused, naming the header, as in Python and Rust. */
 function checkHeaders(headers) {
   if (headers == null) return undefined
-  const invalid = (why) => new PillarboxError('INVALID_MESSAGE', `invalid message: ${why}`)
+  const invalid = invalidMessage
   if (typeof headers !== 'object' || Array.isArray(headers)) {
     throw invalid(`headers must be an object of strings, not ${Array.isArray(headers) ? 'an array' : typeof headers}`)
   }
@@ -119,14 +142,18 @@ function checkHeaders(headers) {
 
 /** A `{ payload, ...options }` message, its option names checked. */
 function checkMessage(m) {
-  if (m === null || typeof m !== 'object' || m instanceof ArrayBuffer) {
-    throw new TypeError(`a message must be a Buffer, a Uint8Array, a string or { payload, ...options }, not ${m === null ? 'null' : typeof m}`)
+  if (m === null || typeof m !== 'object' || Array.isArray(m) || m instanceof ArrayBuffer) {
+    throw new TypeError(`a message must be a Buffer, a Uint8Array, a string or { payload, ...options }, not ${describePayload(m)}`)
+  }
+  if (!('payload' in m)) {
+    throw new TypeError('a message object needs a payload ({ payload, ...options }); to send an object as JSON, JSON.stringify it')
   }
   return checkOptions('message', m)
 }
 
-function filterInput(filter = {}) {
-  return { ...filter, failedBefore: toMillis(filter.failedBefore, 'failedBefore') }
+function filterInput(filter) {
+  const set = Object.entries(filter ?? {}).filter(([, value]) => value != null)
+  return { ...Object.fromEntries(set), failedBefore: toMillis(filter?.failedBefore, 'failedBefore') }
 }
 
 /** A received message: dates as Dates. */
@@ -192,7 +219,7 @@ class Broker {
       }
       if (what.every(isPayload)) return this._publishPayloads(topic, what)
       // A bare payload crosses as its bytes alone: cheaper than a message.
-      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(m.payload, checkMessage(m))))
+      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(checkMessage(m).payload, m)))
       return submit((c, ticket) => this._native.publish(topic, batch, c, ticket))
     }
     checkOptions('publish', options)
@@ -200,7 +227,7 @@ class Broker {
       const [id] = await this._publishPayloads(topic, [what])
       return id
     }
-    const message = isPayload(what) ? messageInput(what, options) : messageInput(what.payload, { ...checkMessage(what), ...options })
+    const message = isPayload(what) ? messageInput(what, options) : messageInput(checkMessage(what).payload, { ...what, ...options })
     const [id] = await submit((c, ticket) => this._native.publish(topic, [message], c, ticket))
     return id
   }
@@ -519,23 +546,24 @@ class Worker {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function')
     const { retryFor, fatalFor, ...rest } = checkOptions('worker', options)
     const retry = checkOptions('retry', rest.retry, 'retry.')
-    const jobs = dispatcher(handler, { retryFor, fatalFor })
+    const jobs = dispatcher(handler, { retryFor: retryFor ?? undefined, fatalFor: fatalFor ?? undefined })
+    // null is unset, as undefined is: the addon takes only undefined for that.
     const nativeOptions = {
-      concurrency: rest.concurrency,
-      prefetch: rest.prefetch,
-      maxRetries: retry.maxRetries,
-      initialDelayMs: retry.initialDelayMs,
-      multiplier: retry.multiplier,
-      maxDelayMs: retry.maxDelayMs,
-      jitter: retry.jitter,
-      handlerTimeoutMs: rest.handlerTimeoutMs,
-      leaseMs: rest.leaseMs,
-      pollWaitMs: rest.pollWaitMs,
-      shutdownGraceMs: rest.shutdownGraceMs,
-      idempotencyRetentionMs: rest.idempotencyRetentionMs,
-      busyKeyDelayMs: rest.busyKeyDelayMs,
-      consumerName: rest.consumerName,
-      idempotencyStore: rest.idempotencyStore,
+      concurrency: rest.concurrency ?? undefined,
+      prefetch: rest.prefetch ?? undefined,
+      maxRetries: retry.maxRetries ?? undefined,
+      initialDelayMs: retry.initialDelayMs ?? undefined,
+      multiplier: retry.multiplier ?? undefined,
+      maxDelayMs: retry.maxDelayMs ?? undefined,
+      jitter: retry.jitter ?? undefined,
+      handlerTimeoutMs: rest.handlerTimeoutMs ?? undefined,
+      leaseMs: rest.leaseMs ?? undefined,
+      pollWaitMs: rest.pollWaitMs ?? undefined,
+      shutdownGraceMs: rest.shutdownGraceMs ?? undefined,
+      idempotencyRetentionMs: rest.idempotencyRetentionMs ?? undefined,
+      busyKeyDelayMs: rest.busyKeyDelayMs ?? undefined,
+      consumerName: rest.consumerName ?? undefined,
+      idempotencyStore: rest.idempotencyStore ?? undefined,
     }
     this._native = sync(() => new native.Worker(broker._native, topic, group, jobs, nativeOptions))
   }

@@ -34,7 +34,11 @@ test('a misspelt option is refused with its name and the one it was probably mea
   )
   await refuses(() => new Worker(broker, t, 'g', handler, { retry: { maxRetrys: 2 } }), 'retry.maxRetrys')
   await refuses(() => new Worker(broker, t, 'g', handler, { retry: 3 }), 'retry')
-  await refuses(() => new Worker(broker, t, 'g', handler, null), 'worker options')
+  await refuses(() => new Worker(broker, t, 'g', handler, 'fast'), 'worker options')
+  // null is unset, as None is in Python.
+  new Worker(broker, t, 'g', handler, null)
+  new Worker(broker, t, 'g', handler, { concurrency: null, retry: null, consumerName: null })
+  await broker.publish(t, 'unset', { key: null, headers: null, delayMs: null })
   await refuses(() => broker.publish(t, 'x', { idempotencykey: 'k' }), 'idempotencykey')
   await refuses(() => broker.publish(t, { payload: 'x', delay: 5 }), 'delay')
   await refuses(() => broker.publish(t, ['x', { payload: 'y', kye: 'k' }]), 'kye')
@@ -56,7 +60,7 @@ test('a misspelt option is refused with its name and the one it was probably mea
 
   // Nothing was published by the refused calls.
   const stats = await broker.inspect(t, 'g')
-  assert.equal(stats.ready + stats.waiting, 0)
+  assert.equal(stats.ready + stats.waiting, 1, 'only the message with unset options')
   await broker.close()
 })
 

@@ -168,15 +168,22 @@ impl PyBroker {
         Operation::new(self.call(move |b| async move { b.groups(&topic).await }))
     }
 
-    #[pyo3(signature = (topic, group, after=None, limit=100))]
-    fn dead_letters(&self, topic: String, group: String, after: Option<String>, limit: usize) -> Operation {
-        Operation::converting(
+    #[pyo3(signature = (topic, group, after=None, limit=None))]
+    fn dead_letters(
+        &self,
+        topic: String,
+        group: String,
+        after: Option<String>,
+        limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Operation> {
+        let limit = convert::maybe_count(limit, "limit", 1, u32::MAX as u64)?.map_or(100, |n| n as usize);
+        Ok(Operation::converting(
             self.call(move |b| async move { b.list_dead_letters(&topic, &group, after.as_deref(), limit).await }),
             |py, found| {
                 let found: PyResult<Vec<PyDeadLetter>> = found.into_iter().map(|d| PyDeadLetter::new(py, d)).collect();
                 found?.into_py_any(py)
             },
-        )
+        ))
     }
 
     #[pyo3(signature = (topic, group, *, error_kind=None, cause=None, error_contains=None, failed_before=None, message_ids=None, per_second=None, limit=None))]
@@ -190,13 +197,13 @@ impl PyBroker {
         error_contains: Option<String>,
         failed_before: Option<&Bound<'_, PyAny>>,
         message_ids: Option<Vec<String>>,
-        per_second: Option<f64>,
-        limit: Option<usize>,
+        per_second: Option<&Bound<'_, PyAny>>,
+        limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Operation> {
         let options = RedriveOptions {
             filter: filter(error_kind, cause, error_contains, failed_before, message_ids)?,
-            per_second,
-            limit,
+            per_second: convert::number(per_second, "per_second")?,
+            limit: convert::maybe_count(limit, "limit", 0, u64::MAX)?.map(|n| n as usize),
         };
         Ok(Operation::new(
             self.call(move |b| async move { dead_letter::redrive(b.as_ref(), &topic, &group, &options).await }),

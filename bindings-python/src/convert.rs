@@ -1,4 +1,7 @@
-//! Conversions at the border: payloads, durations and times.
+//! Conversions at the border: payloads, durations, times and numbers.
+//! A value of the wrong type or out of range is `pillarbox.InvalidOption`
+//! naming the option as Python spells it and saying what is allowed, never
+//! an `OverflowError` or a conversion `TypeError` of PyO3's.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,18 +31,75 @@ pub fn payload(value: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     Ok(Bytes::copy_from_slice(copied.cast::<PyBytes>()?.as_bytes()))
 }
 
+/// `InvalidOption` for `name`: what is allowed, and what was given.
+pub fn invalid_option(name: &str, allowed: &str, value: Option<&Bound<'_, PyAny>>) -> PyErr {
+    let given = value.map(|v| format!(", not {}", describe(v))).unwrap_or_default();
+    let error = pillarbox::Error::InvalidOption { name: name.to_string(), reason: format!("{allowed}{given}") };
+    Python::attach(|py| crate::errors::to_pyerr(py, &error))
+}
+
+/// A value as an error message shows it: its type, and the value itself when short.
+fn describe(value: &Bound<'_, PyAny>) -> String {
+    let type_name = value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    match value.repr() {
+        Ok(repr) if repr.to_string().len() <= 40 => format!("{type_name} {repr}"),
+        _ => type_name,
+    }
+}
+
+/// A whole number from `min` to `max` (an `int`, not a `bool` nor a `float`).
+pub fn count(value: &Bound<'_, PyAny>, name: &str, min: u64, max: u64) -> PyResult<u64> {
+    let allowed = || format!("must be a whole number from {min} to {max}");
+    if value.is_instance_of::<pyo3::types::PyBool>() || !value.is_instance_of::<pyo3::types::PyInt>() {
+        return Err(invalid_option(name, &allowed(), Some(value)));
+    }
+    match value.extract::<i128>() {
+        Ok(n) if n >= min as i128 && n <= max as i128 => Ok(n as u64),
+        _ => Err(invalid_option(name, &allowed(), Some(value))),
+    }
+}
+
+/// An optional [`count`]: `None` is unset.
+pub fn maybe_count(value: Option<&Bound<'_, PyAny>>, name: &str, min: u64, max: u64) -> PyResult<Option<u64>> {
+    value.filter(|v| !v.is_none()).map(|v| count(v, name, min, max)).transpose()
+}
+
+/// A `str`; `None` is unset.
+pub fn string(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<String>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+    match value.cast::<PyString>() {
+        Ok(s) => Ok(Some(
+            s.to_cow().map_err(|_| invalid_option(name, "must be a str with no lone surrogates", None))?.into_owned(),
+        )),
+        Err(_) => Err(invalid_option(name, "must be a str", Some(value))),
+    }
+}
+
+/// A finite number (an `int` or a `float`, not a `bool`); ranges are the core's to check.
+pub fn number(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<f64>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+    let n = if value.is_instance_of::<pyo3::types::PyBool>() { None } else { value.extract::<f64>().ok() };
+    match n {
+        Some(n) if n.is_finite() => Ok(Some(n)),
+        _ => Err(invalid_option(name, "must be a finite number", Some(value))),
+    }
+}
+
 /// A duration from seconds (int or float) or a `timedelta`.
 pub fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<Duration>> {
     let Some(value) = value else { return Ok(None) };
     if value.is_none() {
         return Ok(None);
     }
-    let secs: f64 = match value.extract::<f64>() {
-        Ok(s) => s,
-        Err(_) => value
-            .call_method0("total_seconds")
-            .and_then(|s| s.extract())
-            .map_err(|_| pyo3::exceptions::PyTypeError::new_err(format!("{name} must be seconds or a timedelta")))?,
+    let allowed = "must be a non-negative, finite number of seconds or a timedelta";
+    let secs: f64 = if value.is_instance_of::<pyo3::types::PyBool>() {
+        return Err(invalid_option(name, allowed, Some(value)));
+    } else if let Ok(s) = value.extract::<f64>() {
+        s
+    } else if value.is_instance_of::<pyo3::types::PyDelta>() {
+        value.call_method0("total_seconds")?.extract()?
+    } else {
+        return Err(invalid_option(name, allowed, Some(value)));
     };
     seconds(secs, name).map(Some)
 }
@@ -49,7 +109,7 @@ pub fn duration(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option
 /// (a `deliver_at` came back a millisecond early).
 pub fn seconds(secs: f64, name: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| {
-        pyo3::exceptions::PyValueError::new_err(format!("{name} must be a non-negative number of seconds"))
+        invalid_option(name, &format!("must be a non-negative, finite number of seconds, not {secs}"), None)
     })?;
     Ok(Duration::from_micros((secs * 1e6).round() as u64))
 }
@@ -63,7 +123,7 @@ pub fn time(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<Sys
     let epoch: f64 = value
         .call_method0("timestamp")
         .and_then(|t| t.extract())
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err(format!("{name} must be a datetime")))?;
+        .map_err(|_| invalid_option(name, "must be a datetime", Some(value)))?;
     Ok(Some(if epoch >= 0.0 { UNIX_EPOCH + seconds(epoch, name)? } else { UNIX_EPOCH }))
 }
 

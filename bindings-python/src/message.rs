@@ -59,21 +59,21 @@ impl PyMessage {
     fn new(
         py: Python<'_>,
         payload: &Bound<'_, PyAny>,
-        key: Option<String>,
-        idempotency_key: Option<String>,
+        key: Option<&Bound<'_, PyAny>>,
+        idempotency_key: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
-        content_type: Option<String>,
+        content_type: Option<&Bound<'_, PyAny>>,
         delay: Option<&Bound<'_, PyAny>>,
         deliver_at: Option<&Bound<'_, PyAny>>,
-        traceparent: Option<String>,
-        tracestate: Option<String>,
+        traceparent: Option<&Bound<'_, PyAny>>,
+        tracestate: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut m = Message::new(convert::payload(payload)?);
-        m.key = key;
-        m.idempotency_key = idempotency_key;
-        m.content_type = content_type;
-        m.traceparent = traceparent;
-        m.tracestate = tracestate;
+        m.key = convert::string(key, "key")?;
+        m.idempotency_key = convert::string(idempotency_key, "idempotency_key")?;
+        m.content_type = convert::string(content_type, "content_type")?;
+        m.traceparent = convert::string(traceparent, "traceparent")?;
+        m.tracestate = convert::string(tracestate, "tracestate")?;
         if let Some(headers) = headers {
             m.headers = string_map(headers).map_err(|e| crate::errors::to_pyerr(py, &e))?;
         }

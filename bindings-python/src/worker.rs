@@ -7,7 +7,7 @@ use pillarbox::{RetryPolicy, Worker, WorkerOptions};
 use pyo3::prelude::*;
 
 use crate::broker::PyBroker;
-use crate::convert::seconds;
+use crate::convert::{maybe_count, number, seconds, string};
 use crate::errors::OrRaise;
 use crate::handler::PyHandler;
 use crate::operation::Operation;
@@ -28,7 +28,7 @@ fn duration(secs: Option<f64>, name: &str) -> PyResult<Option<Duration>> {
 impl PyWorker {
     /// Durations are seconds; the Python facade converts `timedelta`s.
     #[new]
-    #[pyo3(signature = (broker, topic, group, invoke, is_async, *, concurrency=1, prefetch=None, max_retries=3,
+    #[pyo3(signature = (broker, topic, group, invoke, is_async, *, concurrency=None, prefetch=None, max_retries=None,
         initial_delay=None, multiplier=None, max_delay=None, jitter=None, handler_timeout=None, lease=None,
         poll_wait=None, shutdown_grace=None, idempotency_store=None, idempotency_retention=None,
         busy_key_delay=None, consumer_name=None))]
@@ -40,33 +40,39 @@ impl PyWorker {
         group: &str,
         invoke: Py<PyAny>,
         is_async: bool,
-        concurrency: usize,
-        prefetch: Option<usize>,
-        max_retries: u32,
+        concurrency: Option<&Bound<'_, PyAny>>,
+        prefetch: Option<&Bound<'_, PyAny>>,
+        max_retries: Option<&Bound<'_, PyAny>>,
         initial_delay: Option<f64>,
-        multiplier: Option<f64>,
+        multiplier: Option<&Bound<'_, PyAny>>,
         max_delay: Option<f64>,
-        jitter: Option<f64>,
+        jitter: Option<&Bound<'_, PyAny>>,
         handler_timeout: Option<f64>,
         lease: Option<f64>,
         poll_wait: Option<f64>,
         shutdown_grace: Option<f64>,
-        idempotency_store: Option<String>,
+        idempotency_store: Option<&Bound<'_, PyAny>>,
         idempotency_retention: Option<f64>,
         busy_key_delay: Option<f64>,
-        consumer_name: Option<String>,
+        consumer_name: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let defaults = RetryPolicy::default();
-        let retry = RetryPolicy::retries(max_retries)
+        let max_retries = maybe_count(max_retries, "max_retries", 0, u32::MAX as u64)?;
+        let retry = RetryPolicy::retries(max_retries.map_or(defaults.max_retries, |n| n as u32))
             .with_backoff(
                 duration(initial_delay, "initial_delay")?.unwrap_or(defaults.initial_delay),
-                multiplier.unwrap_or(defaults.multiplier),
+                number(multiplier, "multiplier")?.unwrap_or(defaults.multiplier),
                 duration(max_delay, "max_delay")?.unwrap_or(defaults.max_delay),
             )
-            .with_jitter(jitter.unwrap_or(defaults.jitter));
-        let mut options = WorkerOptions::default().concurrency(concurrency).retry(retry);
-        if let Some(n) = prefetch {
-            options = options.prefetch(n);
+            .with_jitter(number(jitter, "jitter")?.unwrap_or(defaults.jitter));
+        let mut options = WorkerOptions::default().retry(retry);
+        let concurrency =
+            maybe_count(concurrency, "concurrency", 1, pillarbox::MAX_CONCURRENCY as u64)?.map(|n| n as usize);
+        if let Some(n) = concurrency {
+            options = options.concurrency(n);
+        }
+        if let Some(n) = maybe_count(prefetch, "prefetch", 0, u32::MAX as u64)? {
+            options = options.prefetch(n as usize);
         }
         if let Some(t) = duration(handler_timeout, "handler_timeout")? {
             options = options.handler_timeout(t);
@@ -86,14 +92,14 @@ impl PyWorker {
         if let Some(d) = duration(busy_key_delay, "busy_key_delay")? {
             options = options.busy_key_delay(d);
         }
-        if let Some(name) = consumer_name {
+        if let Some(name) = string(consumer_name, "consumer_name")? {
             options = options.consumer_name(name);
         }
-        if let Some(url) = idempotency_store {
+        if let Some(url) = string(idempotency_store, "idempotency_store")? {
             let store = block_on(py, pillarbox::idempotency::open(&url))?.or_raise(py)?;
             options = options.idempotency_store(store);
         }
-        let handler = Arc::new(PyHandler::new(invoke, is_async, concurrency)?);
+        let handler = Arc::new(PyHandler::new(invoke, is_async, options.concurrency)?);
         let shared: Arc<dyn pillarbox::Handler> = handler.clone();
         let worker = Worker::with_handler(broker.get().current(py)?, topic, group, shared, options).or_raise(py)?;
         Ok(PyWorker { worker, handler })

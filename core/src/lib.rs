@@ -54,7 +54,9 @@ pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOpt
 pub use error::{Error, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
-pub use worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats, PARTITIONED_PREFETCH};
+pub use worker::{
+    Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions, WorkerStats, MAX_CONCURRENCY, PARTITIONED_PREFETCH,
+};
 
 /// A hash map for keys of our own making (ids, topic and partition) looked
 /// up on every message: ahash instead of SipHash, whose cost showed in

@@ -65,7 +65,10 @@ fn worker_options_and_their_defaults() {
     assert_eq!(fields(&format!("{defaults:?}")), names(&want));
     for (name, spec) in &want {
         let (found, default): (String, String) = match name.as_str() {
-            "concurrency" => (defaults.concurrency.to_string(), spec["default"].to_string()),
+            "concurrency" => {
+                assert_eq!(Value::from(pillarbox::MAX_CONCURRENCY), spec["max"], "worker.concurrency's largest");
+                (defaults.concurrency.to_string(), spec["default"].to_string())
+            }
             "prefetch" => (format!("{:?}", defaults.prefetch), format!("{:?}", spec["default"].as_u64())),
             "handler_timeout" => (format!("{:?}", defaults.handler_timeout), format!("{:?}", seconds(spec))),
             "lease" => (format!("{:?}", defaults.lease), format!("{:?}", seconds(spec).unwrap())),
@@ -156,4 +159,20 @@ fn error_codes_and_records() {
     };
     assert_eq!(keys(serde_json::to_value(WorkerStats::default()).unwrap()), sorted(&surface["worker_stats"]));
     assert_eq!(keys(serde_json::to_value(GroupStats::default()).unwrap()), sorted(&surface["group_stats"]));
+}
+
+/// The counts the surface bounds are refused past their bounds here too
+/// (the bindings refuse negative numbers and wrong types before the core).
+#[tokio::test]
+async fn counts_out_of_their_range_are_invalid_options() {
+    let surface = surface();
+    let concurrency = &surface["calls"]["worker"]["concurrency"];
+    let broker = pillarbox::connect("memory://").await.unwrap();
+    for n in [concurrency["min"].as_u64().unwrap() - 1, concurrency["max"].as_u64().unwrap() + 1] {
+        let options = WorkerOptions::default().concurrency(n as usize);
+        let handler = |_job: pillarbox::Job| async { Ok::<(), pillarbox::HandlerError>(()) };
+        let refused = pillarbox::Worker::new(std::sync::Arc::clone(&broker), "t", "g", handler, options).unwrap_err();
+        assert_eq!(refused.code(), "INVALID_OPTION");
+        assert!(refused.to_string().contains("`concurrency`"), "{refused}");
+    }
 }

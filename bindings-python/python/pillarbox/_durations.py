@@ -9,15 +9,20 @@ Duration = Union[int, float, timedelta]
 
 
 def seconds(value: Optional[Duration], name: str) -> Optional[float]:
-    """``value`` in seconds, or ``None``; a clear error for anything else."""
+    """``value`` in seconds, or ``None``; :class:`pillarbox.InvalidOption`
+    naming ``name`` for anything else (a negative, NaN or infinite number, a
+    string...), as the native layer words it."""
+    from .errors import InvalidOption
+
     if value is None:
         return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
+    allowed = "must be a non-negative, finite number of seconds or a timedelta"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be seconds (int or float) or a timedelta, not {type(value).__name__}")
-    if value < 0 or value != value:
-        raise ValueError(f"{name} must not be negative, got {value}")
+        raise InvalidOption(f"invalid option `{name}`: {allowed}, not {type(value).__name__} {value!r:.40}")
+    if not 0 <= value < float("inf"):
+        raise InvalidOption(f"invalid option `{name}`: {allowed}, not {value}")
     return float(value)
 
 

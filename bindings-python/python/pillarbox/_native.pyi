@@ -59,7 +59,7 @@ class Broker:
     def inspect(self, topic: str, group: str) -> Operation[GroupStats]: ...
     def groups(self, topic: str) -> Operation[List[str]]: ...
     def dead_letters(
-        self, topic: str, group: str, after: Optional[str] = None, limit: int = 100
+        self, topic: str, group: str, after: Optional[str] = None, limit: Optional[int] = None
     ) -> Operation[List[DeadLetter]]: ...
     def redrive(
         self,
@@ -164,9 +164,9 @@ class Worker:
         invoke: Callable[..., Any],
         is_async: bool,
         *,
-        concurrency: int = 1,
+        concurrency: Optional[int] = None,
         prefetch: Optional[int] = None,
-        max_retries: int = 3,
+        max_retries: Optional[int] = None,
         initial_delay: Optional[float] = None,
         multiplier: Optional[float] = None,
         max_delay: Optional[float] = None,

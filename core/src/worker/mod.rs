@@ -49,7 +49,7 @@ use dispatch::{handler_loop, Dispatch};
 use fetch::fetch_loop;
 pub use handler::{Handler, HandlerError, Job};
 use leases::{hand_back_leftovers, lease_loop, release_slots, Held};
-pub use options::{WorkerOptions, PARTITIONED_PREFETCH};
+pub use options::{WorkerOptions, MAX_CONCURRENCY, PARTITIONED_PREFETCH};
 use queue::Queue;
 use read_ahead::ReadAhead;
 pub use read_ahead::{READ_AHEAD_BYTES, READ_AHEAD_COUNT, READ_AHEAD_TIME};

@@ -12,6 +12,11 @@ use crate::idempotency::IdempotencyStore;
 /// where consuming a backlog stops getting faster.
 pub const PARTITIONED_PREFETCH: usize = 100;
 
+/// The most handlers one worker runs at once. A Python worker gives each
+/// plain handler a thread, every language a task and a slot: a number past
+/// this is a mistake (a count where a duration was meant), not a plan.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 /// How a worker runs. Every field has a default; see [`WorkerOptions::default`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -146,8 +151,11 @@ impl WorkerOptions {
 
     pub(super) fn validate(&self) -> Result<()> {
         self.retry.validate()?;
-        if self.concurrency == 0 {
-            return Err(Error::invalid_option("concurrency", "must be at least 1"));
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return Err(Error::invalid_option(
+                "concurrency",
+                format!("must be from 1 to {MAX_CONCURRENCY}, not {}", self.concurrency),
+            ));
         }
         if self.lease < Duration::from_millis(100) {
             return Err(Error::invalid_option("lease", "must be at least 100 ms"));

@@ -1,0 +1,92 @@
+"""Bad values for every option of a kind (numbers, durations, strings), generated from the surface every
+language is checked against (tests/parity/surface.json): each is refused
+with ``pillarbox.InvalidOption`` naming the option as Python spells it,
+before anything starts or is published. The Node package runs the same
+cases (test/bad-input.test.js)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Tuple
+
+import pytest
+
+import pillarbox
+
+SURFACE = json.loads((Path(__file__).resolve().parents[2] / "tests/parity/surface.json").read_text())
+
+
+def bad_values(spec: Dict[str, Any]) -> List[Any]:
+    """What a typo or a bug puts where this kind of option belongs."""
+    kind = spec["kind"]
+    if kind == "count":
+        values: List[Any] = [-1, "4", 1.5, True, 2**70]
+        if spec["min"] > 0:
+            values.append(spec["min"] - 1)
+        if "max" in spec:
+            values.append(spec["max"] + 1)
+        return values
+    if kind == "duration":
+        return [-1, -0.5, "1", math.nan, math.inf, True]
+    if kind == "number":
+        return ["2", math.nan, math.inf, True]
+    if kind == "string":
+        return [5, b"bytes", ["a"], True, "lone \udc00 surrogate"]
+    raise AssertionError(f"no bad values for kind {kind}")
+
+
+def cases(call: str) -> Iterator[Tuple[str, Any]]:
+    for name, spec in SURFACE["calls"][call].items():
+        if "kind" in spec and "python" in spec.get("languages", ["python"]):
+            for value in bad_values(spec):
+                yield name, value
+
+
+@pytest.fixture(scope="module")
+def broker() -> pillarbox.Broker:
+    b = pillarbox.connect("memory://")
+    b.ensure_group("t", "g")
+    return b
+
+
+def refused(name: str, make: Any) -> None:
+    with pytest.raises(pillarbox.InvalidOption) as caught:
+        make()
+    assert caught.value.code == "INVALID_OPTION"
+    assert f"`{name}`" in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize("name,value", list(cases("worker")), ids=repr)
+def test_worker_options(broker: pillarbox.Broker, name: str, value: Any) -> None:
+    refused(name, lambda: pillarbox.Worker(broker, "t", "g", lambda job: None, **{name: value}))
+
+
+@pytest.mark.parametrize("name,value", list(cases("retry")), ids=repr)
+def test_retry_policy(broker: pillarbox.Broker, name: str, value: Any) -> None:
+    policy = pillarbox.RetryPolicy(**{name: value})
+    refused(name, lambda: pillarbox.Worker(broker, "t", "g", lambda job: None, retry=policy))
+
+
+@pytest.mark.parametrize("name,value", list(cases("publish")), ids=repr)
+def test_publish_options(broker: pillarbox.Broker, name: str, value: Any) -> None:
+    refused(name, lambda: broker.publish("t", b"x", **{name: value}))
+    assert broker.inspect("t", "g").ready + broker.inspect("t", "g").waiting == 0
+
+
+def test_dead_letter_limits(broker: pillarbox.Broker) -> None:
+    for value in (-1, 0, "5", 2.5):
+        refused("limit", lambda: broker.dead_letters("t", "g", limit=value))
+    for value in (-1, "5"):
+        refused("limit", lambda: broker.redrive("t", "g", limit=value))
+    for value in ("fast", math.nan, True):
+        refused("per_second", lambda: broker.redrive("t", "g", per_second=value))
+
+
+def test_a_misspelt_option_is_a_type_error_naming_it(broker: pillarbox.Broker) -> None:
+    # Python's own refusal of an unknown keyword, as for any function.
+    with pytest.raises(TypeError, match="concurency"):
+        pillarbox.Worker(broker, "t", "g", lambda job: None, concurency=4)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="idempotencykey"):
+        broker.publish("t", b"x", idempotencykey="k")  # type: ignore[call-arg]
