@@ -2,7 +2,7 @@
 const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const { App } = require('..')
-const { envelope } = require('../tasks.js')
+const { envelope } = require('../lib/tasks.js')
 const { URLS, until } = require('./support')
 
 test('the envelope is plain JSON, the same as Python writes', () => {

@@ -15,8 +15,10 @@
  *   await app.runWorker({ concurrency: 8 })        // until SIGTERM or Ctrl-C
  */
 
-const { connect, Worker, Fatal } = require('./index.js')
-const { checkOptions } = require('./lib/options.js')
+const { connect } = require('./broker.js')
+const { Worker } = require('./worker.js')
+const { Fatal } = require('./outcomes.js')
+const { checkOptions } = require('./options.js')
 
 const DEFAULT_GROUP = 'workers'
 const DEFAULT_TOPIC = 'tasks'

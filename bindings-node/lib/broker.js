@@ -1,0 +1,117 @@
+'use strict'
+
+const native = require('./native.js')
+const { call, invalidOption } = require('./errors.js')
+const { submit } = require('./completions.js')
+const { checkOptions } = require('./options.js')
+const { isPayload, toBuffer, messageInput, checkMessage, filterInput, deadLetter } = require('./codec.js')
+
+/** A connection to a broker. Share one per process. */
+class Broker {
+  constructor(inner) {
+    this._native = inner
+  }
+
+  /** `memory`, `sqlite`, `redis`, `amqp` or `kafka`. */
+  get backend() {
+    return this._native.backend
+  }
+
+  /** The broker URL, with any password redacted. */
+  get url() {
+    return this._native.url
+  }
+
+  /** What this backend can do (delayed delivery, ordering, limits...). */
+  capabilities() {
+    return this._native.capabilities()
+  }
+
+  /** Creates `group` on `topic` if needed: a subscription that receives everything from now on. */
+  ensureGroup(topic, group) {
+    return call(this._native.ensureGroup(topic, group))
+  }
+
+  /**
+   * Publishes a payload (resolves to its id) or an array of payloads and
+   * `{ payload, ...options }` messages as one batch (resolves to the ids),
+   * once the broker holds every one. Nothing of a batch is published if any
+   * message is invalid or too large.
+   */
+  async publish(topic, what, options = {}) {
+    if (Array.isArray(what)) {
+      if (Object.keys(checkOptions('publish', options)).length) {
+        throw invalidOption(Object.keys(options)[0], 'a batch takes its options per message ({ payload, ...options })')
+      }
+      if (what.every(isPayload)) return this._publishPayloads(topic, what)
+      // A bare payload crosses as its bytes alone: cheaper than a message.
+      const batch = what.map((m) => (isPayload(m) ? toBuffer(m) : messageInput(checkMessage(m).payload, m)))
+      return submit((c, ticket) => this._native.publish(topic, batch, c, ticket))
+    }
+    checkOptions('publish', options)
+    if (isPayload(what) && Object.keys(options).length === 0) {
+      const [id] = await this._publishPayloads(topic, [what])
+      return id
+    }
+    const message = isPayload(what) ? messageInput(what, options) : messageInput(checkMessage(what).payload, { ...what, ...options })
+    const [id] = await submit((c, ticket) => this._native.publish(topic, [message], c, ticket))
+    return id
+  }
+
+  /**
+   * Bare payloads, the common case, cross as one buffer and their lengths:
+   * a Buffer each costs a reference and a type check across the boundary
+   * (about 30 µs of the event loop's time for a batch of 100).
+   */
+  _publishPayloads(topic, payloads) {
+    const buffers = payloads.map(toBuffer)
+    const lengths = new Uint32Array(buffers.length)
+    for (let n = 0; n < buffers.length; n++) lengths[n] = buffers[n].length
+    const joined = buffers.length === 1 ? buffers[0] : Buffer.concat(buffers)
+    return submit((c, ticket) => this._native.publishPayloads(topic, joined, lengths, c, ticket))
+  }
+
+  /** The group's figures: ready, inFlight, waiting, deadLetters, oldestAgeMs, partitions. */
+  inspect(topic, group) {
+    return call(this._native.inspect(topic, group))
+  }
+
+  /** The groups of `topic`. */
+  groups(topic) {
+    return call(this._native.groups(topic))
+  }
+
+  /** The group's dead letters with their reason, oldest first. */
+  async deadLetters(topic, group, options) {
+    const { limit = 100, after } = checkOptions('deadLetters', options)
+    const found = await call(this._native.deadLetters(topic, group, after, limit))
+    return found.map(deadLetter)
+  }
+
+  /** Sends matching dead letters back to their group as fresh messages; resolves to how many. */
+  redrive(topic, group, filter) {
+    checkOptions('redrive', filter)
+    return call(this._native.redrive(topic, group, filterInput(filter)))
+  }
+
+  /** Deletes matching dead letters (all of them without a filter); resolves to how many. */
+  purge(topic, group, filter) {
+    checkOptions('purge', filter)
+    return call(this._native.purge(topic, group, filterInput(filter)))
+  }
+
+  /** Closes the connection. */
+  close() {
+    return call(this._native.close())
+  }
+}
+
+/** Connects to the broker `url` names (`memory://`, `sqlite://PATH`, `redis://`, `amqp://`, `kafka://`...). */
+async function connect(url, ...rest) {
+  if (rest.length && rest[0] !== undefined) {
+    throw invalidOption('connect options', "connect takes a URL only: options go in the URL's query (`redis://host?name=value`)")
+  }
+  return new Broker(await call(native.connect(url)))
+}
+
+module.exports = { Broker, connect }
