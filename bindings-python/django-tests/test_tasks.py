@@ -171,5 +171,8 @@ def test_the_worker_closes_stale_connections_around_each_task(monkeypatch: pytes
         payload = json.dumps({"task": "testproject.shop.tasks.record", "args": ["a"], "kwargs": {}}).encode()
         id, attempt, max_attempts = "m1", 1, 3
 
+        class message:
+            headers = {"task": "testproject.shop.tasks.record"}
+
     runner.handler(get_app(), tasks.record.topic)(Job())
     assert calls == ["close", "task", "close"]

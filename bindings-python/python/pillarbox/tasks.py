@@ -229,20 +229,28 @@ class App:
 
     def handler(self, topic: str) -> Callable[[Any], None]:
         """The handler that runs this app's tasks from ``topic``'s messages."""
+        return self.run
 
-        def run_task(job: Any) -> None:
-            try:
-                name, args, kwargs = read_envelope(job.payload)
-            except ValueError as exc:
-                raise Fatal(str(exc), kind="InvalidEnvelope") from None
-            task = self.tasks.get(name)
-            if task is None:
-                raise Fatal(f"no task named {name} is registered in this worker", kind="UnknownTask")
-            result = task.fn(*args, **kwargs)
-            if asyncio.iscoroutine(result):
-                asyncio.run(result)
+    def run(self, job: Any) -> None:
+        """Runs the task call ``job`` carries: the one envelope dispatch of
+        every worker of the app (a payload that is not an envelope
+        dead-letters as ``InvalidEnvelope``)."""
+        try:
+            name, args, kwargs = read_envelope(job.payload)
+        except ValueError as exc:
+            raise Fatal(str(exc), kind="InvalidEnvelope") from None
+        self.call(name, job, args, kwargs)
 
-        return run_task
+    def call(self, name: str, job: Any, args: List[Any], kwargs: Dict[str, Any]) -> None:
+        """Runs task ``name`` with ``args`` and ``kwargs``; a name this app
+        does not have dead-letters as ``UnknownTask``. Integrations extend
+        what a name can be (the Django app: Django Tasks)."""
+        task = self.tasks.get(name)
+        if task is None:
+            raise Fatal(f"no task named {name} is registered in this worker", kind="UnknownTask")
+        result = task.fn(*args, **kwargs)
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
 
     def workers(self, topics: Optional[Iterable[str]] = None, **options: Any) -> List[Worker]:
         """One worker per topic (all of the app's by default), with ``options``

@@ -38,14 +38,11 @@ from django.utils import timezone
 
 from ..tasks import TASK_HEADER, envelope
 from . import _compat
+from .project import get_app
+from .runner import BACKEND_HEADER, RESULT_ID_HEADER
 from ._compat import BaseTaskBackend, Task, TaskResult, TaskResultStatus
 
 _compat.require()
-
-#: The message header naming the enqueue (the TaskResult's id).
-RESULT_ID_HEADER = "django-task-id"
-#: The message header naming the TASKS alias that enqueued it.
-BACKEND_HEADER = "django-task-backend"
 
 #: This backend's OPTIONS, with their defaults.
 OPTIONS: Dict[str, Any] = {
@@ -56,19 +53,6 @@ OPTIONS: Dict[str, Any] = {
     # Seconds a finished result is kept (None: forever).
     "result_retention": 7 * 24 * 3600,
 }
-
-
-def pillarbox_backends() -> List["PillarboxBackend"]:
-    """The configured TASKS backends that are Pillarbox's."""
-    from django.conf import settings
-
-    found = []
-    for alias, params in (getattr(settings, "TASKS", None) or {}).items():
-        if isinstance(params, dict) and str(params.get("BACKEND", "")).endswith("PillarboxBackend"):
-            backend = _compat.task_backends[alias]
-            if isinstance(backend, PillarboxBackend):
-                found.append(backend)
-    return found
 
 
 class PillarboxBackend(BaseTaskBackend):
@@ -95,8 +79,6 @@ class PillarboxBackend(BaseTaskBackend):
         return sorted(self.topic(q) for q in self.queues)
 
     def enqueue(self, task: "Task[Any, Any]", args: Any, kwargs: Any) -> "TaskResult[Any, Any]":
-        from .project import get_app
-
         self.validate_task(task)
         args, kwargs = list(args), dict(kwargs)
         result_id = uuid.uuid4().hex

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from django.conf import settings
 
@@ -131,3 +131,20 @@ def problems() -> Dict[str, str]:
             if not isinstance(v, (list, tuple)) or not all(isinstance(t, str) and t for t in v):
                 found[key] = f"must be a list of topic names, not {v!r}"
     return found
+
+
+def pillarbox_backends() -> List[Any]:
+    """The configured ``TASKS`` backends that are Pillarbox's (none where
+    Django's Tasks framework is not installed)."""
+    # The framework is optional (Django 6, or the backport on 5.2): imported
+    # when asked for, so that the settings module never needs it.
+    from . import _compat
+
+    if not _compat.AVAILABLE:
+        return []
+    tasks = getattr(settings, "TASKS", None) or {}
+    return [
+        _compat.task_backends[alias]
+        for alias, params in tasks.items()
+        if isinstance(params, dict) and str(params.get("BACKEND", "")).endswith("PillarboxBackend")
+    ]

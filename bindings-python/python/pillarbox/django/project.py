@@ -26,7 +26,7 @@ from django.db import transaction
 from .._broker import Payload
 from .._worker import Worker
 from ..tasks import App, Task
-from . import conf
+from . import conf, runner
 
 
 class DjangoTask(Task):
@@ -60,17 +60,23 @@ class DjangoApp(App):
 
     def django_topics(self) -> List[str]:
         """The topics of the Django Tasks backends that publish through Pillarbox."""
-        from .backend import pillarbox_backends
-
-        return sorted({topic for backend in pillarbox_backends() for topic in backend.topics()})
+        return sorted({topic for backend in conf.pillarbox_backends() for topic in backend.topics()})
 
     def topics(self) -> List[str]:
         return sorted(set(super().topics()) | set(self.django_topics()))
 
     def handler(self, topic: str) -> Callable[[Any], None]:
-        from .runner import handler
+        return runner.handler(self, topic)
 
-        return handler(self, topic)
+    def call(self, name: str, job: Any, args: List[Any], kwargs: Dict[str, Any]) -> None:
+        """A task of the app, else a Django Task of an installed app (its
+        result stored and its signals sent), else ``UnknownTask``."""
+        if name not in self.tasks:
+            django_task = runner.find_django_task(name)
+            if django_task is not None:
+                runner.run_django_task(django_task, job, args, kwargs)
+                return
+        super().call(name, job, args, kwargs)
 
     def workers(self, topics: Optional[Iterable[str]] = None, **options: Any) -> List[Worker]:
         """One worker per topic, with the settings' retry policy unless a task

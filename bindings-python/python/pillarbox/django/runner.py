@@ -5,52 +5,40 @@ and Django Task results stored as they go."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from django.apps import apps
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
 from .._handlers import Fatal
-from ..tasks import read_envelope
-
-if TYPE_CHECKING:
-    from .project import DjangoApp
+from ..tasks import TASK_HEADER, App
 
 log = logging.getLogger("pillarbox.django")
 
 #: Names this worker in a Django Task's ``worker_ids``.
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+#: The message header naming the enqueue (the TaskResult's id).
+RESULT_ID_HEADER = "django-task-id"
+#: The message header naming the TASKS alias that enqueued it.
+BACKEND_HEADER = "django-task-backend"
 
 
-def handler(app: "DjangoApp", topic: str) -> Callable[[Any], None]:
-    """The handler of ``topic``'s messages."""
+def handler(app: App, topic: str) -> Callable[[Any], None]:
+    """The handler of ``topic``'s messages: the app's dispatch, with stale
+    database connections closed around it and each outcome logged."""
 
     def run(job: Any) -> None:
         close_old_connections()
         started = time.monotonic()
-        name = "?"
+        name = job.message.headers.get(TASK_HEADER, "?")
         try:
-            try:
-                name, args, kwargs = read_envelope(job.payload)
-            except ValueError as exc:
-                raise Fatal(str(exc), kind="InvalidEnvelope") from None
-            task = app.tasks.get(name)
-            if task is not None:
-                value = task.fn(*args, **kwargs)
-                if asyncio.iscoroutine(value):
-                    asyncio.run(value)
-            else:
-                django_task = find_django_task(name)
-                if django_task is None:
-                    raise Fatal(f"no task named {name} is registered in this worker", kind="UnknownTask")
-                run_django_task(django_task, job, args, kwargs)
+            app.run(job)
         except Exception as exc:
             log.warning(
                 "task %s (message %s, attempt %d of %d) failed: %s: %s",
@@ -85,14 +73,15 @@ def run_django_task(task: Any, job: Any, args: Any, kwargs: Dict[str, Any]) -> N
     """Runs a Django Task, sending the framework's signals and storing its
     result: RUNNING, then SUCCESSFUL, FAILED on the last attempt, or READY
     again when Pillarbox will retry."""
+    # Results are models: imported once the app registry is ready, not with this module.
     from . import _compat, results
-    from .backend import BACKEND_HEADER, RESULT_ID_HEADER, PillarboxBackend
 
     headers = job.message.headers
     result_id = headers.get(RESULT_ID_HEADER) or job.id
     alias = headers.get(BACKEND_HEADER) or task.backend
     backend = _compat.task_backends[alias] if alias in _compat.task_backends.settings else None
-    store = isinstance(backend, PillarboxBackend) and backend.store_results and RESULT_ID_HEADER in headers
+    # Results are stored where a Pillarbox backend enqueued the task with its id.
+    store = bool(getattr(backend, "store_results", False)) and RESULT_ID_HEADER in headers
     defaults = {
         "task_path": task.module_path,
         "backend": alias,
@@ -140,7 +129,7 @@ def run_django_task(task: Any, job: Any, args: Any, kwargs: Dict[str, Any]) -> N
     if store:
         record = results.record_outcome(result_id, defaults, status=status.SUCCESSFUL, return_value=value)
         result = results.as_task_result(record)
-        results.prune(backend.result_retention if isinstance(backend, PillarboxBackend) else None)
+        results.prune(getattr(backend, "result_retention", None))
     else:
         object.__setattr__(result, "status", status.SUCCESSFUL)
     _compat.task_finished.send(type(backend), task_result=result)
