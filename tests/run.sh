@@ -29,8 +29,8 @@ source tests/lib/apt.sh
 have cc && have make || apt_install build-essential
 dpkg -s libssl-dev zlib1g-dev pkg-config >/dev/null 2>&1 || apt_install libssl-dev zlib1g-dev pkg-config
 if have rustup; then
-  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt || true
-  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy || true
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 fi
 cargo --version
 # A full build and test run writes about 2.5 GB (target/, the brokers' data):
@@ -50,16 +50,26 @@ for script in tests/brokers/start-*.sh; do
 done
 
 # --- 3. Rust --------------------------------------------------------------------
-if cargo fmt --version >/dev/null 2>&1; then
-  step "cargo fmt --check"
-  cargo fmt --all --check
-fi
-if cargo clippy --version >/dev/null 2>&1; then
-  step "cargo clippy"
-  cargo clippy --workspace --all-targets --all-features -- -D warnings
-fi
-step "cargo test (unit, conformance on every backend, multi-process)"
+# Formatting and lints are part of passing: a toolchain without them fails
+# here rather than skipping them unseen.
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 || {
+    echo "cargo $tool is missing: install it (rustup component add ${tool/fmt/rustfmt}), then run this again" >&2
+    exit 1
+  }
+done
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "cargo test (unit, conformance on every backend, multi-process, broker crashes)"
+# The fault tests append what they measured (lost, duplicated, time to
+# resume) here: a passing test's own output is hidden.
+report="$(cargo metadata --format-version 1 --no-deps | sed 's/.*"target_directory":"\([^"]*\)".*/\1/')/tmp/fault-report.txt"
+rm -f "$report"
 cargo test --workspace --all-features
+step "what the fault tests measured"
+cat "$report"
 
 step "the README's demo"
 cargo run -q -p pillarbox --example quickstart

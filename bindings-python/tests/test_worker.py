@@ -7,12 +7,14 @@ import ctypes
 import logging
 import threading
 import time
+from pathlib import Path
 from typing import List
 
 import pytest
 
 import pillarbox
 
+from .conftest import BACKENDS, URLS
 from .support import run_until
 
 QUICK = pillarbox.RetryPolicy(max_retries=2, initial_delay=0.05, jitter=0)
@@ -159,12 +161,16 @@ def test_run_async_runs_coroutines_on_the_callers_loop(sqlite_url: str, topic: s
     asyncio.run(main())
 
 
-def test_a_handler_holding_the_gil_past_its_lease_keeps_its_message(sqlite_url: str, topic: str) -> None:
+@pytest.mark.parametrize("backend", [b for b in ("sqlite", "redis", "amqp", "kafka") if b in BACKENDS])
+def test_a_handler_holding_the_gil_past_its_lease_keeps_its_message(backend: str, tmp_path: Path, topic: str) -> None:
     # PyDLL calls keep the GIL: this handler blocks every Python thread for
-    # 2.5 s, four times its lease. The lease is renewed from Rust meanwhile,
-    # so the second worker never receives the message.
+    # 2.5 s, four times its lease. Where the backend leases messages, the
+    # lease is renewed from Rust meanwhile; on RabbitMQ and Kafka the
+    # connection holds the message: either way the second worker never
+    # receives it.
     hold_gil = ctypes.PyDLL(None).usleep
-    first, second = pillarbox.connect(sqlite_url), pillarbox.connect(sqlite_url)
+    url = URLS[backend](tmp_path)
+    first, second = pillarbox.connect(url), pillarbox.connect(url)
     first.ensure_group(topic, "g")
     first.publish(topic, b"cpu-bound")
 

@@ -71,11 +71,11 @@ async fn restart_mid_run_loses_no_confirmed_publish() {
         confirmed.push(body);
     }
     support::wait_all_seen(&handled, &confirmed, Duration::from_secs(90)).await;
-    eprintln!(
-        "{} publishes confirmed ({failed_calls} publish calls failed during the restart and were repeated); \
-         {backlog_at_stop} waiting when the broker stopped; all handled",
+    support::report(&format!(
+        "RabbitMQ orderly restart: {} publishes confirmed ({failed_calls} publish calls failed during the restart \
+         and were repeated); {backlog_at_stop} waiting when the broker stopped; lost 0",
         confirmed.len()
-    );
+    ));
     assert!(backlog_at_stop > 0, "nothing was waiting when the broker stopped: the test proves nothing");
     assert_ne!(node_pid(), pid_before, "the broker was not restarted: the test proves nothing");
     worker.shutdown();

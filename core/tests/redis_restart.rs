@@ -88,11 +88,11 @@ async fn restart_mid_run_loses_no_acknowledged_publish() {
         acknowledged.push(body);
     }
     support::wait_all_seen(&handled, &acknowledged, Duration::from_secs(90)).await;
-    eprintln!(
-        "{} publishes acknowledged ({failed_attempts} publish calls failed during the restart and were repeated); \
-         {backlog_at_kill} waiting when the server was killed; all handled",
+    support::report(&format!(
+        "Redis SIGKILL (append-only, fsync always): {} publishes acknowledged ({failed_attempts} publish calls failed \
+         during the restart and were repeated); {backlog_at_kill} waiting when the server was killed; lost 0",
         acknowledged.len()
-    );
+    ));
     assert_ne!(run_id(&url).await, first_run, "the server was not restarted: the test proves nothing");
     assert!(backlog_at_kill > 0, "nothing was waiting when the server died: the test proves nothing");
     worker.shutdown();

@@ -39,11 +39,13 @@ impl KafkaBroker {
         let (topic_s, group_s) = (topic.to_string(), group.to_string());
         let mut stats = blocking(move || {
             // Right after a topic is created its partitions may have no
-            // leader yet: such answers are transient, so look again.
+            // leader yet, and right after the broker starts (or a
+            // coordinator moves) the group's coordinator is not ready:
+            // such answers are transient, so look again.
             let mut tries = 0;
             loop {
                 match group_figures(&producer, &inspector, &topic_s, &group_s) {
-                    Err(e) if tries < 10 && leader_unknown(&e) => {
+                    Err(e) if tries < 25 && worth_asking_again(&e) => {
                         tries += 1;
                         std::thread::sleep(Duration::from_millis(200));
                     }
@@ -155,14 +157,20 @@ fn group_figures(
 }
 
 /// A partition without a known leader (a topic just created, a leader
-/// moving): worth asking again in a moment.
-fn leader_unknown(e: &KafkaError) -> bool {
+/// moving), or a group coordinator not ready yet (the broker just started,
+/// `__consumer_offsets` still loading, a coordinator moving): worth asking
+/// again in a moment. A committed-offsets fetch right after a fresh broker's
+/// start failed with `NotCoordinator` in a CI run.
+fn worth_asking_again(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(
             RDKafkaErrorCode::NotLeaderForPartition
                 | RDKafkaErrorCode::LeaderNotAvailable
                 | RDKafkaErrorCode::UnknownTopicOrPartition
+                | RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
         )
     )
 }
