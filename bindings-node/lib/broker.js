@@ -3,7 +3,7 @@
 const native = require('./native.js')
 const { call, invalidOption } = require('./errors.js')
 const { submit } = require('./completions.js')
-const { checkOptions } = require('./options.js')
+const { checkOptions, checkNames } = require('./options.js')
 const { isPayload, toBuffer, messageInput, checkMessage, filterInput, deadLetter } = require('./codec.js')
 
 /** A connection to a broker. Share one per process. */
@@ -28,7 +28,8 @@ class Broker {
   }
 
   /** Creates `group` on `topic` if needed: a subscription that receives everything from now on. */
-  ensureGroup(topic, group) {
+  async ensureGroup(topic, group) {
+    checkNames({ topic, group })
     return call(this._native.ensureGroup(topic, group))
   }
 
@@ -39,6 +40,7 @@ class Broker {
    * message is invalid or too large.
    */
   async publish(topic, what, options = {}) {
+    checkNames({ topic })
     if (Array.isArray(what)) {
       if (Object.keys(checkOptions('publish', options)).length) {
         throw invalidOption(Object.keys(options)[0], 'a batch takes its options per message ({ payload, ...options })')
@@ -72,30 +74,35 @@ class Broker {
   }
 
   /** The group's figures: ready, inFlight, waiting, deadLetters, oldestAgeMs, partitions. */
-  inspect(topic, group) {
+  async inspect(topic, group) {
+    checkNames({ topic, group })
     return call(this._native.inspect(topic, group))
   }
 
   /** The groups of `topic`. */
-  groups(topic) {
+  async groups(topic) {
+    checkNames({ topic })
     return call(this._native.groups(topic))
   }
 
   /** The group's dead letters with their reason, oldest first. */
   async deadLetters(topic, group, options) {
+    checkNames({ topic, group })
     const { limit = 100, after } = checkOptions('deadLetters', options)
     const found = await call(this._native.deadLetters(topic, group, after, limit))
     return found.map(deadLetter)
   }
 
   /** Sends matching dead letters back to their group as fresh messages; resolves to how many. */
-  redrive(topic, group, filter) {
+  async redrive(topic, group, filter) {
+    checkNames({ topic, group })
     checkOptions('redrive', filter)
     return call(this._native.redrive(topic, group, filterInput(filter)))
   }
 
   /** Deletes matching dead letters (all of them without a filter); resolves to how many. */
-  purge(topic, group, filter) {
+  async purge(topic, group, filter) {
+    checkNames({ topic, group })
     checkOptions('purge', filter)
     return call(this._native.purge(topic, group, filterInput(filter)))
   }
@@ -108,6 +115,7 @@ class Broker {
 
 /** Connects to the broker `url` names (`memory://`, `sqlite://PATH`, `redis://`, `amqp://`, `kafka://`...). */
 async function connect(url, ...rest) {
+  checkNames({ url })
   if (rest.length && rest[0] !== undefined) {
     throw invalidOption('connect options', "connect takes a URL only: options go in the URL's query (`redis://host?name=value`)")
   }

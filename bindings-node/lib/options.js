@@ -161,4 +161,15 @@ function distance(a, b) {
   return previous[b.length]
 }
 
-module.exports = { checkOptions, KNOWN }
+/**
+ * The topic and group names of a call are strings (the core then checks
+ * what they may hold); anything else is a TypeError naming it, never the
+ * addon's conversion error.
+ */
+function checkNames(names) {
+  for (const [what, value] of Object.entries(names)) {
+    if (typeof value !== 'string') throw new TypeError(`${what} must be a string, not ${describe(value)}`)
+  }
+}
+
+module.exports = { checkOptions, checkNames, KNOWN }

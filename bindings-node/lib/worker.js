@@ -2,7 +2,8 @@
 
 const native = require('./native.js')
 const { call, sync } = require('./errors.js')
-const { checkOptions } = require('./options.js')
+const { checkOptions, checkNames } = require('./options.js')
+const { Broker } = require('./broker.js')
 const { dispatcher } = require('./jobs.js')
 
 /**
@@ -13,6 +14,8 @@ const { dispatcher } = require('./jobs.js')
  */
 class Worker {
   constructor(broker, topic, group, handler, options = {}) {
+    if (!(broker instanceof Broker)) throw new TypeError('broker must be a Broker, from connect()')
+    checkNames({ topic, group })
     if (typeof handler !== 'function') throw new TypeError('handler must be a function')
     const { retryFor, fatalFor, ...rest } = checkOptions('worker', options)
     const retry = checkOptions('retry', rest.retry, 'retry.')

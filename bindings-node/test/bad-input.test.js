@@ -110,3 +110,26 @@ test('payloads a bug hands to publish are refused with a clear error, and nothin
   assert.equal(stats.ready, 0)
   await broker.close()
 })
+
+test('topic and group names that are not strings are TypeErrors naming them, not conversion errors', async () => {
+  const broker = await connect(URLS.memory())
+  for (const [call, name] of [
+    [() => broker.publish(5, 'x'), 'topic'],
+    [() => broker.ensureGroup('t', null), 'group'],
+    [() => broker.inspect({}, 'g'), 'topic'],
+    [() => broker.groups(['t']), 'topic'],
+    [() => broker.deadLetters('t', 5), 'group'],
+    [() => broker.redrive(undefined, 'g'), 'topic'],
+    [() => broker.purge('t', true), 'group'],
+    [() => new Worker(broker, 5, 'g', async () => {}), 'topic'],
+    [() => new Worker({}, 't', 'g', async () => {}), 'broker'],
+    [() => connect(5), 'url'],
+  ]) {
+    await assert.rejects(async () => call(), (e) => {
+      assert.ok(e instanceof TypeError, `${name}: ${e}`)
+      assert.ok(e.message.startsWith(`${name} must be`), e.message)
+      return true
+    })
+  }
+  await broker.close()
+})
