@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import pika
 import redis
@@ -34,6 +34,12 @@ PAYLOAD = b"x" * 100
 ONE = int(os.environ.get("PB_BENCH_ONE", 3000))  # messages published one at a time
 MANY = int(os.environ.get("PB_BENCH_MANY", 50_000))  # messages published in batches, then consumed
 CELERY = int(os.environ.get("PB_BENCH_CELERY", 3000))  # Celery is slow: fewer
+# Consumed by Celery and by Pillarbox with the same handler (one Redis INCR).
+CELERY_CONSUME = int(os.environ.get("PB_BENCH_CELERY_CONSUME", 10_000))
+# Celery's pools, each at the concurrency it is meant for on this machine:
+# prefork a process per core, threads and gevent many at once. Its best is
+# what Pillarbox is compared with.
+CELERY_POOLS = [("prefork", os.cpu_count() or 2), ("threads", 16), ("gevent", 64)]
 BATCH = 100
 # The same worker settings for the Rust core and Python (those of the core's
 # Redis benchmark): 16 handlers at once, a window of 200.
@@ -144,47 +150,107 @@ def redis_py(rates: Rates) -> None:
 
 # ---------------------------------------------------------------- Celery
 
+# Both sides run the same handler: one Redis INCR of a counter, which is
+# also how the run is timed (from the first increment to the last), so a
+# worker's start counts for neither.
 CELERY_APP = textwrap.dedent(
     """
-    import time, redis
+    import redis
     from celery import Celery
     app = Celery("benchtasks", broker="{url}")
     app.conf.broker_connection_retry_on_startup = True
     counter = redis.Redis.from_url("{url}")
 
-    @app.task
-    def no_op():
-        if counter.incr("{key}") == 1:
-            counter.set("{key}:first", time.time())
-        else:
-            counter.set("{key}:last", time.time())
+    @app.task(ignore_result=True)
+    def count(key):
+        counter.incr(key)
     """
 )
 
 
+def counted_rate(r: "redis.Redis[bytes]", key: str, n: int, limit: float = 600) -> float:
+    """Messages a second between the counter's first and its ``n``th increment."""
+    deadline = time.monotonic() + limit
+    while int(r.get(key) or 0) < 1:
+        assert time.monotonic() < deadline, f"{key}: nothing counted"
+        time.sleep(0.002)
+    first = time.perf_counter()
+    while int(r.get(key) or 0) < n:
+        assert time.monotonic() < deadline, f"{key}: {int(r.get(key) or 0)} of {n} counted"
+        time.sleep(0.002)
+    return (n - 1) / (time.perf_counter() - first)
+
+
 def celery(rates: Rates) -> None:
-    key = fresh("celery")
+    from celery import group
+
     folder = Path(tempfile.mkdtemp())
-    (folder / "benchtasks.py").write_text(CELERY_APP.format(url=REDIS_URL, key=key))
+    (folder / "benchtasks.py").write_text(CELERY_APP.format(url=REDIS_URL))
     sys.path.insert(0, str(folder))
     import benchtasks  # type: ignore[import-not-found]
 
-    rates[("redis", "publish one: Celery .delay()")] = timed(CELERY, lambda: [benchtasks.no_op.delay() for _ in range(CELERY)])
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "benchtasks", "worker", "--pool=prefork", "-c", "2", "--loglevel=WARNING"],
-        cwd=folder,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     r = redis.Redis.from_url(REDIS_URL)
-    deadline = time.monotonic() + 300
-    while int(r.get(key) or 0) < CELERY and time.monotonic() < deadline:
-        time.sleep(0.05)
-    worker.terminate()
-    worker.wait(30)
-    first, last = float(r.get(f"{key}:first") or 0), float(r.get(f"{key}:last") or 0)
-    if last > first:
-        rates[("redis", "consume: Celery worker (prefork, 2)")] = (CELERY - 1) / (last - first)
+    key = fresh("celery-publish")
+    rates[("redis", "publish one: Celery .delay()")] = timed(
+        CELERY, lambda: [benchtasks.count.delay(key) for _ in range(CELERY)]
+    )
+    # Batched, as Pillarbox's publish_many is: a group of 100 calls sent at once.
+    batch = group(benchtasks.count.s(key) for _ in range(BATCH))
+    rates[("redis", "publish 100s: Celery group")] = timed(
+        CELERY_CONSUME, lambda: [batch.apply_async() for _ in range(CELERY_CONSUME // BATCH)]
+    )
+    # The tasks above are not run: each pool gets a queue of its own.
+    benchtasks.app.control.purge()
+    for pool, concurrency in CELERY_POOLS:
+        if pool == "gevent":
+            try:
+                import gevent  # noqa: F401
+            except ImportError:
+                print("gevent is not installed: Celery's gevent pool not measured", file=sys.stderr)
+                continue
+        key, queue = fresh(f"celery-{pool}"), fresh(f"celery-{pool}-queue")
+        batch = group(benchtasks.count.s(key) for _ in range(BATCH))
+        for _ in range(CELERY_CONSUME // BATCH):
+            batch.apply_async(queue=queue)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "benchtasks", "worker", f"--pool={pool}", "-c", str(concurrency),
+             "-Q", queue, "--loglevel=WARNING"],
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            rate = counted_rate(r, key, CELERY_CONSUME)
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        rates[("redis", f"consume: Celery worker ({pool}, {concurrency}), INCR each")] = rate
+        best = rates.get(("redis", "consume: Celery worker (best pool), INCR each"), 0.0)
+        rates[("redis", "consume: Celery worker (best pool), INCR each")] = max(best, rate)
+
+
+def pillarbox_counted(rates: Rates) -> None:
+    """Pillarbox with Celery's handler: one INCR each, timed the same way."""
+    r = redis.Redis.from_url(REDIS_URL)
+    key = fresh("pillarbox-counted")
+    broker = pillarbox.connect(REDIS_URL)
+    topic = fresh("counted")
+    broker.ensure_group(topic, "g")
+    for _ in range(CELERY_CONSUME // BATCH):
+        broker.publish_many(topic, [PAYLOAD] * BATCH)
+
+    def count(job: pillarbox.Job) -> None:
+        r.incr(key)
+
+    worker = pillarbox.Worker(broker, topic, "g", count, concurrency=CONCURRENCY, prefetch=PREFETCH, poll_wait=0.2)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        rates[("redis", "consume: pillarbox def, INCR each")] = counted_rate(r, key, CELERY_CONSUME)
+    finally:
+        worker.shutdown()
+        thread.join()
+        broker.close()
 
 
 # ---------------------------------------------------------------- pika
@@ -201,16 +267,10 @@ def pika_bench(rates: Rates) -> None:
     rates[("amqp", "publish one: pika, confirm each")] = timed(
         ONE, lambda: [channel.basic_publish("", queue, PAYLOAD, persistent) for _ in range(ONE)]
     )
-    tx = connection.channel()
-    tx.tx_select()
-
-    def batches() -> None:
-        for _ in range(MANY // BATCH):
-            for _ in range(BATCH):
-                tx.basic_publish("", queue, PAYLOAD, persistent)
-            tx.tx_commit()
-
-    rates[("amqp", "publish 100s: pika, a transaction per 100")] = timed(MANY, batches)
+    # Batches of 100 with publisher confirms, each batch's confirms awaited,
+    # as Pillarbox's publish_many does (pika's blocking channel waits for
+    # each confirm, so this uses its asynchronous connection).
+    rates[("amqp", "publish 100s: pika, confirms per 100")] = MANY / pika_confirmed_batches(params, queue, MANY)
     consumer = connection.channel()
     consumer.basic_qos(prefetch_count=200)
     total = ONE + MANY
@@ -229,17 +289,62 @@ def pika_bench(rates: Rates) -> None:
     connection.close()
 
 
+def pika_confirmed_batches(params: "pika.URLParameters", queue: str, total: int) -> float:
+    """Seconds to publish ``total`` persistent messages in batches of 100,
+    sending the next batch once the broker confirmed the last one."""
+    persistent = pika.BasicProperties(delivery_mode=2)
+    state = {"sent": 0, "started": 0.0, "took": 0.0}
+    pending: set = set()
+
+    def send_batch(channel: Any) -> None:
+        for _ in range(BATCH):
+            channel.basic_publish("", queue, PAYLOAD, persistent)
+            state["sent"] += 1
+            pending.add(state["sent"])
+
+    def on_confirm(frame: Any, channel: Any, connection: Any) -> None:
+        method = frame.method
+        if method.multiple:
+            pending.difference_update([t for t in pending if t <= method.delivery_tag])
+        else:
+            pending.discard(method.delivery_tag)
+        if pending:
+            return
+        if state["sent"] < total:
+            send_batch(channel)
+        else:
+            state["took"] = time.perf_counter() - state["started"]
+            connection.close()
+
+    def on_channel(channel: Any, connection: Any) -> None:
+        def confirmed(_frame: Any) -> None:
+            state["started"] = time.perf_counter()
+            send_batch(channel)
+
+        channel.confirm_delivery(ack_nack_callback=lambda f: on_confirm(f, channel, connection), callback=confirmed)
+
+    def on_open(connection: Any) -> None:
+        connection.channel(on_open_callback=lambda channel: on_channel(channel, connection))
+
+    connection = pika.SelectConnection(
+        params, on_open_callback=on_open, on_close_callback=lambda *_: connection.ioloop.stop()
+    )
+    connection.ioloop.start()
+    assert state["took"] > 0, "the confirmed batches did not finish"
+    return float(state["took"])
+
+
 # ---------------------------------------------------------------- report
 
 GOALS = [
     # (backend, what, against, at least)
     ("redis", "publish 100s: pillarbox", "publish 100s: Rust core", 0.8),
-    ("redis", "publish 100s: pillarbox", "publish one: Celery .delay()", 50),
+    ("redis", "publish 100s: pillarbox", "publish 100s: Celery group", 50),
     ("redis", "publish one: pillarbox", "publish one: Celery .delay()", 2),
     ("redis", "publish one: pillarbox", "publish one: redis-py XADD", 1 / 1.2),
     ("redis", "consume: pillarbox def", "consume: Rust core", 0.5),
     ("redis", "consume: pillarbox async def", "consume: Rust core", 0.5),
-    ("redis", "consume: pillarbox def", "consume: Celery worker (prefork, 2)", 50),
+    ("redis", "consume: pillarbox def, INCR each", "consume: Celery worker (best pool), INCR each", 50),
     ("amqp", "publish 100s: pillarbox", "publish 100s: Rust core", 0.8),
     ("amqp", "consume: pillarbox def", "consume: Rust core", 0.5),
     ("amqp", "consume: pillarbox async def", "consume: Rust core", 0.5),
@@ -272,6 +377,7 @@ def main() -> None:
     if "peers" in only:
         redis_py(rates)
         celery(rates)
+        pillarbox_counted(rates)
     if "amqp" in only:
         pillarbox_publish(AMQP_URL, rates, "amqp")
         pillarbox_consume(AMQP_URL, rates, "amqp")
