@@ -215,6 +215,7 @@ async function amqplibConsume(connection, queue, total, every) {
   let unacked = null
   let timer = null
   const flush = () => {
+    if (timer !== null) clearTimeout(timer)
     timer = null
     if (unacked !== null) consumer.ack(unacked, true)
     unacked = null
@@ -223,6 +224,8 @@ async function amqplibConsume(connection, queue, total, every) {
     let finished
     const all = new Promise((resolve) => (finished = resolve))
     await consumer.consume(queue, (message) => {
+      // Anything past what this run waits for goes back when the channel closes.
+      if (seen === total) return
       seen++
       unacked = message
       if (seen % every === 0 || seen === total) flush()
@@ -231,7 +234,6 @@ async function amqplibConsume(connection, queue, total, every) {
     })
     await all
   })
-  if (timer !== null) clearTimeout(timer)
   await consumer.close()
   return seconds
 }
