@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -130,6 +130,18 @@ impl Apply {
     }
 }
 
+/// The topics whose worker group an app has made, shared by all its tasks
+/// and signatures: a group is made once per topic, not once per call (a
+/// round trip to the broker each).
+#[derive(Default)]
+struct Groups(Mutex<HashMap<String, Arc<OnceCell<()>>>>);
+
+impl Groups {
+    fn of(&self, topic: &str) -> Arc<OnceCell<()>> {
+        Arc::clone(self.0.lock().unwrap().entry(topic.to_string()).or_default())
+    }
+}
+
 /// A task to call: one registered here, or one that runs elsewhere (another
 /// service, another language) named with [`App::signature`]. Cheap to clone.
 #[derive(Clone)]
@@ -141,7 +153,7 @@ pub struct Task {
     idempotency_key: Option<KeyRule>,
     /// The worker's group exists before the first call goes out, so that a
     /// broker that routes by subscription (RabbitMQ) keeps it.
-    grouped: Arc<OnceCell<()>>,
+    groups: Arc<Groups>,
 }
 
 impl std::fmt::Debug for Task {
@@ -165,7 +177,6 @@ impl Task {
     pub fn on_topic(mut self, topic: &str) -> Result<Self> {
         validate_name("topic", topic)?;
         self.topic = topic.into();
-        self.grouped = Arc::default();
         Ok(self)
     }
 
@@ -190,7 +201,8 @@ impl Task {
             message = message.with_deliver_at(at);
         }
         let id = message.id.clone();
-        self.grouped.get_or_try_init(|| self.broker.ensure_group(&self.topic, &self.group)).await?;
+        let grouped = self.groups.of(&self.topic);
+        grouped.get_or_try_init(|| self.broker.ensure_group(&self.topic, &self.group)).await?;
         self.broker.publish(&self.topic, vec![message]).await?;
         Ok(id)
     }
@@ -225,6 +237,7 @@ pub struct App {
     default_topic: String,
     tasks: HashMap<String, Registered>,
     retry: HashMap<String, RetryPolicy>,
+    groups: Arc<Groups>,
 }
 
 #[derive(Clone)]
@@ -250,6 +263,7 @@ impl App {
             default_topic: DEFAULT_TOPIC.into(),
             tasks: HashMap::new(),
             retry: HashMap::new(),
+            groups: Arc::default(),
         }
     }
 
@@ -329,7 +343,7 @@ impl App {
             topic: self.default_topic.as_str().into(),
             group: self.group.as_str().into(),
             idempotency_key: None,
-            grouped: Arc::default(),
+            groups: Arc::clone(&self.groups),
         }
     }
 

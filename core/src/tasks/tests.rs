@@ -156,3 +156,84 @@ async fn registration_refuses_what_would_be_ambiguous() {
     );
     assert!(App::new(broker().await).workers(quick()).await.is_err(), "no tasks, nothing to run");
 }
+
+/// Counts `ensure_group` calls, passing everything to the broker it wraps.
+#[derive(Debug)]
+struct CountingGroups {
+    inner: Arc<dyn Broker>,
+    made: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Broker for CountingGroups {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    fn capabilities(&self) -> crate::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn ensure_group(&self, topic: &str, group: &str) -> crate::Result<()> {
+        self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.ensure_group(topic, group).await
+    }
+    async fn publish(&self, topic: &str, messages: Vec<crate::Message>) -> crate::Result<()> {
+        self.inner.publish(topic, messages).await
+    }
+    async fn publish_raw(
+        &self,
+        topic: &str,
+        headers: Vec<(String, String)>,
+        payload: bytes::Bytes,
+    ) -> crate::Result<()> {
+        self.inner.publish_raw(topic, headers, payload).await
+    }
+    async fn receive(&self, request: crate::ReceiveRequest<'_>) -> crate::Result<Vec<crate::Delivery>> {
+        self.inner.receive(request).await
+    }
+    async fn ack(&self, deliveries: &[crate::Delivery]) -> crate::Result<()> {
+        self.inner.ack(deliveries).await
+    }
+    async fn extend_leases(&self, deliveries: &[crate::Delivery], lease: Duration) -> crate::Result<()> {
+        self.inner.extend_leases(deliveries, lease).await
+    }
+    async fn retry(&self, delivery: &crate::Delivery, next: crate::Message) -> crate::Result<()> {
+        self.inner.retry(delivery, next).await
+    }
+    async fn dead_letter(&self, delivery: &crate::Delivery, reason: &crate::DeadLetterReason) -> crate::Result<()> {
+        self.inner.dead_letter(delivery, reason).await
+    }
+    async fn inspect(&self, topic: &str, group: &str) -> crate::Result<crate::GroupStats> {
+        self.inner.inspect(topic, group).await
+    }
+    async fn groups(&self, topic: &str) -> crate::Result<Vec<String>> {
+        self.inner.groups(topic).await
+    }
+    async fn list_dead_letters(
+        &self,
+        topic: &str,
+        group: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> crate::Result<Vec<crate::DeadLetter>> {
+        self.inner.list_dead_letters(topic, group, after, limit).await
+    }
+    async fn redrive_dead_letters(&self, topic: &str, group: &str, ids: &[String]) -> crate::Result<usize> {
+        self.inner.redrive_dead_letters(topic, group, ids).await
+    }
+    async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> crate::Result<usize> {
+        self.inner.purge_dead_letters(topic, group, ids).await
+    }
+}
+
+#[tokio::test]
+async fn a_topics_group_is_made_once_per_app_not_once_per_call() {
+    let counting = Arc::new(CountingGroups { inner: broker().await, made: Default::default() });
+    let app = App::new(Arc::clone(&counting) as Arc<dyn Broker>);
+    for n in 0..5 {
+        // A fresh signature each time, as a service calling by name does.
+        app.signature("reports.build").delay(vec![json!(n)]).await.unwrap();
+    }
+    app.signature("reports.build").on_topic("other").unwrap().delay(vec![]).await.unwrap();
+    assert_eq!(counting.made.load(std::sync::atomic::Ordering::SeqCst), 2, "one per topic");
+    assert_eq!(counting.inspect(DEFAULT_TOPIC, DEFAULT_GROUP).await.unwrap().ready, 5);
+}
