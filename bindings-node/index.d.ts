@@ -19,11 +19,42 @@ export type ErrorCode =
   | 'CLOSED'
   | 'ALREADY_RUNNING'
 
-/** Every error the package throws. */
+/**
+ * Every error the package throws. The core's fields of each code are
+ * properties too, named as below: `INVALID_OPTION` has `option` and
+ * `reason`, `MESSAGE_TOO_LARGE` `size` and `limit`, `CONNECT` `backend`,
+ * `url` (redacted) and `reason`, `TIMEOUT` `operation` and `afterMs`...
+ */
 export class PillarboxError extends Error {
   readonly code: ErrorCode
-  /** Whether the same call may succeed later (a lost connection, a timeout). */
+  /** Whether the same call may succeed later (a lost connection, a timeout), as the core decides. */
   readonly transient: boolean
+  /** INVALID_OPTION: the option as the caller wrote it (`maxRetries`, `retry.jitter`). */
+  readonly option?: string
+  /** INVALID_URL, INVALID_OPTION, INVALID_MESSAGE, CONNECT, BACKEND: what is wrong. */
+  readonly reason?: string
+  /** INVALID_URL, CONNECT: the URL, its credentials redacted. */
+  readonly url?: string
+  /** UNKNOWN_SCHEME, BACKEND_NOT_ENABLED. */
+  readonly scheme?: string
+  /** BACKEND_NOT_ENABLED: the cargo feature that provides the backend. */
+  readonly feature?: string
+  /** UNSUPPORTED, CONNECT, BACKEND. */
+  readonly backend?: string
+  /** UNSUPPORTED: what was asked for. */
+  readonly capability?: string
+  /** MESSAGE_TOO_LARGE: the message's encoded size in bytes. */
+  readonly size?: number
+  /** MESSAGE_TOO_LARGE (bytes), QUEUE_FULL (messages). */
+  readonly limit?: number
+  /** QUEUE_FULL. */
+  readonly topic?: string
+  /** TIMEOUT: what timed out, and after how long. */
+  readonly operation?: string
+  readonly afterMs?: number
+  /** LEASE_LOST: the message when one is known, and how many lost their lease. */
+  readonly messageId?: string | null
+  readonly count?: number
 }
 
 export type Payload = Buffer | Uint8Array | string

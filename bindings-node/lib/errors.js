@@ -1,37 +1,40 @@
 'use strict'
 /** The package's errors: one class, `code` the core's stable code, and the addon's errors made into it. */
 
-/** Codes whose errors may go away if the same call is made again later. */
-const TRANSIENT = new Set(['CONNECT', 'BACKEND', 'TIMEOUT', 'QUEUE_FULL'])
-
-/** Every error the package throws: `code` is the core's stable code. */
+/**
+ * Every error the package throws: `code` is the core's stable code,
+ * `transient` the core's word on whether trying again may succeed, and the
+ * core's fields of the error (`option`, `size`, `limit`...) are properties.
+ */
 class PillarboxError extends Error {
-  constructor(code, message) {
+  constructor(code, message, { transient = false, ...fields } = {}) {
     super(message)
     this.name = 'PillarboxError'
     this.code = code
-  }
-
-  /** Whether the same call may succeed later (a lost connection, a timeout). */
-  get transient() {
-    return TRANSIENT.has(this.code)
+    this.transient = transient
+    Object.assign(this, fields)
   }
 }
 
 /** An `INVALID_OPTION` error worded as the core words it. */
-function invalidOption(name, reason) {
-  return new PillarboxError('INVALID_OPTION', `invalid option \`${name}\`: ${reason}`)
+function invalidOption(option, reason) {
+  return new PillarboxError('INVALID_OPTION', `invalid option \`${option}\`: ${reason}`, { option, reason })
 }
 
 /** An `INVALID_MESSAGE` error worded as the core words it. */
-function invalidMessage(why) {
-  return new PillarboxError('INVALID_MESSAGE', `invalid message: ${why}`)
+function invalidMessage(reason) {
+  return new PillarboxError('INVALID_MESSAGE', `invalid message: ${reason}`, { reason })
 }
 
-/** The native layer rejects with `[CODE] message`: make that a PillarboxError. */
+/**
+ * The addon rejects with the core's error as JSON (src/errors.rs): its
+ * code, message, transient flag and fields, each a value of its own.
+ * Anything else (a JavaScript error passed through) is returned as it is.
+ */
 function fromNative(e) {
-  const m = e && typeof e.message === 'string' && /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(e.message)
-  return m ? new PillarboxError(m[1], m[2]) : e
+  if (!(e instanceof Error) || !e.message.startsWith('{"code":')) return e
+  const { code, message, transient, fields } = JSON.parse(e.message)
+  return new PillarboxError(code, message, { transient, ...fields })
 }
 
 /** Awaits a call of the addon, its rejection made a PillarboxError. */

@@ -2,7 +2,7 @@
 /** Jobs: how a batch crosses from the addon, what a handler sees, and how its outcome goes back. */
 
 const native = require('./native.js')
-const { PillarboxError } = require('./errors.js')
+const { invalidMessage } = require('./errors.js')
 const { outcome } = require('./outcomes.js')
 
 /**
@@ -135,7 +135,7 @@ class Job {
     try {
       return UTF8.decode(this.payload)
     } catch {
-      throw new PillarboxError('INVALID_MESSAGE', 'invalid message: the payload is not valid UTF-8')
+      throw invalidMessage('the payload is not valid UTF-8')
     }
   }
 
@@ -145,7 +145,7 @@ class Job {
     try {
       return JSON.parse(text)
     } catch (e) {
-      throw new PillarboxError('INVALID_MESSAGE', `invalid message: the payload is not JSON (${e.message})`)
+      throw invalidMessage(`the payload is not JSON (${e.message})`)
     }
   }
 }

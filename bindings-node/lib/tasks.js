@@ -18,7 +18,7 @@
 const { connect } = require('./broker.js')
 const { Worker } = require('./worker.js')
 const { Fatal } = require('./outcomes.js')
-const { checkOptions } = require('./options.js')
+const { checkOptions, checkNames } = require('./options.js')
 
 const DEFAULT_GROUP = 'workers'
 const DEFAULT_TOPIC = 'tasks'
@@ -78,6 +78,7 @@ class Task {
 /** Tasks, the broker they go through, and the workers that run them. Retry settings belong to a topic. */
 class App {
   constructor(url, options) {
+    checkNames({ url })
     const { group = DEFAULT_GROUP, defaultTopic = DEFAULT_TOPIC } = checkOptions('app', options)
     this.url = url
     this.group = group
@@ -123,12 +124,15 @@ class App {
    * (default: the app's default topic). This app's workers do not run it.
    */
   signature(name, options) {
+    checkNames({ 'a task name': name })
     const { topic = this.defaultTopic } = checkOptions('signature', options)
     return new Task(this, name, null, { topic })
   }
 
   /** Registers a task; tasks of one topic share one retry policy. */
   task(name, handler, options) {
+    checkNames({ 'a task name': name })
+    if (typeof handler !== 'function') throw new TypeError(`a task's handler must be a function, not ${typeof handler}`)
     const { topic = this.defaultTopic, retry, idempotencyKey } = checkOptions('task', options)
     if (retry !== undefined) checkOptions('retry', retry, 'retry.')
     if (this.tasks.has(name)) throw new Error(`a task named ${name} is already registered`)

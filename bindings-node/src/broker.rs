@@ -9,7 +9,7 @@ use pillarbox::dead_letter::{self, RedriveOptions};
 use pillarbox::Message;
 
 use crate::completions::Completions;
-use crate::errors::{invalid, OrThrow};
+use crate::errors::{invalid_message, OrThrow};
 use crate::message::{DeadLetter, DeadLetterFilter, GroupStats, MessageInput};
 
 /// Connects to the broker `url` names.
@@ -107,7 +107,7 @@ impl Broker {
         let mut batch = Vec::with_capacity(lengths.len());
         for &length in lengths.iter() {
             let Some((payload, after)) = rest.split_at_checked(length as usize) else {
-                return Err(invalid("INVALID_MESSAGE", "the payload lengths do not add up to the payloads"));
+                return Err(invalid_message("the payload lengths do not add up to the payloads"));
             };
             batch.push(Message::new(payload.to_vec()));
             rest = after;

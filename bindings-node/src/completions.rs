@@ -25,7 +25,7 @@ use crate::handler::JsWake;
 /// ticket, value (or null), error (or null).
 pub const FIELDS: u32 = 3;
 
-/// A call's ticket and its ids, or why it failed (`[CODE] message`).
+/// A call's ticket and its ids, or why it failed (the error as `errors.rs` encodes it).
 type Settled = (u32, Result<Vec<String>, String>);
 
 struct Shared {

@@ -33,7 +33,7 @@ pub fn run_scenario<'env>(
         match conformance::run_scenario_with(&url, &name, handlers).await {
             Ok(Outcome::Passed) => Ok(None),
             Ok(Outcome::Skipped(why)) => Ok(Some(why)),
-            Err(failure) => Err(napi::Error::from_reason(format!("[CONFORMANCE] {failure}"))),
+            Err(failure) => Err(napi::Error::from_reason(failure.to_string())),
         }
     })
 }

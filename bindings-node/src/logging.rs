@@ -36,7 +36,12 @@ pub fn set_logger(logger: Option<JsLogger>, level: Option<String>) -> napi::Resu
         "info" => Level::INFO,
         "debug" => Level::DEBUG,
         "trace" => Level::TRACE,
-        other => return Err(crate::errors::invalid("INVALID_OPTION", format!("invalid option `level`: `{other}`"))),
+        other => {
+            return Err(crate::errors::invalid_option(
+                "level",
+                format!("must be one of error, warn, info, debug, trace, not `{other}`"),
+            ))
+        }
     };
     // Once per process; an application with a tracing subscriber of its own keeps it.
     let _ = tracing_subscriber::registry().with(ToJavaScript).try_init();

@@ -9,7 +9,7 @@ use napi_derive::napi;
 use pillarbox::message::{from_millis, to_millis};
 use pillarbox::Message;
 
-use crate::errors::invalid;
+use crate::errors::invalid_option;
 
 /// A message to publish.
 #[napi(object)]
@@ -54,10 +54,7 @@ pub fn millis(ms: f64, name: &str) -> napi::Result<Duration> {
     let fraction = Duration::try_from_secs_f64((ms - whole) / 1000.0);
     match fraction {
         Ok(fraction) if (0.0..u64::MAX as f64).contains(&whole) => Ok(Duration::from_millis(whole as u64) + fraction),
-        _ => Err(invalid(
-            "INVALID_OPTION",
-            format!("invalid option `{name}`: must be a non-negative number of milliseconds"),
-        )),
+        _ => Err(invalid_option(name, "must be a non-negative number of milliseconds")),
     }
 }
 

@@ -8,7 +8,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { connect, Worker, PillarboxError } = require('..')
+const { connect, Worker, App, PillarboxError } = require('..')
 const { URLS, topic } = require('./support.js')
 
 const SURFACE = JSON.parse(fs.readFileSync(path.join(__dirname, '..', '..', 'tests/parity/surface.json'), 'utf8'))
@@ -74,7 +74,18 @@ test('every option of a kind refuses what a typo or a bug puts there, naming it'
     await refused(name, () => broker.publish(t, 'x', { [name]: value }))
     tried++
   }
-  assert.ok(tried > 80, `${tried} cases`)
+  for (const [name, value] of cases('app')) {
+    await refused(name, () => new App(URLS.memory(), { [name]: value }))
+    tried++
+  }
+  const app = new App(URLS.memory())
+  for (const [name, value] of [...cases('task'), ...cases('signature')]) {
+    await refused(name, () => app.task('n', async () => {}, { [name]: value }))
+    await refused(name, () => app.signature('elsewhere.task', { [name]: value }))
+    tried++
+  }
+  assert.equal(app.tasks.size, 0)
+  assert.ok(tried > 90, `${tried} cases`)
   const stats = await broker.inspect(t, 'g')
   assert.equal(stats.ready + stats.waiting, 0)
   await broker.close()
@@ -124,6 +135,9 @@ test('topic and group names that are not strings are TypeErrors naming them, not
     [() => new Worker(broker, 5, 'g', async () => {}), 'topic'],
     [() => new Worker({}, 't', 'g', async () => {}), 'broker'],
     [() => connect(5), 'url'],
+    [() => new App(5), 'url'],
+    [() => new App(URLS.memory()).task(5, async () => {}), 'a task name'],
+    [() => new App(URLS.memory()).signature(null), 'a task name'],
   ]) {
     await assert.rejects(async () => call(), (e) => {
       assert.ok(e instanceof TypeError, `${name}: ${e}`)

@@ -89,6 +89,10 @@ for (const backend of BACKENDS) {
     await assert.rejects(broker.publish(t, ['small', Buffer.alloc(limit + 1)]), (e) => {
       assert.ok(e instanceof PillarboxError)
       assert.equal(e.code, 'MESSAGE_TOO_LARGE')
+      // The core's fields, each a property of its own.
+      assert.equal(e.limit, limit)
+      assert.ok(e.size > limit, `${e.size}`)
+      assert.equal(e.transient, false)
       return true
     })
     await assert.rejects(broker.publish(t, 'x', { headers: { 'pb-attempt': '9' } }), { code: 'INVALID_MESSAGE' })
@@ -104,11 +108,15 @@ for (const backend of BACKENDS) {
 }
 
 test('bad URLs and unreachable brokers reject with a code, never the password', async () => {
-  await assert.rejects(connect('bogus://x'), { code: 'UNKNOWN_SCHEME' })
+  await assert.rejects(connect('bogus://x'), { code: 'UNKNOWN_SCHEME', scheme: 'bogus' })
+  await assert.rejects(connect('memory://?poll_ms=never'), { code: 'INVALID_OPTION', option: 'poll_ms', transient: false })
   await assert.rejects(connect('redis://user:s3cret-pw@127.0.0.1:1?connect_timeout_ms=500'), (e) => {
+    assert.ok(e instanceof PillarboxError)
     assert.equal(e.code, 'CONNECT')
-    assert.ok(e.transient)
-    assert.ok(!e.message.includes('s3cret-pw'))
+    assert.equal(e.transient, true)
+    assert.equal(e.backend, 'redis')
+    assert.ok(e.reason, 'a reason')
+    assert.ok(!e.message.includes('s3cret-pw') && !e.url.includes('s3cret-pw'), e.url)
     return true
   })
 })

@@ -99,18 +99,18 @@ impl PyBroker {
 
 #[allow(clippy::too_many_arguments)]
 fn filter(
-    error_kind: Option<String>,
-    cause: Option<String>,
-    error_contains: Option<String>,
+    error_kind: Option<&Bound<'_, PyAny>>,
+    cause: Option<&Bound<'_, PyAny>>,
+    error_contains: Option<&Bound<'_, PyAny>>,
     failed_before: Option<&Bound<'_, PyAny>>,
-    message_ids: Option<Vec<String>>,
+    message_ids: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<DeadLetterFilter> {
     Ok(DeadLetterFilter {
-        error_kind,
-        cause,
-        error_contains,
+        error_kind: convert::string(error_kind, "error_kind")?,
+        cause: convert::string(cause, "cause")?,
+        error_contains: convert::string(error_contains, "error_contains")?,
         failed_before: convert::time(failed_before, "failed_before")?,
-        message_ids,
+        message_ids: convert::strings(message_ids, "message_ids")?,
     })
 }
 
@@ -173,9 +173,10 @@ impl PyBroker {
         &self,
         topic: String,
         group: String,
-        after: Option<String>,
+        after: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Operation> {
+        let after = convert::string(after, "after")?;
         let limit = convert::maybe_count(limit, "limit", 1, u32::MAX as u64)?.map_or(100, |n| n as usize);
         Ok(Operation::converting(
             self.call(move |b| async move { b.list_dead_letters(&topic, &group, after.as_deref(), limit).await }),
@@ -192,11 +193,11 @@ impl PyBroker {
         &self,
         topic: String,
         group: String,
-        error_kind: Option<String>,
-        cause: Option<String>,
-        error_contains: Option<String>,
+        error_kind: Option<&Bound<'_, PyAny>>,
+        cause: Option<&Bound<'_, PyAny>>,
+        error_contains: Option<&Bound<'_, PyAny>>,
         failed_before: Option<&Bound<'_, PyAny>>,
-        message_ids: Option<Vec<String>>,
+        message_ids: Option<&Bound<'_, PyAny>>,
         per_second: Option<&Bound<'_, PyAny>>,
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Operation> {
@@ -216,11 +217,11 @@ impl PyBroker {
         &self,
         topic: String,
         group: String,
-        error_kind: Option<String>,
-        cause: Option<String>,
-        error_contains: Option<String>,
+        error_kind: Option<&Bound<'_, PyAny>>,
+        cause: Option<&Bound<'_, PyAny>>,
+        error_contains: Option<&Bound<'_, PyAny>>,
         failed_before: Option<&Bound<'_, PyAny>>,
-        message_ids: Option<Vec<String>>,
+        message_ids: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Operation> {
         let filter = filter(error_kind, cause, error_contains, failed_before, message_ids)?;
         Ok(Operation::new(

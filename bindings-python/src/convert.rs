@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyMemoryView, PyString};
+use pyo3::types::{PyBytes, PyList, PyMemoryView, PyString, PyTuple};
 
 /// A payload from `bytes`, `str` (UTF-8), or a buffer (`bytearray`, `memoryview`...):
 /// the one copy into the core.
@@ -73,6 +73,25 @@ pub fn string(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<S
         )),
         Err(_) => Err(invalid_option(name, "must be a str", Some(value))),
     }
+}
+
+/// A list (or tuple) of `str`; `None` is unset.
+pub fn strings(value: Option<&Bound<'_, PyAny>>, name: &str) -> PyResult<Option<Vec<String>>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else { return Ok(None) };
+    let allowed = "must be a list of str";
+    // A `str` is a sequence of one-letter strings: refuse it rather than
+    // filter by each of its letters.
+    if value.is_instance_of::<PyString>() || !(value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>()) {
+        return Err(invalid_option(name, allowed, Some(value)));
+    }
+    value
+        .try_iter()?
+        .map(|item| {
+            let item = item?;
+            string(Some(&item), name)?.ok_or_else(|| invalid_option(name, allowed, Some(&item)))
+        })
+        .collect::<PyResult<Vec<String>>>()
+        .map(Some)
 }
 
 /// A finite number (an `int` or a `float`, not a `bool`); ranges are the core's to check.

@@ -28,6 +28,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("ERROR_CODES", pillarbox::Error::CODES.to_vec())?;
     m.add_class::<broker::PyBroker>()?;
     m.add_class::<operation::Operation>()?;
     m.add_class::<message::PyMessage>()?;

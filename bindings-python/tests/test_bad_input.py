@@ -75,6 +75,30 @@ def test_publish_options(broker: pillarbox.Broker, name: str, value: Any) -> Non
     assert broker.inspect("t", "g").ready + broker.inspect("t", "g").waiting == 0
 
 
+@pytest.mark.parametrize("name,value", list(cases("app")), ids=repr)
+def test_app_options(name: str, value: Any) -> None:
+    refused(name, lambda: pillarbox.App("memory://", **{name: value}))
+
+
+@pytest.mark.parametrize("name,value", list(cases("task")) + list(cases("signature")), ids=repr)
+def test_task_and_signature_options(name: str, value: Any) -> None:
+    app = pillarbox.App("memory://")
+    refused(name, lambda: app.task(**{name: value})(lambda: None))
+    refused(name, lambda: app.signature("elsewhere.task", **{name: value}))
+    assert app.tasks == {}
+
+
+def test_dead_letter_filters(broker: pillarbox.Broker) -> None:
+    for name in ("error_kind", "cause", "error_contains"):
+        for value in (5, b"Flaky", ["Flaky"], "lone \udc00"):
+            refused(name, lambda: broker.redrive("t", "g", **{name: value}))
+            refused(name, lambda: broker.purge("t", "g", **{name: value}))
+    for value in ("m-1", [1], ["m", None], {"m": 1}):
+        refused("message_ids", lambda: broker.redrive("t", "g", message_ids=value))
+    refused("after", lambda: broker.dead_letters("t", "g", after=5))
+    assert broker.redrive("t", "g", message_ids=("m-1",)) == 0
+
+
 def test_dead_letter_limits(broker: pillarbox.Broker) -> None:
     for value in (-1, 0, "5", 2.5):
         refused("limit", lambda: broker.dead_letters("t", "g", limit=value))

@@ -24,6 +24,39 @@ def test_every_code_has_its_class_and_the_codes_are_pinned() -> None:
         "ALREADY_RUNNING": "AlreadyRunning",
     }
     assert all(issubclass(cls, pillarbox.Error) for cls in errors.BY_CODE.values())
+    # Every code the core can raise, from the core itself: a new one fails here.
+    assert sorted(pillarbox._native.ERROR_CODES) == sorted(errors.BY_CODE)
+    assert all(getattr(pillarbox, cls.__name__) is cls for cls in errors.BY_CODE.values())
+
+
+def test_errors_carry_the_cores_fields_and_its_transient_flag() -> None:
+    try:
+        pillarbox.connect("memory://?poll_ms=never")
+    except pillarbox.InvalidOption as e:
+        assert e.option == "poll_ms" and "whole number" in e.reason and e.transient is False
+    else:
+        raise AssertionError("accepted an invalid option")
+    broker = pillarbox.connect("memory://?max_message_bytes=1024")
+    broker.ensure_group("t", "g")
+    try:
+        broker.publish("t", b"x" * 2000)
+    except pillarbox.MessageTooLarge as e:
+        assert e.limit == 1024 and e.size > 2000 and not e.transient
+    else:
+        raise AssertionError("published a message over the limit")
+    try:
+        pillarbox.connect("redis://127.0.0.1:1/?connect_timeout_ms=500").ensure_group("t", "g")
+    except pillarbox.ConnectError as e:
+        assert e.backend == "redis" and e.transient is True and "127.0.0.1:1" in e.url and e.reason
+    else:
+        raise AssertionError("reached a broker on port 1")
+    # Python's own checks make the same exception, fields included.
+    try:
+        pillarbox.Worker(broker, "t", "g", lambda job: None, retry=pillarbox.RetryPolicy(initial_delay=-1))
+    except pillarbox.InvalidOption as e:
+        assert e.option == "initial_delay" and e.transient is False
+    else:
+        raise AssertionError("accepted a negative delay")
 
 
 def test_an_invalid_option_is_an_invalid_option() -> None:

@@ -158,6 +158,58 @@ impl Error {
         matches!(self, Error::Connect { .. } | Error::Backend { .. } | Error::Timeout { .. } | Error::QueueFull { .. })
     }
 
+    /// Every code [`Error::code`] gives, in the order of the variants: the
+    /// bindings' tests check that each has its exception class.
+    pub const CODES: [&'static str; 14] = [
+        "INVALID_URL",
+        "UNKNOWN_SCHEME",
+        "BACKEND_NOT_ENABLED",
+        "INVALID_OPTION",
+        "UNSUPPORTED",
+        "MESSAGE_TOO_LARGE",
+        "QUEUE_FULL",
+        "INVALID_MESSAGE",
+        "CONNECT",
+        "BACKEND",
+        "TIMEOUT",
+        "LEASE_LOST",
+        "CLOSED",
+        "ALREADY_RUNNING",
+    ];
+
+    /// The variant's fields by name, as the bindings expose them on their
+    /// exceptions (`error.size` in Python, `error.size` in JavaScript), so
+    /// that no binding parses them back out of the message. A new variant
+    /// or field is a compile error here, not a field silently lost.
+    pub fn fields(&self) -> Vec<(&'static str, ErrorField)> {
+        use ErrorField::{Count, Duration as Took, Missing, Text};
+        let text = |s: &str| Text(s.to_string());
+        match self {
+            Error::InvalidUrl { url, reason } => vec![("url", text(url)), ("reason", text(reason))],
+            Error::UnknownScheme { scheme } => vec![("scheme", text(scheme))],
+            Error::BackendNotEnabled { scheme, feature } => vec![("scheme", text(scheme)), ("feature", text(feature))],
+            // `option`, not `name`: a JavaScript error's `name` is its class's.
+            Error::InvalidOption { name, reason } => vec![("option", text(name)), ("reason", text(reason))],
+            Error::Unsupported { backend, capability } => {
+                vec![("backend", text(backend)), ("capability", text(capability))]
+            }
+            Error::MessageTooLarge { size, limit } => {
+                vec![("size", Count(*size as u64)), ("limit", Count(*limit as u64))]
+            }
+            Error::QueueFull { topic, limit } => vec![("topic", text(topic)), ("limit", Count(*limit))],
+            Error::InvalidMessage(reason) => vec![("reason", text(reason))],
+            Error::Connect { backend, url, reason } => {
+                vec![("backend", text(backend)), ("url", text(url)), ("reason", text(reason))]
+            }
+            Error::Backend { backend, reason } => vec![("backend", text(backend)), ("reason", text(reason))],
+            Error::Timeout { operation, after } => vec![("operation", text(operation)), ("after", Took(*after))],
+            Error::LeaseLost { message_id, count } => {
+                vec![("message_id", message_id.as_deref().map_or(Missing, text)), ("count", Count(*count as u64))]
+            }
+            Error::AlreadyRunning | Error::Closed => vec![],
+        }
+    }
+
     pub(crate) fn invalid_option(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidOption { name: name.into(), reason: reason.into() }
     }
@@ -171,6 +223,20 @@ impl Error {
     pub fn leases_lost(count: usize) -> Self {
         Error::LeaseLost { message_id: None, count }
     }
+}
+
+/// The value of one of an error's fields (see [`Error::fields`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ErrorField {
+    /// A name, a reason, a redacted URL.
+    Text(String),
+    /// A size, a limit, a count.
+    Count(u64),
+    /// How long something took (Python shows it as a `timedelta`,
+    /// JavaScript in milliseconds under the field's name with `Ms`).
+    Duration(Duration),
+    /// An optional field that is not set (`None`, `null`).
+    Missing,
 }
 
 fn lease_lost_text(message_id: Option<&str>, count: usize) -> String {
@@ -222,11 +288,22 @@ mod tests {
             "CLOSED",
             "ALREADY_RUNNING",
         ];
+        assert_eq!(Error::CODES, pinned);
         let codes: Vec<_> = all.iter().map(Error::code).collect();
         assert_eq!(codes, pinned);
         let readme = include_str!("../../README.md");
         for code in pinned {
             assert!(readme.contains(&format!("`{code}`")), "the README's list of error codes lacks {code}");
         }
+    }
+
+    #[test]
+    fn fields_carry_what_the_message_says() {
+        let e = Error::MessageTooLarge { size: 2_000, limit: 1_000 };
+        assert_eq!(e.fields(), vec![("size", ErrorField::Count(2_000)), ("limit", ErrorField::Count(1_000))]);
+        let e = Error::invalid_option("lease", "must be at least 100 ms");
+        assert_eq!(e.fields()[0], ("option", ErrorField::Text("lease".into())));
+        assert_eq!(Error::leases_lost(3).fields()[0], ("message_id", ErrorField::Missing));
+        assert!(Error::Closed.fields().is_empty());
     }
 }

@@ -51,7 +51,7 @@ pub mod conformance;
 pub use broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, PartitionLag, Receipt, ReceiveRequest};
 pub use connect::connect;
 pub use dead_letter::{DeadLetter, DeadLetterFilter, DeadLetterReason, RedriveOptions};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorField, Result};
 pub use idempotency::{Claim, IdempotencyStore};
 pub use message::{FailureHistory, Message};
 pub use worker::{

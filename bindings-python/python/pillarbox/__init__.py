@@ -34,6 +34,7 @@ from ._native import (
 )
 from ._worker import RetryPolicy, Worker
 from .errors import (
+    AlreadyRunning,
     BackendError,
     BackendNotEnabled,
     Closed,
@@ -52,6 +53,7 @@ from .errors import (
 from .tasks import App, Task
 
 __all__ = [
+    "AlreadyRunning",
     "App",
     "BackendError",
     "BackendNotEnabled",

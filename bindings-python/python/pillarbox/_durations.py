@@ -12,7 +12,7 @@ def seconds(value: Optional[Duration], name: str) -> Optional[float]:
     """``value`` in seconds, or ``None``; :class:`pillarbox.InvalidOption`
     naming ``name`` for anything else (a negative, NaN or infinite number, a
     string...), as the native layer words it."""
-    from .errors import InvalidOption
+    from .errors import invalid_option
 
     if value is None:
         return None
@@ -20,9 +20,9 @@ def seconds(value: Optional[Duration], name: str) -> Optional[float]:
         value = value.total_seconds()
     allowed = "must be a non-negative, finite number of seconds or a timedelta"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidOption(f"invalid option `{name}`: {allowed}, not {type(value).__name__} {value!r:.40}")
+        raise invalid_option(name, f"{allowed}, not {type(value).__name__} {value!r:.40}")
     if not 0 <= value < float("inf"):
-        raise InvalidOption(f"invalid option `{name}`: {allowed}, not {value}")
+        raise invalid_option(name, f"{allowed}, not {value}")
     return float(value)
 
 

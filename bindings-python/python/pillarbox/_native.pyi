@@ -7,6 +7,7 @@ from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar, Union,
 _T = TypeVar("_T")
 
 __version__: str
+ERROR_CODES: List[str]
 __all__ = [
     "Broker",
     "DeadLetter",
@@ -19,6 +20,7 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "__version__",
+    "ERROR_CODES",
     "_bench_consume",
     "_bench_publish",
     "cli",

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from ._broker import Broker, connect
 from ._handlers import Fatal
 from ._worker import RetryPolicy, Worker
+from .errors import invalid_option
 
 log = logging.getLogger("pillarbox")
 
@@ -140,9 +141,11 @@ class App:
         group: str = DEFAULT_GROUP,
         default_topic: str = DEFAULT_TOPIC,
     ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a str, not {type(url).__name__}")
         self.url = url
-        self.group = group
-        self.default_topic = default_topic
+        self.group = _name(group, "group")
+        self.default_topic = _name(default_topic, "default_topic")
         self.tasks: Dict[str, Task] = {}
         #: The class of the tasks ``task`` registers (integrations extend it).
         self.task_class: Type[Task] = Task
@@ -192,7 +195,12 @@ class App:
         called with the task's arguments to give the key each call carries.
         """
 
+        _name(name, "name", optional=True)
+        _name(topic, "topic", optional=True)
+
         def register(f: Callable[..., Any]) -> Task:
+            if not callable(f):
+                raise TypeError(f"a task must be a function, not {type(f).__name__}")
             task_name = name or f"{f.__module__}.{f.__qualname__}"
             if task_name in self.tasks:
                 raise ValueError(f"a task named {task_name} is already registered")
@@ -217,6 +225,10 @@ class App:
         to call by name with ``delay`` or ``apply_async``; it goes to
         ``topic`` (default: the app's default topic). Not registered here,
         so this app's workers do not run it."""
+
+        if not isinstance(name, str):
+            raise TypeError(f"a task name must be a str, not {type(name).__name__}")
+        _name(topic, "topic", optional=True)
 
         def elsewhere(*args: Any, **kwargs: Any) -> Any:
             raise TypeError(f"task {name} runs in another worker: call it with delay() or apply_async()")
@@ -277,6 +289,20 @@ class App:
 
     def __repr__(self) -> str:
         return f"<pillarbox.App {len(self.tasks)} task(s)>"
+
+
+def _name(value: Any, option: str, optional: bool = False) -> Any:
+    """``value`` if it is a ``str`` (or ``None`` when ``optional``);
+    ``InvalidOption`` naming ``option`` otherwise, as the native layer words it."""
+    if value is None and optional:
+        return value
+    if not isinstance(value, str):
+        raise invalid_option(option, f"must be a str, not {type(value).__name__} {value!r:.40}")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise invalid_option(option, "must be a str with no lone surrogates") from None
+    return value
 
 
 def run_until_stopped(workers: Sequence[Worker], started: str = "") -> None:
