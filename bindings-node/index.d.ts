@@ -59,6 +59,14 @@ export class PillarboxError extends Error {
 
 export type Payload = Buffer | Uint8Array | string
 
+/**
+ * The core's defaults, by call and option as this package names them
+ * (`DEFAULTS.worker.leaseMs`, `DEFAULTS.retry.maxRetries`,
+ * `DEFAULTS.deadLetters.limit`, `DEFAULTS.app.defaultTopic`); `null` is
+ * unset unless given. An option left out gets these.
+ */
+export const DEFAULTS: Readonly<Record<'worker' | 'retry' | 'deadLetters' | 'app', Readonly<Record<string, number | string | null>>>>
+
 export interface PublishOptions {
   /** Ordering / routing key. */
   key?: string

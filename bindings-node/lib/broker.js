@@ -88,8 +88,8 @@ class Broker {
   /** The group's dead letters with their reason, oldest first. */
   async deadLetters(topic, group, options) {
     checkNames({ topic, group })
-    const { limit = 100, after } = checkOptions('deadLetters', options)
-    const found = await call(this._native.deadLetters(topic, group, after, limit))
+    const { limit, after } = checkOptions('deadLetters', options)
+    const found = await call(this._native.deadLetters(topic, group, after ?? undefined, limit ?? undefined))
     return found.map(deadLetter)
   }
 

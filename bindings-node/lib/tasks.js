@@ -19,9 +19,10 @@ const { connect } = require('./broker.js')
 const { Worker } = require('./worker.js')
 const { Fatal } = require('./outcomes.js')
 const { checkOptions, checkNames } = require('./options.js')
+const { app: APP_DEFAULTS } = require('./defaults.js')
 
-const DEFAULT_GROUP = 'workers'
-const DEFAULT_TOPIC = 'tasks'
+const DEFAULT_GROUP = APP_DEFAULTS.group
+const DEFAULT_TOPIC = APP_DEFAULTS.defaultTopic
 const TASK_HEADER = 'task'
 
 function envelope(name, args, kwargs) {

@@ -133,7 +133,15 @@ impl Broker {
         after: Option<String>,
         limit: Option<u32>,
     ) -> Result<Vec<DeadLetter>> {
-        let found = self.inner.list_dead_letters(&topic, &group, after.as_deref(), limit.unwrap_or(100) as usize).await;
+        let found = self
+            .inner
+            .list_dead_letters(
+                &topic,
+                &group,
+                after.as_deref(),
+                limit.map_or(pillarbox::dead_letter::DEAD_LETTER_PAGE, |n| n as usize),
+            )
+            .await;
         Ok(found.or_throw()?.into_iter().map(DeadLetter::from).collect())
     }
 

@@ -28,7 +28,8 @@ fn encode(e: &Error) -> Value {
     json!({ "code": e.code(), "message": e.to_string(), "transient": e.is_transient(), "fields": fields })
 }
 
-fn camel(name: &str) -> String {
+/// `message_id` -> `messageId`.
+pub fn camel(name: &str) -> String {
     let mut words = name.split('_');
     let mut out = words.next().unwrap_or_default().to_string();
     for word in words {

@@ -19,6 +19,7 @@ mod errors;
 mod handler;
 mod logging;
 mod message;
+mod surface;
 mod worker;
 
 /// The runtime the core runs on, beside the event loop: one thread fewer

@@ -7,7 +7,7 @@ const { test } = require('node:test')
 const assert = require('node:assert/strict')
 const fs = require('node:fs')
 const path = require('node:path')
-const { connect, Worker } = require('..')
+const { connect, Worker, DEFAULTS } = require('..')
 const { KNOWN } = require('../lib/options.js')
 const { URLS, topic } = require('./support.js')
 
@@ -35,12 +35,27 @@ function members(name) {
   return [...body[1].matchAll(/^\s{2}(\w+)\??:/gm)].map((m) => m[1]).sort()
 }
 
-const CALLS = { worker: 'worker', retry: 'retry', publish: 'publish', app: 'app', task: 'task', apply_async: 'applyAsync', signature: 'signature' }
+const CALLS = { worker: 'worker', retry: 'retry', publish: 'publish', app: 'app', task: 'task', apply_async: 'applyAsync', signature: 'signature', dead_letters: 'deadLetters' }
 
 test('every option of the surface is checked by name, and none else', () => {
   for (const [call, node] of Object.entries(CALLS)) {
     assert.deepEqual([...KNOWN[node]].sort(), expected(call), `${call} (${node})`)
   }
+})
+
+test("the defaults are the core's, and the surface's", () => {
+  // The facade writes none: DEFAULTS comes from the core (pillarbox::surface).
+  for (const [call, values] of Object.entries(DEFAULTS)) {
+    const snake = call.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)
+    for (const [name, value] of Object.entries(values)) {
+      const entry = Object.entries(SURFACE.calls[snake]).find(([n, spec]) => camel(n, spec.unit) === name)
+      assert.ok(entry, `${call}.${name} is not in the surface`)
+      const [, spec] = entry
+      const want = spec.unit === 'duration' && spec.default !== null ? spec.default * 1000 : spec.default
+      assert.equal(value, want, `${call}.${name}`)
+    }
+  }
+  assert.equal(DEFAULTS.worker.leaseMs, 30000)
 })
 
 test('the types declare every option of the surface', () => {

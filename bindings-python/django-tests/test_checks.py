@@ -69,8 +69,12 @@ def test_unknown_and_invalid_options_are_errors() -> None:
     text = "\n".join(m.msg for m in found)
     assert len(found) == 3, text
     assert "PILLARBOX['MAX_RETRIS'] unknown option (did you mean MAX_RETRIES?)" in text
-    assert "PILLARBOX['CONCURRENCY'] must be a whole number >= 1, not 0" in text
+    assert "PILLARBOX['CONCURRENCY'] must be a whole number from 1 to 10000, not 0" in text
     assert "RETRY_DELAY" in text
+    # The core's largest concurrency, not only the smallest.
+    with override_settings(PILLARBOX={"CONCURRENCY": 10_001}):
+        found = [m for m in checks.run_checks() if m.id == "pillarbox.E002"]
+    assert [m.msg for m in found] == ["PILLARBOX['CONCURRENCY'] must be a whole number from 1 to 10000, not 10001"]
 
 
 def test_a_misspelt_setting_is_a_warning() -> None:

@@ -177,7 +177,8 @@ impl PyBroker {
         limit: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Operation> {
         let after = convert::string(after, "after")?;
-        let limit = convert::maybe_count(limit, "limit", 1, u32::MAX as u64)?.map_or(100, |n| n as usize);
+        let limit = convert::maybe_count(limit, "limit", 1, u32::MAX as u64)?
+            .map_or(pillarbox::dead_letter::DEAD_LETTER_PAGE, |n| n as usize);
         Ok(Operation::converting(
             self.call(move |b| async move { b.list_dead_letters(&topic, &group, after.as_deref(), limit).await }),
             |py, found| {

@@ -29,6 +29,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("ERROR_CODES", pillarbox::Error::CODES.to_vec())?;
+    m.add("DEFAULTS", defaults(m.py())?)?;
+    m.add("MAX_CONCURRENCY", pillarbox::MAX_CONCURRENCY)?;
     m.add_class::<broker::PyBroker>()?;
     m.add_class::<operation::Operation>()?;
     m.add_class::<message::PyMessage>()?;
@@ -46,4 +48,25 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bench::_bench_publish, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_consume, m)?)?;
     Ok(())
+}
+
+/// The core's defaults (`pillarbox::surface`) by call and option, durations
+/// in seconds: the package's signatures and Django's settings read them here.
+fn defaults(py: Python<'_>) -> PyResult<Bound<'_, pyo3::types::PyDict>> {
+    use pillarbox::surface::DefaultValue;
+    let calls = pyo3::types::PyDict::new(py);
+    for (call, options) in pillarbox::surface::defaults() {
+        let values = pyo3::types::PyDict::new(py);
+        for (name, value) in options {
+            match value {
+                DefaultValue::Count(n) => values.set_item(name, n)?,
+                DefaultValue::Duration(d) => values.set_item(name, d.map(|d| d.as_secs_f64()))?,
+                DefaultValue::Number(n) => values.set_item(name, n)?,
+                DefaultValue::Text(text) => values.set_item(name, text)?,
+                DefaultValue::Unset => values.set_item(name, py.None())?,
+            }
+        }
+        calls.set_item(call, values)?;
+    }
+    Ok(calls)
 }

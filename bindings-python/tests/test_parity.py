@@ -86,6 +86,37 @@ def test_task_layer_options() -> None:
     check("signature", options(pillarbox.App.signature, skip=("name",)))
 
 
+def test_the_native_defaults_are_the_surfaces() -> None:
+    # pillarbox::surface, exported by the native module, which the
+    # signatures and Django's settings read.
+    for call, values in pillarbox._native.DEFAULTS.items():
+        for name, value in values.items():
+            assert SURFACE["calls"][call][name]["default"] == value, f"{call}.{name}"
+    check("dead_letters", options(pillarbox.Broker.dead_letters, skip=("topic", "group")))
+    check("dead_letters", options(pillarbox.aio.Broker.dead_letters, skip=("topic", "group")))
+
+
+def test_no_default_is_written_in_python() -> None:
+    """A number or a name as a default in the facade's source is a copy of
+    the core's that a change of the core would not reach."""
+    package = Path(pillarbox.__file__).parent
+    found = []
+    for path in [*package.glob("*.py"), package / "django/conf.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            values: list = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                values = [*node.args.defaults, *node.args.kw_defaults]
+            elif isinstance(node, ast.ClassDef) and node.name == "RetryPolicy":
+                values = [n.value for n in node.body if isinstance(n, ast.AnnAssign)]
+            elif isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "DEFAULTS" for t in node.targets):
+                values = list(getattr(node.value, "values", []))
+            for value in values:
+                literal = isinstance(value, ast.Constant) and isinstance(value.value, (int, float, str))
+                if literal and not isinstance(value.value, bool) and value.value not in ("", 0):
+                    found.append(f"{path.name}:{value.lineno}: {value.value!r}")
+    assert found == [], "defaults written in Python instead of read from _native.DEFAULTS: " + ", ".join(found)
+
+
 def test_error_codes_and_records() -> None:
     assert list(errors.BY_CODE) == SURFACE["error_codes"]
     public = lambda cls: sorted(n for n, v in vars(cls).items() if not n.startswith("_") and not callable(v))

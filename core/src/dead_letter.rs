@@ -140,7 +140,10 @@ pub struct RedriveOptions {
     pub limit: Option<usize>,
 }
 
-const PAGE: usize = 100;
+/// How many dead letters a page holds when the caller does not say: the
+/// default `limit` of every language's `dead_letters`, and the page size
+/// redrive and purge walk with.
+pub const DEAD_LETTER_PAGE: usize = 100;
 
 /// Sends matching dead letters back to their group, at most
 /// `options.per_second` a second. Returns how many were redriven.
@@ -167,7 +170,7 @@ pub async fn redrive_reporting(
     let mut done = 0usize;
     let mut after: Option<String> = None;
     while done < limit {
-        let page = broker.list_dead_letters(topic, group, after.as_deref(), PAGE).await?;
+        let page = broker.list_dead_letters(topic, group, after.as_deref(), DEAD_LETTER_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         let mut ids: Vec<String> = page.iter().filter(|d| options.filter.matches(d)).map(|d| d.id.clone()).collect();
@@ -175,8 +178,8 @@ pub async fn redrive_reporting(
         // Message n may go at `started + n / rate`; slices of a tenth of a
         // second's worth keep that smooth without one call per message.
         let slice = match options.per_second {
-            Some(rate) => ((rate / 10.0).ceil() as usize).clamp(1, PAGE),
-            None => PAGE,
+            Some(rate) => ((rate / 10.0).ceil() as usize).clamp(1, DEAD_LETTER_PAGE),
+            None => DEAD_LETTER_PAGE,
         };
         for chunk in ids.chunks(slice) {
             if let Some(rate) = options.per_second {
@@ -187,7 +190,7 @@ pub async fn redrive_reporting(
             done += broker.redrive_dead_letters(topic, group, chunk).await?;
             moved(done);
         }
-        if page.len() < PAGE {
+        if page.len() < DEAD_LETTER_PAGE {
             break;
         }
     }
@@ -207,14 +210,14 @@ pub async fn purge(broker: &dyn Broker, topic: &str, group: &str, filter: &DeadL
     let mut done = 0;
     let mut after: Option<String> = None;
     loop {
-        let page = broker.list_dead_letters(topic, group, after.as_deref(), PAGE).await?;
+        let page = broker.list_dead_letters(topic, group, after.as_deref(), DEAD_LETTER_PAGE).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.id.clone());
         let ids: Vec<String> = page.iter().filter(|d| filter.matches(d)).map(|d| d.id.clone()).collect();
         if !ids.is_empty() {
             done += broker.purge_dead_letters(topic, group, Some(&ids)).await?;
         }
-        if page.len() < PAGE {
+        if page.len() < DEAD_LETTER_PAGE {
             break;
         }
     }

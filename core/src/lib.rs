@@ -40,6 +40,7 @@ pub mod idempotency;
 pub mod logs;
 pub mod message;
 pub mod runtime;
+pub mod surface;
 pub mod tasks;
 pub mod url;
 pub mod wire;

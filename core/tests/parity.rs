@@ -176,3 +176,30 @@ async fn counts_out_of_their_range_are_invalid_options() {
         assert!(refused.to_string().contains("`concurrency`"), "{refused}");
     }
 }
+
+/// The manifest the packages read their defaults from
+/// (`pillarbox::surface::defaults`) says what surface.json says.
+#[test]
+fn the_defaults_manifest_is_the_surfaces() {
+    use pillarbox::surface::{defaults, DefaultValue};
+    let surface = surface();
+    for (call, options) in defaults() {
+        for (name, value) in options {
+            let spec = &surface["calls"][call][name];
+            assert!(spec.is_object(), "surface.json lacks {call}.{name}");
+            let want = match value {
+                DefaultValue::Count(n) => Value::from(n),
+                DefaultValue::Duration(d) => d.map_or(Value::Null, |d| Value::from(d.as_secs_f64())),
+                DefaultValue::Number(n) => Value::from(n),
+                DefaultValue::Text(text) => Value::from(text),
+                DefaultValue::Unset => Value::Null,
+            };
+            let found = &spec["default"];
+            let same = match (found.as_f64(), want.as_f64()) {
+                (Some(a), Some(b)) => a == b,
+                _ => *found == want,
+            };
+            assert!(same, "{call}.{name}: surface.json says {found}, the core {want}");
+        }
+    }
+}

@@ -132,7 +132,7 @@ class Broker:
         return self._native.groups(topic).wait()
 
     def dead_letters(
-        self, topic: str, group: str, *, limit: int = 100, after: Optional[str] = None
+        self, topic: str, group: str, *, limit: int = _native.DEFAULTS["dead_letters"]["limit"], after: Optional[str] = None
     ) -> List[DeadLetter]:
         """The group's dead letters with their reason, oldest first, after the dead letter id ``after``."""
         return self._native.dead_letters(topic, group, after, limit).wait()

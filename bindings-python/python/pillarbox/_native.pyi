@@ -8,6 +8,9 @@ _T = TypeVar("_T")
 
 __version__: str
 ERROR_CODES: List[str]
+#: The core's defaults by call and option (durations in seconds; None: unset).
+DEFAULTS: Dict[str, Dict[str, Any]]
+MAX_CONCURRENCY: int
 __all__ = [
     "Broker",
     "DeadLetter",
@@ -20,7 +23,9 @@ __all__ = [
     "Worker",
     "WorkerStats",
     "__version__",
+    "DEFAULTS",
     "ERROR_CODES",
+    "MAX_CONCURRENCY",
     "_bench_consume",
     "_bench_publish",
     "cli",

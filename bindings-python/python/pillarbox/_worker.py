@@ -28,6 +28,10 @@ log = logging.getLogger("pillarbox")
 
 Seconds = Union[float, timedelta]
 
+# The core's defaults (pillarbox::surface): none is written here.
+_RETRY: Dict[str, Any] = _native.DEFAULTS["retry"]
+_WORKER: Dict[str, Any] = _native.DEFAULTS["worker"]
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -35,11 +39,11 @@ class RetryPolicy:
     ``n`` waiting ``min(max_delay, initial_delay * multiplier ** (n - 1))``
     less up to ``jitter`` of it at random. Waits happen on the broker side."""
 
-    max_retries: int = 3
-    initial_delay: Seconds = 1.0
-    multiplier: float = 2.0
-    max_delay: Seconds = 300.0
-    jitter: float = 0.2
+    max_retries: int = _RETRY["max_retries"]
+    initial_delay: Seconds = _RETRY["initial_delay"]
+    multiplier: float = _RETRY["multiplier"]
+    max_delay: Seconds = _RETRY["max_delay"]
+    jitter: float = _RETRY["jitter"]
 
 
 class Worker:
@@ -59,16 +63,16 @@ class Worker:
         group: str,
         handler: Callable[..., Any],
         *,
-        concurrency: int = 1,
+        concurrency: int = _WORKER["concurrency"],
         prefetch: Optional[int] = None,
         retry: Optional[RetryPolicy] = None,
         handler_timeout: Optional[Seconds] = None,
-        lease: Seconds = 30.0,
-        poll_wait: Seconds = 1.0,
-        shutdown_grace: Seconds = 30.0,
+        lease: Seconds = _WORKER["lease"],
+        poll_wait: Seconds = _WORKER["poll_wait"],
+        shutdown_grace: Seconds = _WORKER["shutdown_grace"],
         idempotency_store: Optional[str] = None,
-        idempotency_retention: Optional[Seconds] = None,
-        busy_key_delay: Optional[Seconds] = None,
+        idempotency_retention: Seconds = _WORKER["idempotency_retention"],
+        busy_key_delay: Seconds = _WORKER["busy_key_delay"],
         consumer_name: Optional[str] = None,
         retry_for: Optional[ExceptionTypes] = None,
         fatal_for: ExceptionTypes = (),

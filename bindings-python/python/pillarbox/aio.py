@@ -105,7 +105,7 @@ class Broker:
         return names
 
     async def dead_letters(
-        self, topic: str, group: str, *, limit: int = 100, after: Optional[str] = None
+        self, topic: str, group: str, *, limit: int = _native.DEFAULTS["dead_letters"]["limit"], after: Optional[str] = None
     ) -> List[DeadLetter]:
         """The group's dead letters with their reason, oldest first."""
         found: List[DeadLetter] = await wait(self._native.dead_letters(topic, group, after, limit))

@@ -28,6 +28,7 @@ import threading
 from datetime import datetime, timedelta
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Type, Union
 
+from . import _native
 from ._broker import Broker, connect
 from ._handlers import Fatal
 from ._worker import RetryPolicy, Worker
@@ -36,9 +37,9 @@ from .errors import invalid_option
 log = logging.getLogger("pillarbox")
 
 #: The group that runs an app's tasks on each topic.
-DEFAULT_GROUP = "workers"
+DEFAULT_GROUP: str = _native.DEFAULTS["app"]["group"]
 #: Where tasks go unless they name a topic.
-DEFAULT_TOPIC = "tasks"
+DEFAULT_TOPIC: str = _native.DEFAULTS["app"]["default_topic"]
 #: The header that names the task (readable by plain broker tools).
 TASK_HEADER = "task"
 

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pillarbox::dead_letter::{self, redrive_reporting};
+use pillarbox::dead_letter::{self, redrive_reporting, DEAD_LETTER_PAGE};
 use pillarbox::{Broker, DeadLetter, DeadLetterFilter, RedriveOptions};
 use serde_json::json;
 
@@ -12,8 +12,6 @@ use crate::failure::{exit, Failure, Outcome};
 use crate::filter;
 use crate::output::{align_right, json as print_json, table, time};
 use crate::DeadLetters;
-
-const PAGE: usize = 100;
 
 pub async fn run(broker: &dyn Broker, command: DeadLetters, json: bool) -> Outcome {
     match command {
@@ -85,8 +83,8 @@ async fn matching(
     let mut found = Vec::new();
     let mut after: Option<String> = None;
     while found.len() < limit {
-        let page = broker.list_dead_letters(topic, group, after.as_deref(), PAGE).await?;
-        let full = page.len() == PAGE;
+        let page = broker.list_dead_letters(topic, group, after.as_deref(), DEAD_LETTER_PAGE).await?;
+        let full = page.len() == DEAD_LETTER_PAGE;
         after = page.last().map(|d| d.id.clone());
         found.extend(page.into_iter().filter(|d| filter.matches(d)));
         if !full {

@@ -13,30 +13,36 @@ from typing import Any, Dict, List, Optional
 
 from django.conf import settings
 
+from .. import _native
 from .._worker import RetryPolicy
 
-#: Every key of the ``PILLARBOX`` setting, with its default.
+_APP = _native.DEFAULTS["app"]
+_RETRY = _native.DEFAULTS["retry"]
+_WORKER = _native.DEFAULTS["worker"]
+
+#: Every key of the ``PILLARBOX`` setting, with its default (the core's,
+#: read from the native module: none is written here).
 DEFAULTS: Dict[str, Any] = {
     # Where ``@pillarbox.django.task`` tasks go unless they name a topic.
-    "TOPIC": "tasks",
+    "TOPIC": _APP["default_topic"],
     # The group that runs the project's tasks on each topic.
-    "GROUP": "workers",
+    "GROUP": _APP["group"],
     # Retries after the first attempt, and their backoff (seconds).
-    "MAX_RETRIES": 3,
-    "RETRY_DELAY": 1.0,
-    "RETRY_MULTIPLIER": 2.0,
-    "RETRY_MAX_DELAY": 300.0,
-    "RETRY_JITTER": 0.2,
+    "MAX_RETRIES": _RETRY["max_retries"],
+    "RETRY_DELAY": _RETRY["initial_delay"],
+    "RETRY_MULTIPLIER": _RETRY["multiplier"],
+    "RETRY_MAX_DELAY": _RETRY["max_delay"],
+    "RETRY_JITTER": _RETRY["jitter"],
     # Handlers running at once per topic in ``pillarbox_worker``.
-    "CONCURRENCY": 1,
+    "CONCURRENCY": _WORKER["concurrency"],
     # A handler running longer than this (seconds) fails (None: no limit).
-    "HANDLER_TIMEOUT": None,
+    "HANDLER_TIMEOUT": _WORKER["handler_timeout"],
     # How long running handlers get to finish on SIGTERM (seconds).
-    "SHUTDOWN_GRACE": 30.0,
+    "SHUTDOWN_GRACE": _WORKER["shutdown_grace"],
     # Where idempotency keys are remembered (None: the broker's own store).
     "IDEMPOTENCY_STORE": None,
-    # How long they are remembered (seconds; None: the core's default).
-    "IDEMPOTENCY_RETENTION": None,
+    # How long they are remembered (seconds).
+    "IDEMPOTENCY_RETENTION": _WORKER["idempotency_retention"],
     # Import ``tasks`` modules of installed apps when Django starts.
     "AUTODISCOVER": True,
     # More topics to show in the admin besides the project's own.
@@ -105,10 +111,12 @@ def problems() -> Dict[str, str]:
             close = difflib.get_close_matches(str(key).upper(), list(DEFAULTS), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             found[str(key)] = f"unknown option{hint}; known: {', '.join(sorted(DEFAULTS))}"
-        elif key in ("MAX_RETRIES", "CONCURRENCY"):
-            minimum = 0 if key == "MAX_RETRIES" else 1
-            if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-                found[key] = f"must be a whole number >= {minimum}, not {v!r}"
+        elif key == "MAX_RETRIES":
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 2**32 - 1:
+                found[key] = f"must be a whole number from 0 to {2**32 - 1}, not {v!r}"
+        elif key == "CONCURRENCY":
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _native.MAX_CONCURRENCY:
+                found[key] = f"must be a whole number from 1 to {_native.MAX_CONCURRENCY}, not {v!r}"
         elif key in _SECONDS:
             nullable = key in ("HANDLER_TIMEOUT", "IDEMPOTENCY_RETENTION")
             if v is None and nullable:
