@@ -50,6 +50,20 @@ async fn channel_errors_do_not_drop_held_deliveries() {
     let _ = raw.close(200, "done".into()).await;
 }
 
+/// A group that was never made (an admin page listing a project's topics
+/// before any worker ran) inspects as empty, with one probe of its main
+/// queue rather than one per queue a group has, and leaves the handle working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_never_made_inspects_as_empty() {
+    let broker = connect(URL).await.unwrap();
+    let topic = format!("nogroup{}", std::process::id());
+    let stats = broker.inspect(&topic, "never").await.unwrap();
+    assert_eq!((stats.ready, stats.waiting, stats.dead_letters, stats.in_flight), (0, 0, 0, Some(0)));
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, vec![Message::new("x")]).await.unwrap();
+    broker.inspect(&topic, "g").await.unwrap();
+}
+
 /// The id travels as AMQP's message-id property, a short string; an id
 /// longer than its 255 bytes travels as a header instead, and both arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

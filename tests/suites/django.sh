@@ -2,7 +2,7 @@
 # pillarbox.django, as a Django project gets it: the package's wheel (built
 # once, abi3) installed into a fresh virtualenv per Django, the templates and
 # migrations checked to come with it, then the Django tests (pytest-django)
-# on the embedded backend and on Redis:
+# on the embedded backend, Redis and RabbitMQ:
 #   - Django 6.1 on Python 3.12 (django.tasks built in), with mypy + django-stubs;
 #   - Django 5.2 LTS with the django-tasks backport on the default python3.
 # The admin is also checked in headless Chromium (Debian's package, driven by
@@ -13,8 +13,9 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 source tests/lib/apt.sh
 
-backends=${PILLARBOX_TEST_BACKENDS:-sqlite,redis}
+backends=${PILLARBOX_TEST_BACKENDS:-sqlite,redis,amqp}
 redis_url=${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}
+amqp_url=${PILLARBOX_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000}
 
 [ -x /usr/bin/chromium ] || apt_install chromium
 # Django 6 needs Python 3.12 or newer: on PATH, else one of pyenv's. A
@@ -76,13 +77,14 @@ PY
   fi
 
   local backend url
-  for backend in sqlite redis; do
+  for backend in sqlite redis amqp; do
     case ",$backends," in *",$backend,"*) ;; *) continue ;; esac
     local dir=$root/.pillarbox-test/$label-$backend
     rm -rf "$dir"
     mkdir -p "$dir"
     url=""
     [ "$backend" = redis ] && url=$redis_url
+    [ "$backend" = amqp ] && url=$amqp_url
     echo "pytest ($label, $backend)"
     started=$(date +%s)
     (cd bindings-python/django-tests && \

@@ -16,12 +16,26 @@ impl AmqpBroker {
     pub(super) async fn group_stats(&self, topic: &str, group: &str) -> Result<GroupStats> {
         self.check_open()?;
         shared::check_names(topic, group)?;
-        let ready = self.ready(&group_queue(topic, group)).await?;
+        // A group's queues are declared together: when its main queue is
+        // missing, so are the others, and each passive declare of a missing
+        // queue costs a channel (which lapin logs as an error).
+        let Some(ready) = self.ready(&group_queue(topic, group)).await? else {
+            return Ok(GroupStats {
+                topic: topic.to_string(),
+                group: group.to_string(),
+                ready: 0,
+                in_flight: Some(0),
+                waiting: 0,
+                dead_letters: 0,
+                oldest_age: None,
+                partitions: Vec::new(),
+            });
+        };
         let mut waiting = 0;
         for level in LEVELS {
-            waiting += self.ready(&wait_queue(topic, group, level)).await?;
+            waiting += self.ready(&wait_queue(topic, group, level)).await?.unwrap_or(0);
         }
-        let dead_letters = self.ready(&dlq(topic, group)).await?;
+        let dead_letters = self.ready(&dlq(topic, group)).await?.unwrap_or(0);
         // Ready, waiting and dead letters come over AMQP; in flight only
         // from the management plugin: without it, unknown rather than 0.
         let in_flight = match self.management.unacked(&self.vhost, &group_queue(topic, group)).await {
@@ -73,8 +87,8 @@ impl AmqpBroker {
         Ok(groups)
     }
 
-    /// Messages ready in a queue (0 if it does not exist).
-    async fn ready(&self, queue: &str) -> Result<u64> {
+    /// Messages ready in a queue (`None` if it does not exist).
+    async fn ready(&self, queue: &str) -> Result<Option<u64>> {
         let channel = self.fresh_channel().await?;
         let declared = channel
             .queue_declare(
@@ -83,7 +97,7 @@ impl AmqpBroker {
                 FieldTable::default(),
             )
             .await;
-        let n = declared.map(|q| u64::from(q.message_count())).unwrap_or(0);
+        let n = declared.ok().map(|q| u64::from(q.message_count()));
         let _ = channel.close(200, "inspected".into()).await;
         Ok(n)
     }
