@@ -77,6 +77,10 @@ test('stats records have the fields of the surface', async () => {
   const fields = SURFACE.group_stats.map((f) => camel(f, f === 'oldest_age' ? 'duration' : undefined)).sort()
   // Unknown figures are left out of the object (undefined), so compare with the declared type as well.
   assert.deepEqual(members('GroupStats'), fields)
+  const capabilities = SURFACE.capabilities.map((f) => camel(f, f === 'stats_delay' ? 'duration' : undefined)).sort()
+  assert.deepEqual(members('Capabilities'), capabilities)
+  assert.deepEqual(Object.keys(broker.capabilities()).sort(), capabilities)
+  assert.deepEqual(members('Failures'), SURFACE.failures.map((f) => camel(f)).sort())
   for (const key of Object.keys(stats)) assert.ok(fields.includes(key), `inspect() has ${key}`)
   await broker.close()
 })

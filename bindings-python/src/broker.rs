@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use pillarbox::dead_letter::{self, DeadLetterFilter, RedriveOptions};
 use pillarbox::{Broker, Message};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 use pyo3::IntoPyObjectExt;
 
 use crate::convert;
@@ -128,17 +127,8 @@ impl PyBroker {
     }
 
     #[getter]
-    fn capabilities<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let c = &self.capabilities;
-        let d = PyDict::new(py);
-        d.set_item("max_message_bytes", c.max_message_bytes)?;
-        d.set_item("delayed_delivery", c.delayed_delivery)?;
-        d.set_item("ordered_delivery", c.ordered_delivery)?;
-        d.set_item("replay_for_new_groups", c.replay_for_new_groups)?;
-        d.set_item("leases", c.leases)?;
-        d.set_item("owned_partitions", c.owned_partitions)?;
-        d.set_item("stats_delay", convert::timedelta(py, c.stats_delay)?)?;
-        Ok(d)
+    fn capabilities(&self) -> crate::records::PyCapabilities {
+        crate::records::PyCapabilities::from(&self.capabilities)
     }
 
     fn ensure_group(&self, topic: String, group: String) -> Operation {
@@ -158,6 +148,17 @@ impl PyBroker {
             .collect::<PyResult<Vec<Message>>>()?;
         let ids: Vec<String> = batch.iter().map(|m| m.id.clone()).collect();
         Ok(Operation::new(self.call(move |b| async move { b.publish(&topic, batch).await.map(|()| ids) })))
+    }
+
+    /// Publishes one message or bare payload; resolves to its id (no list
+    /// made for the one-at-a-time call).
+    fn publish_one(&self, topic: String, message: Bound<'_, PyAny>) -> PyResult<Operation> {
+        let message = match message.cast::<PyMessage>() {
+            Ok(message) => Message::clone(&message.get().0),
+            Err(_) => convert::payload(&message).map(Message::new)?,
+        };
+        let id = message.id.clone();
+        Ok(Operation::new(self.call(move |b| async move { b.publish(&topic, vec![message]).await.map(|()| id) })))
     }
 
     fn inspect(&self, topic: String, group: String) -> Operation {

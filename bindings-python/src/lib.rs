@@ -17,6 +17,7 @@ mod job;
 mod logging;
 mod message;
 mod operation;
+mod records;
 mod runtime;
 mod stats;
 mod threads;
@@ -41,6 +42,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stats::PyDeadLetter>()?;
     m.add_class::<stats::PyDeadLetterReason>()?;
     m.add_class::<stats::PyWorkerStats>()?;
+    m.add_class::<records::PyCapabilities>()?;
+    m.add_class::<records::PyFailures>()?;
     m.add_function(wrap_pyfunction!(broker::connect, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::scenarios, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::run_scenario, m)?)?;

@@ -149,17 +149,11 @@ impl PyMessage {
         self.0.tracestate.as_deref()
     }
 
-    /// What went wrong on earlier attempts: a dict with `first_failed_at`,
-    /// `last_failed_at`, `last_error_kind` and `last_error`, or `None`.
+    /// What went wrong on earlier attempts (`first_failed_at`,
+    /// `last_failed_at`, `last_error_kind`, `last_error`), or `None`.
     #[getter]
-    fn failures<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let Some(f) = &self.0.failures else { return Ok(None) };
-        let d = PyDict::new(py);
-        d.set_item("first_failed_at", convert::datetime(py, f.first_failed_at)?)?;
-        d.set_item("last_failed_at", convert::datetime(py, f.last_failed_at)?)?;
-        d.set_item("last_error_kind", &f.last_error_kind)?;
-        d.set_item("last_error", &f.last_error)?;
-        Ok(Some(d))
+    fn failures(&self) -> Option<crate::records::PyFailures> {
+        self.0.failures.as_ref().map(crate::records::PyFailures::from)
     }
 
     /// The payload parsed as JSON.

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 
 import pillarbox
+import pillarbox.aio
 
 SURFACE = json.loads((Path(__file__).resolve().parents[2] / "tests/parity/surface.json").read_text())
 
@@ -108,9 +109,26 @@ def test_dead_letter_limits(broker: pillarbox.Broker) -> None:
         refused("per_second", lambda: broker.redrive("t", "g", per_second=value))
 
 
-def test_a_misspelt_option_is_a_type_error_naming_it(broker: pillarbox.Broker) -> None:
-    # Python's own refusal of an unknown keyword, as for any function.
-    with pytest.raises(TypeError, match="concurency"):
-        pillarbox.Worker(broker, "t", "g", lambda job: None, concurency=4)  # type: ignore[call-arg]
-    with pytest.raises(TypeError, match="idempotencykey"):
-        broker.publish("t", b"x", idempotencykey="k")  # type: ignore[call-arg]
+def test_a_misspelt_option_is_an_invalid_option_naming_the_closest(broker: pillarbox.Broker) -> None:
+    """As in Node: ``InvalidOption`` with the name meant, not Python's
+    ``TypeError`` (which a typo in a worker's options would be in Celery)."""
+    app = pillarbox.App("memory://")
+    for make, typo, meant in (
+        (lambda: pillarbox.Worker(broker, "t", "g", lambda job: None, concurency=4), "concurency", "concurrency"),
+        (lambda: broker.publish("t", b"x", idempotencykey="k"), "idempotencykey", "idempotency_key"),
+        (lambda: broker.redrive("t", "g", per_sec=5), "per_sec", "per_second"),
+        # The asyncio facade checks when called, before anything is awaited.
+        (lambda: pillarbox.aio.Broker.dead_letters(broker, "t", "g", limt=5), "limt", "limit"),  # type: ignore[arg-type]
+        (lambda: pillarbox.RetryPolicy(max_retry=3), "max_retry", "max_retries"),
+        (lambda: pillarbox.App("memory://", default_topics="x"), "default_topics", "default_topic"),
+        (lambda: app.task(topics="x"), "topics", "topic"),
+        (lambda: app.signature("n", topc="x"), "topc", "topic"),
+    ):
+        with pytest.raises(pillarbox.InvalidOption) as caught:
+            make()  # type: ignore[call-arg]
+        assert caught.value.option == typo, caught.value
+        assert f"did you mean `{meant}`?" in str(caught.value), caught.value
+    assert broker.inspect("t", "g").ready == 0
+    # A TypeError of the call itself is still a TypeError.
+    with pytest.raises(TypeError):
+        broker.publish("t")  # type: ignore[call-arg]

@@ -54,7 +54,7 @@ def test_a_deliver_at_is_kept_to_the_millisecond() -> None:
 
 def test_a_delayed_message_waits(url: str, topic: str) -> None:
     with pillarbox.connect(url) as broker:
-        if not broker.capabilities["delayed_delivery"]:
+        if not broker.capabilities.delayed_delivery:
             pytest.skip("no delayed delivery")
         broker.ensure_group(topic, "g")
         broker.publish(topic, b"later", delay=timedelta(seconds=600))
@@ -104,7 +104,7 @@ def test_dead_letters_are_listed_with_their_reason_redriven_and_purged(url: str,
 def test_oversized_and_invalid_input_raise_clear_errors_and_publish_nothing(url: str, topic: str) -> None:
     with pillarbox.connect(url) as broker:
         broker.ensure_group(topic, "g")
-        limit = broker.capabilities["max_message_bytes"]
+        limit = broker.capabilities.max_message_bytes
         with pytest.raises(pillarbox.MessageTooLarge) as raised:
             broker.publish_many(topic, [b"small", b"x" * (limit + 1)])
         assert raised.value.code == "MESSAGE_TOO_LARGE"

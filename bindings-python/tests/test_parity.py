@@ -79,6 +79,19 @@ def test_publish_options_in_every_facade() -> None:
     assert sorted(names) == sorted(expected("publish")), f"publish_on_commit takes {names}"
 
 
+def test_the_blocking_and_asyncio_brokers_have_the_same_calls() -> None:
+    """Both facades are made from one definition per call (pillarbox._calls):
+    the same names, parameters, defaults and docstrings."""
+    public = lambda cls: sorted(n for n in vars(cls) if not n.startswith("_"))
+    assert public(pillarbox.Broker) == public(pillarbox.aio.Broker)
+    for name in public(pillarbox.Broker):
+        blocking, awaiting = getattr(pillarbox.Broker, name), getattr(pillarbox.aio.Broker, name)
+        if isinstance(blocking, property):
+            continue
+        assert inspect.signature(blocking) == inspect.signature(awaiting), name
+        assert blocking.__doc__ == awaiting.__doc__, name
+
+
 def test_task_layer_options() -> None:
     check("app", options(pillarbox.App.__init__, skip=("url",)))
     check("task", options(pillarbox.App.task, skip=("fn", "name")))
@@ -122,6 +135,9 @@ def test_error_codes_and_records() -> None:
     public = lambda cls: sorted(n for n, v in vars(cls).items() if not n.startswith("_") and not callable(v))
     assert public(pillarbox._native.WorkerStats) == sorted(SURFACE["worker_stats"])
     assert public(pillarbox._native.GroupStats) == sorted(SURFACE["group_stats"])
+    # Records, not dicts: the same fields as the core's and Node's.
+    assert public(pillarbox.Capabilities) == sorted(SURFACE["capabilities"])
+    assert public(pillarbox.Failures) == sorted(SURFACE["failures"])
 
 
 def test_the_docs_table_is_generated_from_the_surface() -> None:

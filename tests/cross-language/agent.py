@@ -65,7 +65,7 @@ def observe(job: pillarbox.Job) -> Dict[str, Any]:
         "deliver_at": ms(m.deliver_at),
         "failures": None
         if failures is None
-        else {"kind": failures["last_error_kind"], "message": failures["last_error"]},
+        else {"kind": failures.last_error_kind, "message": failures.last_error},
         "received_at": now_ms(),
     }
 

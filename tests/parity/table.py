@@ -41,6 +41,16 @@ def table() -> str:
         "Node (the name ends in `Ms`) and a `Duration` in Rust. \"-\": the language",
         "has no such option, for the reason given.",
         "",
+        "One name per concept, only its case changing. Where the idiom differs,",
+        "it differs the same way on every class: a value read without I/O is a",
+        "Python property and a JavaScript method (`broker.capabilities` /",
+        "`broker.capabilities()`, `worker.stats` / `worker.stats()`); a call to",
+        "the broker is a method in both (`broker.inspect(...)`). Records are",
+        "objects with fields in both, never dictionaries (`capabilities`,",
+        "`message.failures`, the stats below). Errors carry the core's fields",
+        "under the same names (`error.option`, `error.size`...), durations",
+        "in them as a `timedelta` in Python and `...Ms` in Node.",
+        "",
     ]
     for call, options in SURFACE["calls"].items():
         lines += [f"## {call}", "", "| Rust | Python | Node | default | note |", "|---|---|---|---|---|"]
@@ -49,10 +59,11 @@ def table() -> str:
             lines.append(f"| {' | '.join(cells)} | {default(spec)} | {spec.get('why', '')} |")
         lines.append("")
     lines += ["## Error codes", "", ", ".join(f"`{c}`" for c in SURFACE["error_codes"]), ""]
-    for record in ("worker_stats", "group_stats"):
+    for record in ("worker_stats", "group_stats", "capabilities", "failures"):
         fields = SURFACE[record]
         lines += [f"## {record}", "", "| Rust, Python | Node |", "|---|---|"]
-        lines += [f"| `{f}` | `{camel(f, 'duration' if f == 'oldest_age' else '')}` |" for f in fields]
+        durations = ("oldest_age", "stats_delay")
+        lines += [f"| `{f}` | `{camel(f, 'duration' if f in durations else '')}` |" for f in fields]
         lines.append("")
     return "\n".join(lines)
 

@@ -26,6 +26,16 @@ echo "pip install ./bindings-python: $(( $(date +%s) - started ))s"
 
 echo "mypy.stubtest (the native module against its stubs)"
 (cd "$venv" && python -m mypy.stubtest pillarbox._native)
+# The check itself: a stub that lacks a method the module has must fail it.
+stale=$(mktemp -d)
+mkdir -p "$stale/pillarbox"
+touch "$stale/pillarbox/__init__.pyi"
+grep -v "def publish_one" bindings-python/python/pillarbox/_native.pyi >"$stale/pillarbox/_native.pyi"
+if (cd "$venv" && MYPYPATH="$stale" python -m mypy.stubtest pillarbox._native >/dev/null 2>&1); then
+  echo "stubtest passed a stale stub (one without Broker.publish_one): it checks nothing" >&2
+  exit 1
+fi
+rm -rf "$stale"
 echo "mypy --strict (the package and the example)"
 # pillarbox.django needs Django and its stubs: tests/suites/django.sh checks it.
 python -m mypy --strict --exclude 'pillarbox/django/' bindings-python/python/pillarbox examples/python/quickstart.py

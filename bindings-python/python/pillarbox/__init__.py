@@ -23,8 +23,10 @@ from . import aio, errors
 from ._broker import Broker, connect
 from ._handlers import Fatal, Retry
 from ._native import (
+    Capabilities,
     DeadLetter,
     DeadLetterReason,
+    Failures,
     GroupStats,
     Job,
     Message,
@@ -58,11 +60,13 @@ __all__ = [
     "BackendError",
     "BackendNotEnabled",
     "Broker",
+    "Capabilities",
     "Closed",
     "ConnectError",
     "DeadLetter",
     "DeadLetterReason",
     "Error",
+    "Failures",
     "Fatal",
     "GroupStats",
     "InvalidMessage",

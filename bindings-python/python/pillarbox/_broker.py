@@ -7,46 +7,10 @@ coroutines.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any, Dict, Iterable, List, Optional, Union
-
 from . import _native
-from ._native import DeadLetter, GroupStats, Message
+from ._calls import BrokerCalls, Payload, blocking, message, messages
 
-Payload = Union[bytes, bytearray, memoryview, str]
-
-
-def message(
-    payload: Union[Payload, Message],
-    *,
-    key: Optional[str] = None,
-    idempotency_key: Optional[str] = None,
-    headers: Optional[Dict[str, str]] = None,
-    content_type: Optional[str] = None,
-    delay: Union[float, timedelta, None] = None,
-    deliver_at: Optional[datetime] = None,
-    traceparent: Optional[str] = None,
-    tracestate: Optional[str] = None,
-) -> Message:
-    """A :class:`Message` from a payload and keyword arguments (a message is taken as it is)."""
-    if isinstance(payload, Message):
-        return payload
-    return Message(
-        payload,
-        key=key,
-        idempotency_key=idempotency_key,
-        headers=headers,
-        content_type=content_type,
-        delay=delay,
-        deliver_at=deliver_at,
-        traceparent=traceparent,
-        tracestate=tracestate,
-    )
-
-
-def messages(items: Iterable[Union[Payload, Message]]) -> List[Union[Payload, Message]]:
-    """A batch: each item a :class:`Message` or a bare payload (made a message natively)."""
-    return items if isinstance(items, list) else list(items)
+__all__ = ["Broker", "Payload", "connect", "message", "messages"]
 
 
 def connect(url: str) -> "Broker":
@@ -80,115 +44,20 @@ class Broker:
         return self._native.url
 
     @property
-    def capabilities(self) -> Dict[str, Any]:
+    def capabilities(self) -> _native.Capabilities:
         """What this backend can do (delayed delivery, ordering, limits...)."""
         return self._native.capabilities
 
-    def ensure_group(self, topic: str, group: str) -> None:
-        """Creates ``group`` on ``topic`` if needed: a subscription that
-        receives everything published from now on. Idempotent."""
-        self._native.ensure_group(topic, group).wait()
-
-    def publish(
-        self,
-        topic: str,
-        payload: Union[Payload, Message],
-        *,
-        key: Optional[str] = None,
-        idempotency_key: Optional[str] = None,
-        headers: Optional[Dict[str, str]] = None,
-        content_type: Optional[str] = None,
-        delay: Union[float, timedelta, None] = None,
-        deliver_at: Optional[datetime] = None,
-        traceparent: Optional[str] = None,
-        tracestate: Optional[str] = None,
-    ) -> str:
-        """Publishes one message; returns its id once the broker holds it durably."""
-        m = message(
-            payload,
-            key=key,
-            idempotency_key=idempotency_key,
-            headers=headers,
-            content_type=content_type,
-            delay=delay,
-            deliver_at=deliver_at,
-            traceparent=traceparent,
-            tracestate=tracestate,
-        )
-        return self._native.publish(topic, [m]).wait()[0]
-
-    def publish_many(self, topic: str, batch: Iterable[Union[Payload, Message]]) -> List[str]:
-        """Publishes a batch in one go (pipelined, confirmed together); returns
-        the ids. Nothing is published if any message is invalid or too large."""
-        return self._native.publish(topic, messages(batch)).wait()
-
-    def inspect(self, topic: str, group: str) -> GroupStats:
-        """The group's figures, from the broker: ready, in flight, waiting,
-        dead letters, oldest age and lag per partition."""
-        return self._native.inspect(topic, group).wait()
-
-    def groups(self, topic: str) -> List[str]:
-        """The groups of ``topic``."""
-        return self._native.groups(topic).wait()
-
-    def dead_letters(
-        self, topic: str, group: str, *, limit: int = _native.DEFAULTS["dead_letters"]["limit"], after: Optional[str] = None
-    ) -> List[DeadLetter]:
-        """The group's dead letters with their reason, oldest first, after the dead letter id ``after``."""
-        return self._native.dead_letters(topic, group, after, limit).wait()
-
-    def redrive(
-        self,
-        topic: str,
-        group: str,
-        *,
-        error_kind: Optional[str] = None,
-        cause: Optional[str] = None,
-        error_contains: Optional[str] = None,
-        failed_before: Optional[datetime] = None,
-        message_ids: Optional[List[str]] = None,
-        per_second: Optional[float] = None,
-        limit: Optional[int] = None,
-    ) -> int:
-        """Sends matching dead letters back to their group as fresh messages
-        (attempt 1), at most ``per_second`` a second; returns how many."""
-        return self._native.redrive(
-            topic,
-            group,
-            error_kind=error_kind,
-            cause=cause,
-            error_contains=error_contains,
-            failed_before=failed_before,
-            message_ids=message_ids,
-            per_second=per_second,
-            limit=limit,
-        ).wait()
-
-    def purge(
-        self,
-        topic: str,
-        group: str,
-        *,
-        error_kind: Optional[str] = None,
-        cause: Optional[str] = None,
-        error_contains: Optional[str] = None,
-        failed_before: Optional[datetime] = None,
-        message_ids: Optional[List[str]] = None,
-    ) -> int:
-        """Deletes matching dead letters (all of them without a filter); returns how many."""
-        return self._native.purge(
-            topic,
-            group,
-            error_kind=error_kind,
-            cause=cause,
-            error_contains=error_contains,
-            failed_before=failed_before,
-            message_ids=message_ids,
-        ).wait()
-
-    def close(self) -> None:
-        """Closes the connection. Messages held by workers come back after their lease."""
-        self._native.close().wait()
+    # Each call is defined once (pillarbox._calls) and waited for here.
+    ensure_group = blocking(BrokerCalls.ensure_group)
+    publish = blocking(BrokerCalls.publish)
+    publish_many = blocking(BrokerCalls.publish_many)
+    inspect = blocking(BrokerCalls.inspect)
+    groups = blocking(BrokerCalls.groups)
+    dead_letters = blocking(BrokerCalls.dead_letters)
+    redrive = blocking(BrokerCalls.redrive)
+    purge = blocking(BrokerCalls.purge)
+    close = blocking(BrokerCalls.close)
 
     def __enter__(self) -> "Broker":
         return self

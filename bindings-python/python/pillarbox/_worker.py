@@ -21,6 +21,7 @@ from datetime import timedelta
 from typing import Any, Callable, Dict, Optional, Union
 
 from . import _native
+from ._calls import checked
 from ._durations import seconds
 from ._handlers import Classifier, ExceptionTypes, invoker, is_async
 
@@ -46,6 +47,9 @@ class RetryPolicy:
     jitter: float = _RETRY["jitter"]
 
 
+RetryPolicy.__init__ = checked(RetryPolicy.__init__)  # type: ignore[method-assign]
+
+
 class Worker:
     """Runs ``handler`` on the messages of ``group`` on ``topic``.
 
@@ -56,6 +60,7 @@ class Worker:
     and ``fatal_for``).
     """
 
+    @checked
     def __init__(
         self,
         broker: Any,
@@ -131,7 +136,7 @@ class Worker:
     async def run_async(self) -> None:
         """Runs as :meth:`run` does, on the running event loop (async handlers
         run on it), until :meth:`shutdown` is called."""
-        from .aio import wait
+        from ._calls import wait
 
         try:
             await wait(self._native.run_async(asyncio.get_running_loop()))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 from . import _native
 from ._broker import Broker, connect
+from ._calls import checked
 from ._handlers import Fatal
 from ._worker import RetryPolicy, Worker
 from .errors import invalid_option
@@ -93,6 +94,7 @@ class Task:
         """Publishes a call of this task; returns the message id."""
         return self.apply_async(args, kwargs)
 
+    @checked
     def apply_async(
         self,
         args: Sequence[Any] = (),
@@ -135,6 +137,7 @@ class App:
     worker's retry policy (give a task its own topic for another policy).
     """
 
+    @checked
     def __init__(
         self,
         url: str,
@@ -179,6 +182,7 @@ class App:
                 broker.ensure_group(topic, self.group)
                 self._ensured.add(topic)
 
+    @checked
     def task(
         self,
         fn: Optional[Callable[..., Any]] = None,
@@ -221,6 +225,7 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    @checked
     def signature(self, name: str, *, topic: Optional[str] = None) -> Task:
         """A task registered elsewhere (another service, another language),
         to call by name with ``delay`` or ``apply_async``; it goes to
