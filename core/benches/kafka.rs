@@ -10,7 +10,9 @@
 //! linger 0, Pillarbox's default) and topics of 3 partitions. Raw publish: 100 records in
 //! flight, then waiting for their delivery reports. Raw consume: one
 //! consumer in a fresh group whose start offsets are committed before the
-//! clock starts (as `ensure_group` commits a Pillarbox group's), an asynchronous
+//! clock starts, by another consumer (as `ensure_group` commits a Pillarbox
+//! group's; the measured consumer connects and joins on the clock, as a
+//! worker's does), an asynchronous
 //! commit of the position after every 100 messages (the usual at-least-once
 //! loop), a synchronous one at the end, with the fetch settings Pillarbox's
 //! consumer uses (librdkafka's 1 s `fetch.queue.backoff.ms` made its rate
@@ -70,6 +72,23 @@ async fn raw_publish(producer: &FutureProducer, topic: &str, n: usize) -> Durati
 }
 
 async fn raw_consume(topic: &str, group: &str, n: usize) -> Consumed {
+    // The group starts from committed offsets, as a Pillarbox group does
+    // (ensure_group commits them, before the clock): otherwise the raw side
+    // alone pays a look-up of where to start (`auto.offset.reset`). They are
+    // committed by a consumer of their own, so the measured one connects and
+    // joins on the clock, as a Pillarbox worker's does.
+    let committer: StreamConsumer =
+        config().set("group.id", group).set("enable.auto.commit", "false").create().unwrap();
+    let metadata = committer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
+    let mut start = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (low, _) = committer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
+        start.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
+    }
+    committer.commit(&start, CommitMode::Sync).unwrap();
+    drop(committer);
+    let started = Instant::now();
     let consumer: StreamConsumer = config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
@@ -79,19 +98,7 @@ async fn raw_consume(topic: &str, group: &str, n: usize) -> Consumed {
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
-    // The group starts from committed offsets, as a Pillarbox group does
-    // (ensure_group commits them): otherwise the raw side alone pays a
-    // look-up of where to start (`auto.offset.reset`) on the clock.
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
-    let partitions = metadata.topics().first().map_or(0, |t| t.partitions().len());
-    let mut start = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        let (low, _) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap();
-        start.add_partition_offset(topic, p, Offset::Offset(low)).unwrap();
-    }
-    consumer.commit(&start, CommitMode::Sync).unwrap();
     consumer.subscribe(&[topic]).unwrap();
-    let started = Instant::now();
     let mut next = std::collections::HashMap::new();
     let mut first = Duration::ZERO;
     for i in 1..=n {
