@@ -40,6 +40,7 @@ pub mod idempotency;
 pub mod logs;
 pub mod message;
 pub mod runtime;
+pub mod schedule;
 pub mod surface;
 pub mod tasks;
 pub mod url;
