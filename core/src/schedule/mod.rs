@@ -4,9 +4,10 @@
 //! its schedule and its instant, and is published once however many
 //! schedulers run.
 //!
-//! This module is the arithmetic: [`Timetable`] (a cron expression in an
-//! IANA time zone, or a fixed interval) and [`due`] (the ticks a scheduler
-//! publishes after a gap, by [`Misfire`] policy). Cron expressions are
+//! [`Timetable`] is when a schedule fires (a cron expression in an IANA
+//! time zone, or a fixed interval), [`due`] the ticks a scheduler publishes
+//! (after a gap, by [`Misfire`] policy), [`Schedule`] the definition a
+//! [`ScheduleStore`] keeps, and [`Scheduler`] what publishes the ticks. Cron expressions are
 //! parsed and evaluated by `croner`, time zones by `jiff` (its bundled
 //! copy of the tz database, so that schedulers on hosts with different
 //! system zone files agree).
@@ -17,13 +18,21 @@
 //! first time; an expression over every hour fires on every real hour (23
 //! on the spring day, 25 on the fall day).
 
+mod definition;
 mod misfire;
+mod scheduler;
+mod store;
 mod timetable;
 
 #[cfg(test)]
+mod scheduler_tests;
+#[cfg(test)]
 mod tests;
 
+pub use definition::{Schedule, Stored, Upserted, When};
 pub use misfire::{due, Due, Misfire, ON_TIME};
+pub use scheduler::{Pass, Published, Scheduler, CLAIM_LEASE, CLAIM_RETENTION, REFRESH};
+pub use store::{MemoryScheduleStore, ScheduleStore};
 pub use timetable::{Timetable, MIN_INTERVAL};
 
 /// The idempotency key a tick is published with: `schedule:{name}:{ms}`,

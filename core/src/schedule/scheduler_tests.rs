@@ -1,0 +1,137 @@
+//! Schedulers on a simulated clock over the memory backend: each tick
+//! published once however many run, upserts that leave one schedule,
+//! pausing and resuming.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::*;
+use crate::idempotency::MemoryStore;
+use crate::{Broker, Message};
+
+async fn broker() -> Arc<dyn Broker> {
+    let broker = crate::connect(&format!("memory://sched-{}", fastrand::u64(..))).await.unwrap();
+    broker.ensure_group("reports", "g").await.unwrap();
+    broker
+}
+
+fn every_second(name: &str) -> Schedule {
+    let when = When::Every { every_ms: 1000, anchor_ms: None };
+    Schedule::new(name, when, "reports", &Message::new("build").with_key("k")).unwrap()
+}
+
+#[tokio::test]
+async fn three_schedulers_publish_each_tick_once() {
+    let broker = broker().await;
+    let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
+    let claims: Arc<dyn crate::idempotency::IdempotencyStore> = Arc::new(MemoryStore::new());
+    assert_eq!(store.upsert(&every_second("nightly")).await.unwrap(), Upserted::Created);
+    let schedulers: Vec<Scheduler> =
+        (0..3).map(|_| Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::clone(&claims))).collect();
+    // Twenty seconds from now, each scheduler waking every 100 ms, in turn.
+    let start = SystemTime::now();
+    let mut published = Vec::new();
+    for step in 1..=200u64 {
+        for (n, scheduler) in schedulers.iter().enumerate() {
+            let now = start + Duration::from_millis(step * 100 + n as u64 * 7);
+            published.extend(scheduler.run_once(now).await.unwrap().published);
+        }
+    }
+    let mut ticks: Vec<SystemTime> = published.iter().map(|p| p.tick).collect();
+    let all = ticks.len();
+    ticks.dedup();
+    assert_eq!(all, ticks.len(), "a tick published twice");
+    assert!((19..=20).contains(&all), "{all} ticks in 20 s");
+    assert!(ticks.windows(2).all(|w| w[1].duration_since(w[0]).unwrap() == Duration::from_secs(1)), "none missing");
+    // Whole seconds: the same instants from every scheduler.
+    assert!(ticks.iter().all(|t| t.duration_since(UNIX_EPOCH).unwrap().subsec_nanos() == 0));
+    assert_eq!(broker.inspect("reports", "g").await.unwrap().ready, all as u64);
+    let request = crate::ReceiveRequest {
+        topic: "reports",
+        group: "g",
+        consumer: "c",
+        max: 100,
+        window: 100,
+        wait: Duration::from_secs(1),
+        lease: Duration::from_secs(30),
+    };
+    let got: Vec<Arc<Message>> = broker.receive(request).await.unwrap().into_iter().map(|d| d.message).collect();
+    assert_eq!(got.len(), all);
+    let keys: Vec<String> = got.iter().map(|m| m.idempotency_key.clone().unwrap()).collect();
+    assert_eq!(keys[0], tick_key("nightly", ticks[0]));
+    assert!(got.iter().all(|m| m.key.as_deref() == Some("k") && &m.payload[..] == b"build"));
+    let stored = &store.list().await.unwrap()[0];
+    assert_eq!(stored.last_tick, ticks.last().copied());
+    assert_eq!(stored.last_message_id.as_deref(), Some(published.last().unwrap().message_id.as_str()));
+}
+
+#[tokio::test]
+async fn fifty_upserts_at_once_leave_one_schedule() {
+    let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move { store.upsert(&every_second("nightly")).await.unwrap() })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| **o == Upserted::Created).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == Upserted::Unchanged).count(), 49);
+    assert_eq!(store.list().await.unwrap().len(), 1);
+    // Another definition under the same name replaces it, and says so.
+    let mut changed = every_second("nightly");
+    changed.when = When::Cron { expression: "0 3 * * *".into(), zone: "Europe/Berlin".into() };
+    assert_eq!(store.upsert(&changed).await.unwrap(), Upserted::Updated);
+    assert_eq!(store.list().await.unwrap()[0].schedule, changed);
+}
+
+#[tokio::test]
+async fn a_paused_schedule_publishes_nothing_and_resumes_without_catching_up() {
+    let broker = broker().await;
+    let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
+    let scheduler = Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::new(MemoryStore::new()));
+    store.upsert(&every_second("s")).await.unwrap();
+    assert!(store.set_paused("s", true).await.unwrap());
+    let later = SystemTime::now() + Duration::from_secs(5);
+    assert!(scheduler.run_once(later).await.unwrap().published.is_empty());
+    assert!(store.set_paused("s", false).await.unwrap());
+    // Resumed now: the ticks of the paused seconds are not due.
+    let pass = scheduler.run_once(SystemTime::now() + Duration::from_millis(1500)).await.unwrap();
+    assert_eq!(pass.published.len(), 1, "{pass:?}");
+    assert!(!store.set_paused("nothing", true).await.unwrap());
+    assert!(store.remove("s").await.unwrap());
+    assert!(!store.remove("s").await.unwrap());
+}
+
+#[test]
+fn bad_schedules_are_refused_naming_the_option() {
+    let m = Message::new("x");
+    for (made, option) in [
+        (Schedule::new("", When::Every { every_ms: 1000, anchor_ms: None }, "t", &m), "name"),
+        (Schedule::new("s", When::Every { every_ms: 0, anchor_ms: None }, "t", &m), "every"),
+        (Schedule::new("s", When::Cron { expression: "* *".into(), zone: "UTC".into() }, "t", &m), "cron"),
+        (
+            Schedule::new("s", When::Cron { expression: "* * * * *".into(), zone: "Nowhere/Else".into() }, "t", &m),
+            "zone",
+        ),
+        (Schedule::new("s", When::Every { every_ms: 1000, anchor_ms: None }, "", &m), "topic"),
+    ] {
+        match made {
+            Err(crate::Error::InvalidOption { name, .. }) => assert_eq!(name, option),
+            other => panic!("{option}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_definition_round_trips_through_its_json() {
+    let mut s = every_second("nightly");
+    s.misfire = Misfire::All { cap: 5 };
+    s.start = Some(UNIX_EPOCH + Duration::from_secs(1_000));
+    s.headers.insert("tenant".into(), "acme".into());
+    let back = Schedule::from_json("nightly", &s.definition_json(), s.payload.clone()).unwrap();
+    assert_eq!(back, s);
+}
