@@ -332,6 +332,12 @@ pub trait Broker: Send + Sync + fmt::Debug + 'static {
         None
     }
 
+    /// The schedule store native to this backend, shared by every process
+    /// using the same broker, if it has one.
+    fn schedule_store(&self) -> Option<Arc<dyn crate::schedule::ScheduleStore>> {
+        None
+    }
+
     /// Closes connections. In-flight deliveries are not settled: they come
     /// back after their lease (or with the connection), like after a crash.
     async fn close(&self) -> Result<()> {

@@ -82,9 +82,8 @@ impl Schedule {
         if self.name.is_empty() || self.name.len() > 200 || self.name.chars().any(char::is_control) {
             return Err(Error::invalid_option("name", "must be 1 to 200 characters, none of them control characters"));
         }
-        if self.topic.is_empty() {
-            return Err(Error::invalid_option("topic", "must not be empty"));
-        }
+        crate::message::validate_name("topic", &self.topic)
+            .map_err(|e| Error::invalid_option("topic", e.to_string().trim_start_matches("invalid message: ")))?;
         if let (Some(start), Some(end)) = (self.start, self.end) {
             if end < start {
                 return Err(Error::invalid_option("end", "must not be before `start`"));

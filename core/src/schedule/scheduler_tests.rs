@@ -65,6 +65,49 @@ async fn three_schedulers_publish_each_tick_once() {
     assert_eq!(stored.last_message_id.as_deref(), Some(published.last().unwrap().message_id.as_str()));
 }
 
+/// Three "processes" (connections of their own) on one database file, with
+/// the file's schedule and idempotency stores: each tick once.
+#[tokio::test]
+async fn three_schedulers_on_one_sqlite_file_publish_each_tick_once() {
+    let dir = std::env::temp_dir().join(format!("pb-sched-{}", fastrand::u64(..)));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("q.db").display());
+    let mut schedulers = Vec::new();
+    for _ in 0..3 {
+        let broker = crate::connect(&url).await.unwrap();
+        broker.ensure_group("reports", "g").await.unwrap();
+        let (store, claims) = (broker.schedule_store().unwrap(), broker.idempotency_store().unwrap());
+        schedulers.push(Scheduler::new(broker, store, claims));
+    }
+    let reader = crate::connect(&url).await.unwrap();
+    let store = reader.schedule_store().unwrap();
+    assert_eq!(store.upsert(&every_second("nightly")).await.unwrap(), Upserted::Created);
+    assert_eq!(store.upsert(&every_second("nightly")).await.unwrap(), Upserted::Unchanged);
+    let start = SystemTime::now();
+    let mut published = Vec::new();
+    for step in 1..=100u64 {
+        for (n, scheduler) in schedulers.iter().enumerate() {
+            let now = start + Duration::from_millis(step * 100 + n as u64 * 7);
+            published.extend(scheduler.run_once(now).await.unwrap().published);
+        }
+    }
+    let mut ticks: Vec<SystemTime> = published.iter().map(|p| p.tick).collect();
+    let all = ticks.len();
+    ticks.dedup();
+    assert_eq!(all, ticks.len(), "a tick published twice");
+    assert!((9..=10).contains(&all), "{all} ticks in 10 s");
+    assert_eq!(reader.inspect("reports", "g").await.unwrap().ready, all as u64);
+    let stored = store.list().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].last_tick, ticks.last().copied());
+    assert_eq!(stored[0].schedule, every_second("nightly"));
+    assert!(store.set_paused("nightly", true).await.unwrap());
+    assert!(store.list().await.unwrap()[0].paused);
+    assert!(store.remove("nightly").await.unwrap());
+    assert!(store.list().await.unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn fifty_upserts_at_once_leave_one_schedule() {
     let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());

@@ -22,6 +22,7 @@ use crate::dead_letter::{self, DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::idempotency::IdempotencyStore;
 use crate::message::{from_millis, to_millis, validate_name, Message};
+use crate::schedule::ScheduleStore;
 use crate::url::BrokerUrl;
 use crate::wire;
 
@@ -703,6 +704,10 @@ impl Broker for EmbeddedBroker {
 
     fn idempotency_store(&self) -> Option<Arc<dyn IdempotencyStore>> {
         Some(Arc::new(SqliteIdempotencyStore::from_db(Arc::clone(&self.db))))
+    }
+
+    fn schedule_store(&self) -> Option<Arc<dyn ScheduleStore>> {
+        Some(Arc::new(super::SqliteScheduleStore::from_db(Arc::clone(&self.db))))
     }
 
     async fn close(&self) -> Result<()> {

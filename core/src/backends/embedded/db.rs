@@ -75,6 +75,15 @@ CREATE TABLE IF NOT EXISTS pb_dead (
     dead_at      INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pb_dead_group ON pb_dead (topic, grp, id);
+CREATE TABLE IF NOT EXISTS pb_schedules (
+    name            TEXT    PRIMARY KEY,
+    definition      TEXT    NOT NULL,
+    payload         BLOB    NOT NULL,
+    paused          INTEGER NOT NULL,
+    last_tick       INTEGER,
+    last_message_id TEXT,
+    since           INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS pb_idempotency (
     scope      TEXT    NOT NULL,
     key        TEXT    NOT NULL,

@@ -16,7 +16,9 @@
 mod broker;
 mod db;
 mod idempotency;
+mod schedules;
 mod wake;
 
 pub use broker::EmbeddedBroker;
 pub use idempotency::SqliteIdempotencyStore;
+pub use schedules::SqliteScheduleStore;
