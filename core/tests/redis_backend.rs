@@ -243,3 +243,59 @@ async fn inspect_counts_ready_messages_when_redis_cannot_tell_the_lag() {
     assert_eq!(stats.in_flight, Some(2), "{stats:?}");
     broker.ack(&got).await.unwrap();
 }
+
+/// Three schedulers on three connections share Redis's schedule and
+/// idempotency stores: an every-second schedule, 10 simulated seconds,
+/// each tick published once; concurrent upserts leave one schedule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedulers_sharing_redis_publish_each_tick_once() {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use pillarbox::schedule::{Schedule, Scheduler, Upserted, When};
+
+    let t = topic("sched");
+    let name = format!("every-second-{}", uuid_suffix());
+    let mut schedulers = Vec::new();
+    for _ in 0..3 {
+        let broker = connect(&url()).await.unwrap();
+        broker.ensure_group(&t, "g").await.unwrap();
+        let (store, claims) = (broker.schedule_store().unwrap(), broker.idempotency_store().unwrap());
+        schedulers.push(Scheduler::new(broker, store, claims));
+    }
+    let reader = connect(&url()).await.unwrap();
+    let store = reader.schedule_store().unwrap();
+    let schedule =
+        Schedule::new(&name, When::Every { every_ms: 1000, anchor_ms: None }, &t, &Message::new("tick")).unwrap();
+    let upserts: Vec<_> = (0..20)
+        .map(|_| {
+            let (store, schedule) = (Arc::clone(&store), schedule.clone());
+            tokio::spawn(async move { store.upsert(&schedule).await.unwrap() })
+        })
+        .collect();
+    let mut created = 0;
+    for upsert in upserts {
+        created += usize::from(upsert.await.unwrap() == Upserted::Created);
+    }
+    assert_eq!(created, 1, "one of 20 concurrent upserts created it, the others changed nothing");
+    let start = SystemTime::now();
+    let mut ticks = Vec::new();
+    for step in 1..=100u64 {
+        for (n, scheduler) in schedulers.iter().enumerate() {
+            let now = start + Duration::from_millis(step * 100 + n as u64 * 7);
+            let pass = scheduler.run_once(now).await.unwrap();
+            ticks.extend(pass.published.into_iter().filter(|p| p.schedule == name).map(|p| p.tick));
+        }
+    }
+    let all = ticks.len();
+    ticks.dedup();
+    assert_eq!(all, ticks.len(), "a tick published twice");
+    assert!((9..=10).contains(&all), "{all} ticks in 10 s");
+    assert_eq!(reader.inspect(&t, "g").await.unwrap().ready, all as u64);
+    let stored = store.list().await.unwrap().into_iter().find(|s| s.schedule.name == name).unwrap();
+    assert_eq!(stored.last_tick, ticks.last().copied());
+    assert_eq!(stored.schedule, schedule);
+    assert!(store.set_paused(&name, true).await.unwrap());
+    assert!(store.remove(&name).await.unwrap());
+    assert!(!store.remove(&name).await.unwrap());
+}

@@ -211,6 +211,10 @@ impl Broker for RedisBroker {
         Some(Arc::new(RedisIdempotencyStore::new(self.conn())))
     }
 
+    fn schedule_store(&self) -> Option<Arc<dyn crate::schedule::ScheduleStore>> {
+        Some(Arc::new(super::RedisScheduleStore::new(self.conn())))
+    }
+
     async fn close(&self) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         self.blocking.lock().unwrap().clear();

@@ -41,12 +41,14 @@ mod options;
 mod publish;
 mod receive;
 mod reply;
+mod schedules;
 mod scripts;
 mod settle;
 mod topology;
 
 pub use broker::RedisBroker;
 pub use idempotency::RedisIdempotencyStore;
+pub use schedules::RedisScheduleStore;
 
 pub(crate) const BACKEND: &str = "redis";
 
