@@ -106,6 +106,10 @@ export interface Message {
   deliverAt: Date | null
   traceparent?: string
   tracestate?: string
+  /** The schedule that published it, for a scheduled message. */
+  schedule: string | null
+  /** The tick it was published for, for a scheduled message: when it was meant to run. */
+  scheduledFor: Date | null
   failures: Failures | null
 }
 

@@ -97,6 +97,8 @@ function message(data) {
     ...data,
     publishedAt: new Date(data.publishedAt),
     deliverAt: data.deliverAt == null ? null : new Date(data.deliverAt),
+    schedule: data.schedule ?? null,
+    scheduledFor: data.scheduledFor == null ? null : new Date(data.scheduledFor),
     failures: data.failures
       ? {
           ...data.failures,

@@ -78,8 +78,9 @@ class Job {
       const attempt = r.u32()
       const publishedAt = r.date()
       const deliverAt = r.date()
-      const [id, topic, group, key, idempotencyKey, contentType, traceparent, tracestate] = [
-        r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(),
+      const scheduledFor = r.date()
+      const [id, topic, group, key, idempotencyKey, contentType, traceparent, tracestate, schedule] = [
+        r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(), r.str(),
       ]
       const headers = {}
       for (let n = r.u32(); n > 0; n--) {
@@ -93,7 +94,7 @@ class Job {
       this._group = group
       this._message = {
         id, payload: this.payload, key, idempotencyKey, contentType, headers, attempt, publishedAt, deliverAt,
-        traceparent, tracestate, failures,
+        traceparent, tracestate, schedule, scheduledFor, failures,
       }
     }
     return this._message

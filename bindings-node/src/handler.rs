@@ -51,8 +51,8 @@ impl QueuedJob {
     /// ```text
     /// u32 size (of the whole record)   u32 id   u32 attempt   u32 max_attempts
     /// f64 deadline (NaN: none)         u32 payload length, payload   str script
-    /// u32 message attempt   f64 published at   f64 deliver at (NaN: none)
-    /// str id, topic, group, key, idempotency key, content type, traceparent, tracestate
+    /// u32 message attempt   f64 published at   f64 deliver at (NaN: none)   f64 scheduled for (NaN: none)
+    /// str id, topic, group, key, idempotency key, content type, traceparent, tracestate, schedule
     /// u32 headers, then str name, str value each
     /// u8 failures (0 or 1), then f64 first, f64 last, str kind, str error
     /// ```
@@ -72,6 +72,7 @@ impl QueuedJob {
         out.extend_from_slice(&m.attempt.to_le_bytes());
         out.extend_from_slice(&ms(m.published_at).to_le_bytes());
         out.extend_from_slice(&m.deliver_at.map(ms).unwrap_or(f64::NAN).to_le_bytes());
+        out.extend_from_slice(&m.scheduled_for.map(ms).unwrap_or(f64::NAN).to_le_bytes());
         for text in [
             Some(m.id.as_str()),
             Some(&*self.topic),
@@ -81,6 +82,7 @@ impl QueuedJob {
             m.content_type.as_deref(),
             m.traceparent.as_deref(),
             m.tracestate.as_deref(),
+            m.schedule.as_deref(),
         ] {
             put_str(out, text);
         }

@@ -85,6 +85,8 @@ pub struct MessageData {
     pub deliver_at: Option<f64>,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    pub schedule: Option<String>,
+    pub scheduled_for: Option<f64>,
     pub failures: Option<Failures>,
 }
 
@@ -103,6 +105,8 @@ impl From<&Message> for MessageData {
             deliver_at: m.deliver_at.map(epoch_ms),
             traceparent: m.traceparent.clone(),
             tracestate: m.tracestate.clone(),
+            schedule: m.schedule.clone(),
+            scheduled_for: m.scheduled_for.map(epoch_ms),
             failures: m.failures.as_ref().map(|f| Failures {
                 first_failed_at: epoch_ms(f.first_failed_at),
                 last_failed_at: epoch_ms(f.last_failed_at),

@@ -75,6 +75,8 @@ test('a handler sees every field of its job, whatever else its batch holds', asy
       deliverAt: null,
       traceparent: '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01',
       tracestate: 'pb=1',
+      schedule: null,
+      scheduledFor: null,
       failures: null,
     },
   )

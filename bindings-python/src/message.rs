@@ -149,6 +149,19 @@ impl PyMessage {
         self.0.tracestate.as_deref()
     }
 
+    /// The schedule that published it, for a scheduled message.
+    #[getter]
+    fn schedule(&self) -> Option<&str> {
+        self.0.schedule.as_deref()
+    }
+
+    /// The tick it was published for (an aware UTC `datetime`), for a
+    /// scheduled message: when it was meant to run.
+    #[getter]
+    fn scheduled_for<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        convert::maybe_datetime(py, self.0.scheduled_for)
+    }
+
     /// What went wrong on earlier attempts (`first_failed_at`,
     /// `last_failed_at`, `last_error_kind`, `last_error`), or `None`.
     #[getter]

@@ -44,6 +44,12 @@ pub struct Message {
     pub traceparent: Option<String>,
     /// W3C `tracestate`, passed through untouched.
     pub tracestate: Option<String>,
+    /// The schedule that published it, for a scheduled message.
+    pub schedule: Option<String>,
+    /// The tick it was published for, for a scheduled message: when it
+    /// was meant to run, however late it was published or is handled.
+    #[serde(with = "millis::option")]
+    pub scheduled_for: Option<SystemTime>,
     /// What went wrong on earlier attempts, if any.
     pub failures: Option<FailureHistory>,
     /// The payload.
@@ -88,6 +94,8 @@ impl Message {
             deliver_at: None,
             traceparent: None,
             tracestate: None,
+            schedule: None,
+            scheduled_for: None,
             failures: None,
             payload: payload.into(),
         }

@@ -58,6 +58,10 @@ pub const DL_CAUSE: &str = "pb-dl-cause";
 pub const DL_ERROR_KIND: &str = "pb-dl-error-kind";
 /// Dead letters: message of the final error.
 pub const DL_ERROR_MESSAGE: &str = "pb-dl-error-message";
+/// The schedule that published the message.
+pub const SCHEDULE: &str = "pb-schedule";
+/// The tick a scheduled message was published for (ms since epoch).
+pub const SCHEDULED_FOR: &str = "pb-scheduled-for";
 /// Dead letters: first failure (ms since epoch).
 pub const DL_FIRST_FAILED_AT: &str = "pb-dl-first-failed-at";
 /// Dead letters: last failure (ms since epoch).
@@ -116,6 +120,12 @@ pub fn visit_headers(m: &Message, mut field: impl FnMut(&str, &str)) {
     }
     if let Some(t) = &m.tracestate {
         field(TRACESTATE, t);
+    }
+    if let Some(s) = &m.schedule {
+        field(SCHEDULE, s);
+    }
+    if let Some(t) = m.scheduled_for {
+        field(SCHEDULED_FOR, decimal(to_millis(t), &mut digits));
     }
     if let Some(f) = &m.failures {
         field(FIRST_FAILED_AT, decimal(to_millis(f.first_failed_at), &mut digits));
@@ -212,6 +222,8 @@ where
         deliver_at: None,
         traceparent: None,
         tracestate: None,
+        schedule: None,
+        scheduled_for: None,
         failures: None,
         payload: Bytes::new(),
     };
@@ -239,6 +251,7 @@ where
     (m.key, m.idempotency_key, m.content_type) = (None, None, None);
     (m.attempt, m.published_at, m.deliver_at) = (1, SystemTime::UNIX_EPOCH, None);
     (m.traceparent, m.tracestate, m.failures) = (None, None, None);
+    (m.schedule, m.scheduled_for) = (None, None);
     m.payload = payload;
     let mut attempt: Option<u32> = None;
     let mut published_at = None;
@@ -271,6 +284,8 @@ where
             DELIVER_AT => m.deliver_at = millis(DELIVER_AT, text, &mut problems),
             TRACEPARENT => m.traceparent = Some(value.into()),
             TRACESTATE => m.tracestate = Some(value.into()),
+            SCHEDULE => m.schedule = Some(value.into()),
+            SCHEDULED_FOR => m.scheduled_for = millis(SCHEDULED_FOR, text, &mut problems),
             FIRST_FAILED_AT => first_failed = millis(FIRST_FAILED_AT, text, &mut problems),
             LAST_FAILED_AT => last_failed = millis(LAST_FAILED_AT, text, &mut problems),
             LAST_ERROR_KIND => last_kind = Some(value.into()),
@@ -325,6 +340,8 @@ mod tests {
             .with_delay(Duration::from_secs(5))
             .with_traceparent("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
         m.tracestate = Some("a=b".into());
+        m.schedule = Some("nightly-import".into());
+        m.scheduled_for = Some(from_millis(1_765_000_000_000));
         m.attempt = 3;
         m.failures = Some(FailureHistory {
             first_failed_at: from_millis(1000),

@@ -113,6 +113,8 @@ impl Schedule {
         m.content_type = self.content_type.clone();
         m.headers = self.headers.clone();
         m.idempotency_key = Some(super::tick_key(&self.name, tick));
+        m.schedule = Some(self.name.clone());
+        m.scheduled_for = Some(tick);
         m
     }
 

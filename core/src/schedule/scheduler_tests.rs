@@ -59,6 +59,10 @@ async fn three_schedulers_publish_each_tick_once() {
     assert_eq!(got.len(), all);
     let keys: Vec<String> = got.iter().map(|m| m.idempotency_key.clone().unwrap()).collect();
     assert_eq!(keys[0], tick_key("nightly", ticks[0]));
+    // Each message says which schedule and which tick it is for.
+    for (m, tick) in got.iter().zip(&ticks) {
+        assert_eq!((m.schedule.as_deref(), m.scheduled_for), (Some("nightly"), Some(*tick)));
+    }
     assert!(got.iter().all(|m| m.key.as_deref() == Some("k") && &m.payload[..] == b"build"));
     let stored = &store.list().await.unwrap()[0];
     assert_eq!(stored.last_tick, ticks.last().copied());
