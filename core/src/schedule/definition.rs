@@ -31,6 +31,60 @@ pub enum When {
     },
 }
 
+impl When {
+    /// From the options every language takes: `cron` (with `zone`, UTC by
+    /// default) or `every`, not both; an interval counts from `start` when
+    /// one is given, else from the epoch.
+    pub fn from_options(
+        cron: Option<&str>,
+        every: Option<Duration>,
+        zone: Option<&str>,
+        start: Option<SystemTime>,
+    ) -> Result<Self> {
+        match (cron, every) {
+            (Some(expression), None) => {
+                Ok(When::Cron { expression: expression.to_string(), zone: zone.unwrap_or("UTC").to_string() })
+            }
+            (None, Some(every)) if zone.is_none() => Ok(When::Every {
+                every_ms: u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+                anchor_ms: start.map(to_millis),
+            }),
+            (None, Some(_)) => {
+                Err(Error::invalid_option("zone", "applies to `cron` only (an interval is the same in every zone)"))
+            }
+            _ => Err(Error::invalid_option("cron", "give either `cron` (with an optional `zone`) or `every`")),
+        }
+    }
+}
+
+impl Misfire {
+    /// From its name as every language spells it: `skip`, `once` or `all`
+    /// (with `cap`, default [`Misfire::DEFAULT_CAP`]).
+    pub fn from_name(name: &str, cap: Option<u32>) -> Result<Self> {
+        match (name, cap) {
+            ("skip", None) => Ok(Misfire::Skip),
+            ("once", None) => Ok(Misfire::Once),
+            ("all", cap) => match cap.unwrap_or(Misfire::DEFAULT_CAP) {
+                0 => Err(Error::invalid_option("misfire_cap", "must be at least 1")),
+                cap => Ok(Misfire::All { cap }),
+            },
+            ("skip" | "once", Some(_)) => {
+                Err(Error::invalid_option("misfire_cap", "applies to `misfire=\"all\"` only"))
+            }
+            (other, _) => Err(Error::invalid_option("misfire", format!("must be skip, once or all, not `{other}`"))),
+        }
+    }
+
+    /// `skip`, `once` or `all`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Misfire::Skip => "skip",
+            Misfire::Once => "once",
+            Misfire::All { .. } => "all",
+        }
+    }
+}
+
 /// A named schedule: when it fires and what each tick publishes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Schedule {
@@ -186,6 +240,16 @@ impl Stored {
     /// Ticks after this are due (the last published, or `since`).
     pub fn due_after(&self) -> SystemTime {
         self.last_tick.map_or(self.since, |last| last.max(self.since))
+    }
+
+    /// When it fires next after `now`, if it does (not paused, not ended).
+    pub fn next_run(&self, now: SystemTime) -> Option<SystemTime> {
+        if self.paused {
+            return None;
+        }
+        let table = self.schedule.timetable().ok()?;
+        let s = &self.schedule;
+        super::due(&table, self.due_after(), now, s.misfire, s.start, s.end).next
     }
 }
 

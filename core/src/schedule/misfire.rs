@@ -10,6 +10,11 @@ use super::Timetable;
 /// it up by a few seconds. Later than this, a tick was missed.
 pub const ON_TIME: Duration = Duration::from_secs(30);
 
+impl Misfire {
+    /// The cap of `all` when none is given.
+    pub const DEFAULT_CAP: u32 = 100;
+}
+
 /// What to do with ticks that were missed (no scheduler ran at their time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Misfire {

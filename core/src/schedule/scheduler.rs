@@ -49,13 +49,15 @@ pub struct Pass {
     pub next: Option<SystemTime>,
 }
 
-/// Publishes the due ticks of the schedules in a store.
+/// Publishes the due ticks of the schedules in a store. Clones share
+/// one run: [`Scheduler::shutdown`] on any stops it.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
     broker: Arc<dyn Broker>,
     store: Arc<dyn ScheduleStore>,
     claims: Arc<dyn IdempotencyStore>,
     owner: String,
+    stop: CancellationToken,
 }
 
 impl Scheduler {
@@ -63,7 +65,27 @@ impl Scheduler {
     /// claiming ticks in `claims` (shared by every scheduler of the store).
     pub fn new(broker: Arc<dyn Broker>, store: Arc<dyn ScheduleStore>, claims: Arc<dyn IdempotencyStore>) -> Self {
         let owner = format!("scheduler-{}-{:08x}", std::process::id(), fastrand::u32(..));
-        Scheduler { broker, store, claims, owner }
+        Scheduler { broker, store, claims, owner, stop: CancellationToken::new() }
+    }
+
+    /// A scheduler of the schedules `broker` keeps, claiming ticks in its
+    /// idempotency store: `UNSUPPORTED` on a backend with neither (for now
+    /// RabbitMQ and Kafka).
+    pub fn for_broker(broker: Arc<dyn Broker>) -> Result<Self> {
+        let unsupported = || crate::Error::Unsupported { backend: broker.backend(), capability: "schedules" };
+        let store = broker.schedule_store().ok_or_else(unsupported)?;
+        let claims = broker.idempotency_store().ok_or_else(unsupported)?;
+        Ok(Scheduler::new(broker, store, claims))
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &Arc<dyn ScheduleStore> {
+        &self.store
+    }
+
+    /// Stops [`Scheduler::run`] (after the pass in progress).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
     }
 
     /// One pass at `now`: publishes every tick due, and says when the next is.
@@ -109,10 +131,11 @@ impl Scheduler {
         Ok(pass)
     }
 
-    /// Runs passes until `stop`: at each schedule's next tick, and at least
-    /// every [`REFRESH`]. A pass that fails (the broker away) is logged and
-    /// tried again at the next.
-    pub async fn run(&self, stop: CancellationToken) -> Result<()> {
+    /// Runs passes until [`Scheduler::shutdown`]: at each schedule's next
+    /// tick, and at least every [`REFRESH`]. A pass that fails (the broker
+    /// away) is logged and tried again at the next.
+    pub async fn run(&self) -> Result<()> {
+        let stop = &self.stop;
         while !stop.is_cancelled() {
             let now = SystemTime::now();
             let wait = match self.run_once(now).await {

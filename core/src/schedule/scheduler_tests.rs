@@ -182,3 +182,56 @@ fn a_definition_round_trips_through_its_json() {
     let back = Schedule::from_json("nightly", &s.definition_json(), s.payload.clone()).unwrap();
     assert_eq!(back, s);
 }
+
+#[tokio::test]
+async fn a_running_scheduler_publishes_on_the_clock_and_stops_when_told() {
+    let broker = broker().await;
+    let scheduler = Scheduler::for_broker(Arc::clone(&broker)).unwrap();
+    scheduler.store().upsert(&every_second("live")).await.unwrap();
+    let runner = scheduler.clone();
+    let run = tokio::spawn(async move { runner.run().await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while broker.inspect("reports", "g").await.unwrap().ready < 2 {
+        assert!(std::time::Instant::now() < deadline, "two ticks not published in 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    scheduler.shutdown();
+    tokio::time::timeout(Duration::from_secs(10), run).await.expect("stops when told").unwrap().unwrap();
+    let stored = &scheduler.store().list().await.unwrap()[0];
+    assert!(stored.last_tick.is_some());
+    let next = stored.next_run(SystemTime::now()).unwrap();
+    assert!(next > SystemTime::now() - Duration::from_secs(1) && next <= SystemTime::now() + Duration::from_secs(2));
+}
+
+#[test]
+fn options_as_every_language_gives_them() {
+    let start = UNIX_EPOCH + Duration::from_secs(30);
+    assert_eq!(
+        When::from_options(None, Some(Duration::from_secs(60)), None, Some(start)).unwrap(),
+        When::Every { every_ms: 60_000, anchor_ms: Some(30_000) }
+    );
+    assert_eq!(
+        When::from_options(Some("0 3 * * *"), None, None, None).unwrap(),
+        When::Cron { expression: "0 3 * * *".into(), zone: "UTC".into() }
+    );
+    for (cron, every, zone, option) in [
+        (Some("* * * * *"), Some(Duration::from_secs(1)), None, "cron"),
+        (None, None, None, "cron"),
+        (None, Some(Duration::from_secs(1)), Some("UTC"), "zone"),
+    ] {
+        match When::from_options(cron, every, zone, None) {
+            Err(crate::Error::InvalidOption { name, .. }) => assert_eq!(name, option),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(Misfire::from_name("all", None).unwrap(), Misfire::All { cap: Misfire::DEFAULT_CAP });
+    assert_eq!(Misfire::from_name("skip", None).unwrap().name(), "skip");
+    for (name, cap, option) in
+        [("sometimes", None, "misfire"), ("all", Some(0), "misfire_cap"), ("once", Some(3), "misfire_cap")]
+    {
+        match Misfire::from_name(name, cap) {
+            Err(crate::Error::InvalidOption { name, .. }) => assert_eq!(name, option),
+            other => panic!("{other:?}"),
+        }
+    }
+}
