@@ -190,7 +190,54 @@ export class Broker {
   deadLetters(topic: string, group: string, options?: { limit?: number; after?: string }): Promise<DeadLetter[]>
   redrive(topic: string, group: string, options?: RedriveOptions): Promise<number>
   purge(topic: string, group: string, filter?: DeadLetterFilter): Promise<number>
+  /** Creates or replaces the schedule `name`; `UNSUPPORTED` on RabbitMQ and Kafka for now. */
+  upsertSchedule(name: string, topic: string, payload: Payload, options: ScheduleOptions): Promise<'created' | 'updated' | 'unchanged'>
+  schedules(): Promise<ScheduleInfo[]>
+  pauseSchedule(name: string): Promise<boolean>
+  resumeSchedule(name: string): Promise<boolean>
+  removeSchedule(name: string): Promise<boolean>
   close(): Promise<void>
+}
+
+/** When a schedule fires (`cron` or `everyMs`, not both) and what its ticks publish. */
+export interface ScheduleOptions {
+  /** 5 fields, or 6 with seconds first; `@daily` and the like. */
+  cron?: string
+  /** An interval of at least 1000 ms, counted from `start` or the epoch. */
+  everyMs?: number
+  /** IANA time zone of `cron` (default `UTC`). */
+  zone?: string
+  start?: Date
+  end?: Date
+  /** Ticks no scheduler ran for: `once` (default, one run for all), `skip`, or `all` (up to `misfireCap`). */
+  misfire?: 'skip' | 'once' | 'all'
+  misfireCap?: number
+  key?: string
+  headers?: Record<string, string>
+  contentType?: string
+}
+
+export interface ScheduleInfo {
+  name: string
+  topic: string
+  cron: string | null
+  zone: string | null
+  everyMs: number | null
+  misfire: 'skip' | 'once' | 'all'
+  misfireCap: number | null
+  paused: boolean
+  start: Date | null
+  end: Date | null
+  lastRun: Date | null
+  nextRun: Date | null
+  lastMessageId: string | null
+}
+
+/** Publishes each due tick of the broker's schedules, once however many run. */
+export class Scheduler {
+  constructor(broker: Broker)
+  run(): Promise<void>
+  shutdown(): void
 }
 
 /** Options go in the URL's query; a second argument is refused. */

@@ -26,6 +26,7 @@ const { Retry, Fatal } = require('./lib/outcomes.js')
 const { setLogger } = require('./lib/logging.js')
 const { conformance } = require('./lib/conformance.js')
 const { App, Task } = require('./lib/tasks.js')
+const { Scheduler } = require('./lib/scheduler.js')
 const DEFAULTS = require('./lib/defaults.js')
 
-module.exports = { connect, Broker, Worker, Job, Retry, Fatal, PillarboxError, setLogger, conformance, App, Task, DEFAULTS }
+module.exports = { connect, Broker, Worker, Job, Retry, Fatal, PillarboxError, setLogger, conformance, App, Task, Scheduler, DEFAULTS }

@@ -4,7 +4,9 @@ const native = require('./native.js')
 const { call, invalidOption } = require('./errors.js')
 const { submit } = require('./completions.js')
 const { checkOptions, checkNames } = require('./options.js')
-const { isPayload, toBuffer, messageInput, checkMessage, filterInput, deadLetter } = require('./codec.js')
+const {
+  isPayload, toBuffer, messageInput, checkMessage, filterInput, deadLetter, scheduleInput, scheduleInfo,
+} = require('./codec.js')
 
 /** A connection to a broker. Share one per process. */
 class Broker {
@@ -98,6 +100,44 @@ class Broker {
     checkNames({ topic, group })
     checkOptions('redrive', filter)
     return call(this._native.redrive(topic, group, filterInput(filter)))
+  }
+
+  /**
+   * Creates or replaces the schedule `name`: at each tick of `cron` (read
+   * in the IANA time `zone`, UTC by default) or every `everyMs`, `payload`
+   * is published to `topic` once, however many schedulers run. `misfire`
+   * says what happens to ticks no scheduler was running for: `once` (the
+   * default), `skip` or `all` (up to `misfireCap`). Resolves to `created`,
+   * `updated` or `unchanged`.
+   */
+  async upsertSchedule(name, topic, payload, options) {
+    checkNames({ name, topic })
+    const checked = checkOptions('upsertSchedule', options)
+    return call(this._native.upsertSchedule(name, topic, toBuffer(payload), scheduleInput(checked)))
+  }
+
+  /** The schedules this broker keeps, with their last and next run. */
+  async schedules() {
+    const found = await call(this._native.schedules())
+    return found.map(scheduleInfo)
+  }
+
+  /** Pauses the schedule `name`; resolves to whether it exists. */
+  async pauseSchedule(name) {
+    checkNames({ name })
+    return call(this._native.pauseSchedule(name))
+  }
+
+  /** Resumes it; ticks missed while paused are not published. */
+  async resumeSchedule(name) {
+    checkNames({ name })
+    return call(this._native.resumeSchedule(name))
+  }
+
+  /** Removes it; resolves to whether it existed. */
+  async removeSchedule(name) {
+    checkNames({ name })
+    return call(this._native.removeSchedule(name))
   }
 
   /** Deletes matching dead letters (all of them without a filter); resolves to how many. */

@@ -117,4 +117,33 @@ function deadLetter(d) {
   }
 }
 
-module.exports = { isPayload, toBuffer, messageInput, checkMessage, filterInput, message, deadLetter }
+/** A schedule's options as the native layer takes them (times in milliseconds). */
+function scheduleInput(options = {}) {
+  return {
+    ...Object.fromEntries(Object.entries(options).filter(([, v]) => v != null)),
+    headers: checkHeaders(options.headers),
+    start: toMillis(options.start, 'start'),
+    end: toMillis(options.end, 'end'),
+  }
+}
+
+/** A schedule as listed: times as Dates. */
+function scheduleInfo(s) {
+  const date = (ms) => (ms == null ? null : new Date(ms))
+  return {
+    ...s,
+    cron: s.cron ?? null,
+    zone: s.zone ?? null,
+    everyMs: s.everyMs ?? null,
+    misfireCap: s.misfireCap ?? null,
+    lastMessageId: s.lastMessageId ?? null,
+    start: date(s.start),
+    end: date(s.end),
+    lastRun: date(s.lastRun),
+    nextRun: date(s.nextRun),
+  }
+}
+
+module.exports = {
+  isPayload, toBuffer, messageInput, checkMessage, filterInput, message, deadLetter, scheduleInput, scheduleInfo,
+}

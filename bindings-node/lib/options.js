@@ -95,6 +95,18 @@ const OPTIONS = {
     headers: kind.any,
   },
   appWorkers: { ...WORKER, topics: kind.strings },
+  upsertSchedule: {
+    cron: kind.string,
+    everyMs: kind.durationMs,
+    zone: kind.string,
+    start: kind.date,
+    end: kind.date,
+    misfire: kind.oneOf(['skip', 'once', 'all']),
+    misfireCap: kind.count(1),
+    key: kind.string,
+    headers: kind.any,
+    contentType: kind.string,
+  },
   setLogger: { level: kind.oneOf(['error', 'warn', 'info', 'debug', 'trace']) },
 }
 

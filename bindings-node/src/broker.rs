@@ -170,6 +170,19 @@ impl Broker {
 }
 
 impl Broker {
+    /// The core's broker.
+    pub(crate) fn core(&self) -> Arc<dyn pillarbox::Broker> {
+        Arc::clone(&self.inner)
+    }
+
+    /// The backend's schedule store, or `UNSUPPORTED`.
+    pub(crate) fn schedule_store(&self) -> Result<Arc<dyn pillarbox::schedule::ScheduleStore>> {
+        let b = &self.inner;
+        b.schedule_store()
+            .ok_or(pillarbox::Error::Unsupported { backend: b.backend(), capability: "schedules" })
+            .or_throw()
+    }
+
     /// Publishes `batch` on the runtime; `ticket` settles with the ids.
     fn start_publish(
         &self,

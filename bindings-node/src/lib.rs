@@ -19,6 +19,7 @@ mod errors;
 mod handler;
 mod logging;
 mod message;
+mod schedules;
 mod surface;
 mod worker;
 

@@ -85,6 +85,13 @@ test('every option of a kind refuses what a typo or a bug puts there, naming it'
     tried++
   }
   assert.equal(app.tasks.size, 0)
+  for (const [name, value] of cases('upsert_schedule')) {
+    const base = name === 'cron' || name === 'zone' ? { everyMs: 60_000 } : { cron: '0 3 * * *' }
+    if (name === 'misfireCap') base.misfire = 'all'
+    await refused(name, () => broker.upsertSchedule('s', 't', 'x', { ...base, [name]: value }))
+    tried++
+  }
+  assert.deepEqual(await broker.schedules(), [])
   assert.ok(tried > 90, `${tried} cases`)
   const stats = await broker.inspect(t, 'g')
   assert.equal(stats.ready + stats.waiting, 0)

@@ -35,7 +35,7 @@ function members(name) {
   return [...body[1].matchAll(/^\s{2}(\w+)\??:/gm)].map((m) => m[1]).sort()
 }
 
-const CALLS = { worker: 'worker', retry: 'retry', publish: 'publish', app: 'app', task: 'task', apply_async: 'applyAsync', signature: 'signature', dead_letters: 'deadLetters' }
+const CALLS = { worker: 'worker', retry: 'retry', publish: 'publish', app: 'app', task: 'task', apply_async: 'applyAsync', signature: 'signature', dead_letters: 'deadLetters', upsert_schedule: 'upsertSchedule' }
 
 test('every option of the surface is checked by name, and none else', () => {
   for (const [call, node] of Object.entries(CALLS)) {
@@ -63,6 +63,7 @@ test('the types declare every option of the surface', () => {
   assert.deepEqual(members('RetryPolicy'), expected('retry'))
   assert.deepEqual(members('PublishOptions'), expected('publish'))
   assert.deepEqual(members('ApplyOptions'), expected('apply_async'))
+  assert.deepEqual(members('ScheduleOptions'), expected('upsert_schedule'))
   const codes = /export type ErrorCode =([\s\S]*?)\n\n/.exec(TYPES)[1]
   assert.deepEqual([...codes.matchAll(/'([A-Z_]+)'/g)].map((m) => m[1]), SURFACE.error_codes)
 })

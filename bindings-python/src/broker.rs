@@ -96,6 +96,11 @@ impl PyBroker {
     }
 }
 
+/// The backend's schedule store, or `UNSUPPORTED`.
+fn store_of(b: &Arc<dyn Broker>) -> pillarbox::Result<Arc<dyn pillarbox::schedule::ScheduleStore>> {
+    b.schedule_store().ok_or(pillarbox::Error::Unsupported { backend: b.backend(), capability: "schedules" })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn filter(
     error_kind: Option<&Bound<'_, PyAny>>,
@@ -229,6 +234,60 @@ impl PyBroker {
         Ok(Operation::new(
             self.call(move |b| async move { dead_letter::purge(b.as_ref(), &topic, &group, &filter).await }),
         ))
+    }
+
+    /// Creates or replaces the schedule `name`; resolves to `created`,
+    /// `updated` or `unchanged`.
+    #[pyo3(signature = (name, topic, payload, *, cron=None, every=None, zone=None, start=None, end=None, misfire=None, misfire_cap=None, key=None, headers=None, content_type=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn upsert_schedule(
+        &self,
+        name: &Bound<'_, PyAny>,
+        topic: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        cron: Option<&Bound<'_, PyAny>>,
+        every: Option<&Bound<'_, PyAny>>,
+        zone: Option<&Bound<'_, PyAny>>,
+        start: Option<&Bound<'_, PyAny>>,
+        end: Option<&Bound<'_, PyAny>>,
+        misfire: Option<&Bound<'_, PyAny>>,
+        misfire_cap: Option<&Bound<'_, PyAny>>,
+        key: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+        content_type: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Operation> {
+        let message = crate::message::template(payload, key, headers, content_type)?;
+        let schedule =
+            crate::schedules::schedule_from(name, topic, message, cron, every, zone, start, end, misfire, misfire_cap)?;
+        Ok(Operation::new(self.call(move |b| async move {
+            let store = b
+                .schedule_store()
+                .ok_or(pillarbox::Error::Unsupported { backend: b.backend(), capability: "schedules" })?;
+            store.upsert(&schedule).await.map(crate::schedules::upserted_name)
+        })))
+    }
+
+    /// The schedules this broker keeps, with their state.
+    fn schedules(&self) -> Operation {
+        Operation::converting(self.call(crate::schedules::list), |py, found| {
+            let found: Vec<crate::schedules::PyScheduleInfo> = found.into_iter().map(Into::into).collect();
+            found.into_py_any(py)
+        })
+    }
+
+    /// Pauses the schedule; resolves to whether it exists.
+    fn pause_schedule(&self, name: String) -> Operation {
+        Operation::new(self.call(move |b| async move { store_of(&b)?.set_paused(&name, true).await }))
+    }
+
+    /// Resumes it (ticks missed while paused are not published).
+    fn resume_schedule(&self, name: String) -> Operation {
+        Operation::new(self.call(move |b| async move { store_of(&b)?.set_paused(&name, false).await }))
+    }
+
+    /// Removes it; resolves to whether it existed.
+    fn remove_schedule(&self, name: String) -> Operation {
+        Operation::new(self.call(move |b| async move { store_of(&b)?.remove(&name).await }))
     }
 
     fn close(&self) -> Operation {

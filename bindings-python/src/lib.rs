@@ -19,6 +19,7 @@ mod message;
 mod operation;
 mod records;
 mod runtime;
+mod schedules;
 mod stats;
 mod threads;
 mod worker;
@@ -44,6 +45,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stats::PyWorkerStats>()?;
     m.add_class::<records::PyCapabilities>()?;
     m.add_class::<records::PyFailures>()?;
+    m.add_class::<schedules::PyScheduleInfo>()?;
+    m.add_class::<schedules::PyScheduler>()?;
     m.add_function(wrap_pyfunction!(broker::connect, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::scenarios, m)?)?;
     m.add_function(wrap_pyfunction!(conformance::run_scenario, m)?)?;

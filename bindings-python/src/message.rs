@@ -51,6 +51,23 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
     value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
+/// What a schedule's ticks publish: a payload with its key, headers and
+/// content type (each tick gets a fresh id and its own idempotency key).
+pub fn template(
+    payload: &Bound<'_, PyAny>,
+    key: Option<&Bound<'_, PyAny>>,
+    headers: Option<&Bound<'_, PyAny>>,
+    content_type: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Message> {
+    let mut m = Message::new(convert::payload(payload)?);
+    m.key = convert::string(key, "key")?;
+    m.content_type = convert::string(content_type, "content_type")?;
+    if let Some(headers) = headers.filter(|h| !h.is_none()) {
+        m.headers = string_map(headers).map_err(|e| crate::errors::to_pyerr(payload.py(), &e))?;
+    }
+    Ok(m)
+}
+
 #[pymethods]
 impl PyMessage {
     #[new]

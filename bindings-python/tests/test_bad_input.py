@@ -89,6 +89,16 @@ def test_task_and_signature_options(name: str, value: Any) -> None:
     assert app.tasks == {}
 
 
+@pytest.mark.parametrize("name,value", list(cases("upsert_schedule")), ids=repr)
+def test_schedule_options(name: str, value: Any) -> None:
+    broker = pillarbox.connect("memory://")
+    base = {"every": 60} if name in ("cron", "zone") else {"cron": "0 3 * * *"}
+    if name == "misfire_cap":
+        base["misfire"] = "all"
+    refused(name, lambda: broker.upsert_schedule("s", "t", b"x", **{**base, name: value}))
+    assert broker.schedules() == []
+
+
 def test_dead_letter_filters(broker: pillarbox.Broker) -> None:
     for name in ("error_kind", "cause", "error_contains"):
         for value in (5, b"Flaky", ["Flaky"], "lone \udc00"):

@@ -99,6 +99,11 @@ def test_task_layer_options() -> None:
     check("signature", options(pillarbox.App.signature, skip=("name",)))
 
 
+def test_schedule_options_in_every_facade() -> None:
+    for fn in (pillarbox.Broker.upsert_schedule, pillarbox.aio.Broker.upsert_schedule):
+        check("upsert_schedule", options(fn, skip=("name", "topic", "payload")))
+
+
 def test_the_native_defaults_are_the_surfaces() -> None:
     # pillarbox::surface, exported by the native module, which the
     # signatures and Django's settings read.

@@ -31,9 +31,11 @@ from ._native import (
     Job,
     Message,
     PartitionLag,
+    ScheduleInfo,
     WorkerStats,
     __version__,
 )
+from ._scheduler import Scheduler
 from ._worker import RetryPolicy, Worker
 from .errors import (
     AlreadyRunning,
@@ -80,6 +82,8 @@ __all__ = [
     "QueueFull",
     "Retry",
     "RetryPolicy",
+    "ScheduleInfo",
+    "Scheduler",
     "Task",
     "Timeout",
     "UnknownScheme",

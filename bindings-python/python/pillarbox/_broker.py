@@ -57,6 +57,11 @@ class Broker:
     dead_letters = blocking(BrokerCalls.dead_letters)
     redrive = blocking(BrokerCalls.redrive)
     purge = blocking(BrokerCalls.purge)
+    upsert_schedule = blocking(BrokerCalls.upsert_schedule)
+    schedules = blocking(BrokerCalls.schedules)
+    pause_schedule = blocking(BrokerCalls.pause_schedule)
+    resume_schedule = blocking(BrokerCalls.resume_schedule)
+    remove_schedule = blocking(BrokerCalls.remove_schedule)
     close = blocking(BrokerCalls.close)
 
     def __enter__(self) -> "Broker":

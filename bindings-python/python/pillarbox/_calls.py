@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterable, List
 
 from . import _native
 from ._native import Broker as NativeBroker
-from ._native import DeadLetter, GroupStats, Message, Operation
+from ._native import DeadLetter, GroupStats, Message, Operation, ScheduleInfo
 from .errors import InvalidOption, invalid_option
 
 if TYPE_CHECKING:
@@ -265,6 +265,63 @@ class BrokerCalls:
             failed_before=failed_before,
             message_ids=message_ids,
         )
+
+    def upsert_schedule(
+        self: HoldsNative,
+        name: str,
+        topic: str,
+        payload: Payload,
+        *,
+        cron: Optional[str] = None,
+        every: Union[float, timedelta, None] = None,
+        zone: Optional[str] = None,
+        start: Optional[datetime] = None,
+        end: Optional[datetime] = None,
+        misfire: Optional[str] = None,
+        misfire_cap: Optional[int] = None,
+        key: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
+        content_type: Optional[str] = None,
+    ) -> Operation[str]:
+        """Creates or replaces the schedule ``name``: at each tick of ``cron``
+        (read in the IANA time ``zone``, UTC by default) or ``every`` (seconds
+        or a ``timedelta``), ``payload`` is published to ``topic`` once,
+        however many schedulers run. ``misfire`` says what happens to ticks
+        no scheduler was running for: ``"once"`` (the default: one run for
+        all of them), ``"skip"`` or ``"all"`` (up to ``misfire_cap``).
+        Returns ``"created"``, ``"updated"`` or ``"unchanged"``: a redeploy
+        upserting the same schedule changes nothing."""
+        return self._native.upsert_schedule(
+            name,
+            topic,
+            payload,
+            cron=cron,
+            every=every,
+            zone=zone,
+            start=start,
+            end=end,
+            misfire=misfire,
+            misfire_cap=misfire_cap,
+            key=key,
+            headers=headers,
+            content_type=content_type,
+        )
+
+    def schedules(self: HoldsNative) -> Operation[List[ScheduleInfo]]:
+        """The schedules this broker keeps: each one's timetable, last and next run, and whether it is paused."""
+        return self._native.schedules()
+
+    def pause_schedule(self: HoldsNative, name: str) -> Operation[bool]:
+        """Pauses the schedule ``name``; returns whether it exists."""
+        return self._native.pause_schedule(name)
+
+    def resume_schedule(self: HoldsNative, name: str) -> Operation[bool]:
+        """Resumes it; ticks missed while it was paused are not published."""
+        return self._native.resume_schedule(name)
+
+    def remove_schedule(self: HoldsNative, name: str) -> Operation[bool]:
+        """Removes it; returns whether it existed."""
+        return self._native.remove_schedule(name)
 
     def close(self: HoldsNative) -> Operation[None]:
         """Closes the connection. Messages held by workers come back after their lease."""

@@ -18,7 +18,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Protocol, Union
 
 from . import _native
 from ._calls import checked
@@ -147,12 +147,16 @@ class Worker:
         return f"<pillarbox.Worker {self.consumer_name}>"
 
 
+class _Stoppable(Protocol):
+    def shutdown(self) -> None: ...
+
+
 class _stop_on_signals:
     """In the main thread: SIGTERM and the first Ctrl-C shut the worker down
     gracefully; a second Ctrl-C raises ``KeyboardInterrupt``, which stops it
     at once (what it held returns to the broker after its lease)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: _Stoppable) -> None:
         self.worker = worker
         self.previous: Dict[int, Any] = {}
         self.stopping = False

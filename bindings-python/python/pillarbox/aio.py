@@ -51,6 +51,11 @@ class Broker:
     dead_letters = awaiting(BrokerCalls.dead_letters)
     redrive = awaiting(BrokerCalls.redrive)
     purge = awaiting(BrokerCalls.purge)
+    upsert_schedule = awaiting(BrokerCalls.upsert_schedule)
+    schedules = awaiting(BrokerCalls.schedules)
+    pause_schedule = awaiting(BrokerCalls.pause_schedule)
+    resume_schedule = awaiting(BrokerCalls.resume_schedule)
+    remove_schedule = awaiting(BrokerCalls.remove_schedule)
     close = awaiting(BrokerCalls.close)
 
     async def __aenter__(self) -> "Broker":
