@@ -73,6 +73,14 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The broker's periodic schedules: list (the default), pause, resume or remove one.
+    Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+    },
+    /// Publish the ticks of the broker's schedules until Ctrl-C or SIGTERM
+    /// (each tick once, however many schedulers run).
+    Scheduler,
     /// Serve Prometheus metrics for TOPIC:GROUP pairs, read from the broker at each scrape.
     Metrics {
         /// Where to listen.
@@ -82,6 +90,18 @@ enum Command {
         #[arg(required = true, value_parser = topic_group)]
         groups: Vec<(String, String)>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ScheduleAction {
+    /// Each schedule: when it fires, its topic, next and last run, whether paused.
+    List,
+    /// Pause a schedule: its ticks are skipped until it is resumed.
+    Pause { name: String },
+    /// Resume a schedule (ticks missed while it was paused are not published).
+    Resume { name: String },
+    /// Remove a schedule.
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]

@@ -386,3 +386,52 @@ fn bad_urls_and_unreachable_brokers_are_clear_errors_without_credentials() {
         pillarbox(&sqlite_url("bad-filter"), &["dead-letters", "list", "t", "g", "--filter", "colour=red"], None);
     assert_ne!(filter.status.code(), Some(0));
 }
+
+/// `schedules` lists, pauses, resumes and removes what the library made;
+/// `scheduler` publishes its ticks until SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_and_the_scheduler_on_sqlite() {
+    use pillarbox::schedule::{Schedule, When};
+
+    let url = sqlite_url("schedules");
+    let broker = pillarbox::connect(&url).await.unwrap();
+    let t = topic("sched");
+    broker.ensure_group(&t, "g").await.unwrap();
+    let store = broker.schedule_store().unwrap();
+    let nightly = When::Cron { expression: "30 2 * * *".into(), zone: "Europe/Berlin".into() };
+    store.upsert(&Schedule::new("nightly-import", nightly, &t, &Message::new("import")).unwrap()).await.unwrap();
+    let every = When::Every { every_ms: 1000, anchor_ms: None };
+    store.upsert(&Schedule::new("heartbeat", every, &t, &Message::new("beat")).unwrap()).await.unwrap();
+
+    let table = ok(&pillarbox(&url, &["schedules"], None));
+    assert!(table.contains("nightly-import") && table.contains("cron 30 2 * * * (Europe/Berlin)"), "{table}");
+    assert!(table.contains("every 1s"), "{table}");
+    ok(&pillarbox(&url, &["schedules", "pause", "nightly-import"], None));
+    let listed = json(&pillarbox(&url, &["--json", "schedules"], None));
+    let nightly = listed.as_array().unwrap().iter().find(|s| s["name"] == "nightly-import").unwrap().clone();
+    assert_eq!((nightly["paused"].as_bool(), nightly["zone"].as_str()), (Some(true), Some("Europe/Berlin")));
+    assert!(nightly["next_run_ms"].is_null(), "paused: no next run");
+    ok(&pillarbox(&url, &["schedules", "resume", "nightly-import"], None));
+    let missing = pillarbox(&url, &["schedules", "remove", "no-such-schedule"], None);
+    assert_eq!(missing.status.code(), Some(4), "{}", text(&missing.stderr));
+    ok(&pillarbox(&url, &["schedules", "remove", "nightly-import"], None));
+
+    // The scheduler publishes the heartbeat's ticks until SIGTERM.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pillarbox"))
+        .env_remove("PILLARBOX_URL")
+        .args(["--url", &url, "scheduler"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while broker.inspect(&t, "g").await.unwrap().ready < 2 {
+        assert!(Instant::now() < deadline, "the scheduler published fewer than 2 ticks in 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let listed = json(&pillarbox(&url, &["--json", "schedules"], None));
+    assert!(listed[0]["last_message_id"].is_string(), "{listed}");
+}

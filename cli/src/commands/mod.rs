@@ -5,6 +5,7 @@ mod dead_letters;
 mod inspect;
 mod metrics;
 mod publish;
+mod schedules;
 mod watch;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub async fn run(cli: Cli) -> Outcome {
             watch::run(&*broker, &topic, &group, interval, count, json).await
         }
         Command::Metrics { listen, groups } => metrics::serve(Arc::clone(&broker), &listen, groups).await,
+        Command::Schedules { action } => schedules::run(&*broker, action, json).await,
+        Command::Scheduler => schedules::scheduler(Arc::clone(&broker)).await,
         Command::Check { .. } => unreachable!("handled above"),
     };
     let _ = broker.close().await;
