@@ -378,7 +378,16 @@ export class App {
   topics(): string[]
   workers(options?: WorkerOptions & { topics?: string[] }): Promise<Worker[]>
   /** Runs the app's tasks until SIGTERM or Ctrl-C. */
-  runWorker(options?: WorkerOptions & { topics?: string[] }): Promise<void>
+  /** The workers and (unless `scheduler: false`) a Scheduler where the broker keeps schedules. */
+  runners(options?: WorkerOptions & { topics?: string[]; scheduler?: boolean }): Promise<Array<Worker | Scheduler>>
+  /** Runs the workers, and the schedules' ticks unless `scheduler: false`, until SIGTERM or Ctrl-C. */
+  runWorker(options?: WorkerOptions & { topics?: string[]; scheduler?: boolean }): Promise<void>
+  /** Runs `task` with `args` and `kwargs` at each tick: the schedule `name`, kept by the broker. */
+  schedule(
+    name: string,
+    task: Task | string,
+    options: Omit<ScheduleOptions, 'key' | 'headers' | 'contentType'> & { args?: unknown[]; kwargs?: Record<string, unknown> },
+  ): Promise<'created' | 'updated' | 'unchanged'>
 }
 
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug' | 'trace'

@@ -95,6 +95,17 @@ const OPTIONS = {
     headers: kind.any,
   },
   appWorkers: { ...WORKER, topics: kind.strings },
+  appSchedule: {
+    cron: kind.string,
+    everyMs: kind.durationMs,
+    zone: kind.string,
+    start: kind.date,
+    end: kind.date,
+    misfire: kind.oneOf(['skip', 'once', 'all']),
+    misfireCap: kind.count(1),
+    args: (v) => (Array.isArray(v) ? undefined : 'must be an array'),
+    kwargs: kind.object,
+  },
   upsertSchedule: {
     cron: kind.string,
     everyMs: kind.durationMs,

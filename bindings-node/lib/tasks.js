@@ -19,6 +19,8 @@ const { connect } = require('./broker.js')
 const { Worker } = require('./worker.js')
 const { Fatal } = require('./outcomes.js')
 const { checkOptions, checkNames } = require('./options.js')
+const { invalidOption } = require('./errors.js')
+const { Scheduler } = require('./scheduler.js')
 const { app: APP_DEFAULTS } = require('./defaults.js')
 
 const DEFAULT_GROUP = APP_DEFAULTS.group
@@ -163,6 +165,25 @@ class App {
     }
   }
 
+  /**
+   * Runs `task` (a task, or the name of one registered anywhere) with
+   * `args` and `kwargs` at each tick of `cron` or `everyMs`: the schedule
+   * `name`, kept by the broker (see `broker.upsertSchedule`; `runWorker`
+   * runs a scheduler). Resolves to `created`, `updated` or `unchanged`.
+   */
+  async schedule(name, task, options) {
+    checkNames({ name })
+    const { args = [], kwargs = {}, ...when } = checkOptions('appSchedule', options)
+    // A name this app registered goes to its task's topic.
+    const target = task instanceof Task ? task : this.tasks.get(task) ?? this.signature(task)
+    const broker = await this.ensureTopic(target.topic)
+    return broker.upsertSchedule(name, target.topic, envelope(target.name, args, kwargs), {
+      ...when,
+      headers: { [TASK_HEADER]: target.name },
+      contentType: 'application/json',
+    })
+  }
+
   /** One worker per topic (all of the app's by default). */
   async workers(options) {
     const { topics = this.topics(), ...rest } = checkOptions('appWorkers', options)
@@ -171,9 +192,32 @@ class App {
     return topics.map((topic) => new Worker(broker, topic, this.group, this.handler(), { retry: this.retry.get(topic), ...rest }))
   }
 
-  /** Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down gracefully and closes the broker. */
+  /**
+   * The app's workers and, unless `scheduler` is false, a Scheduler where
+   * the broker keeps schedules: what `runWorker` runs.
+   */
+  async runners(options = {}) {
+    const { scheduler = true, ...rest } = options ?? {}
+    if (typeof scheduler !== 'boolean') throw invalidOption('scheduler', `must be true or false, not ${typeof scheduler}`)
+    const runners = await this.workers(rest)
+    if (scheduler) {
+      const broker = await this.broker()
+      try {
+        runners.push(new Scheduler(broker))
+      } catch (e) {
+        if (e.code !== 'UNSUPPORTED') throw e
+      }
+    }
+    return runners
+  }
+
+  /**
+   * Runs the app's tasks, and the ticks of the broker's schedules (unless
+   * `{ scheduler: false }`), until SIGTERM or Ctrl-C, then shuts down
+   * gracefully and closes the broker.
+   */
   async runWorker(options = {}) {
-    const workers = await this.workers(options)
+    const workers = await this.runners(options)
     const stop = () => workers.forEach((w) => w.shutdown())
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)

@@ -111,3 +111,29 @@ test('bad definitions are refused naming the option, and nothing is kept', async
   assert.deepEqual(await broker.schedules(), [])
   await broker.close()
 })
+
+test('an app schedules a task and its worker runs the ticks', async () => {
+  const { App } = require('..')
+  const url = URLS.sqlite()
+  const app = new App(url)
+  const calls = []
+  const build = app.task('reports.build', async (kind) => {
+    calls.push(kind)
+  }, { topic: 'reports' })
+  const options = { everyMs: 1000, args: ['daily'], misfire: 'all' }
+  assert.equal(await app.schedule('reports-every-second', build, options), 'created')
+  assert.equal(await app.schedule('reports-every-second', 'reports.build', options), 'unchanged')
+  const runners = await app.runners({ concurrency: 2 })
+  assert.ok(runners.some((r) => r instanceof Scheduler), 'the worker runs a scheduler by default')
+  assert.ok(!(await app.runners({ scheduler: false })).some((r) => r instanceof Scheduler))
+  const running = runners.map((r) => r.run())
+  const deadline = Date.now() + 30_000
+  while (calls.length < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+  for (const r of runners) r.shutdown()
+  await Promise.all(running)
+  assert.deepEqual(calls.slice(0, 2), ['daily', 'daily'])
+  const [info] = await (await app.broker()).schedules()
+  assert.equal(info.topic, 'reports')
+  assert.ok(info.lastRun instanceof Date)
+  await (await app.broker()).close()
+})

@@ -130,3 +130,31 @@ def test_the_asyncio_broker_keeps_schedules_too() -> None:
         assert await broker.remove_schedule("s")
 
     asyncio.run(main())
+
+
+def test_an_app_schedules_a_task_and_its_worker_runs_the_ticks(sqlite_url: str) -> None:
+    app = pillarbox.App(sqlite_url)
+    calls = []
+
+    @app.task(name="reports.build", topic="reports")
+    def build(kind: str, *, tick: int = 0) -> None:
+        calls.append(kind)
+
+    assert app.schedule("reports-every-second", build, every=1, args=["daily"], misfire="all") == "created"
+    assert app.schedule("reports-every-second", "reports.build", every=1, args=["daily"], misfire="all") == "unchanged"
+    runners = app.runners(concurrency=2)
+    assert any(isinstance(r, pillarbox.Scheduler) for r in runners), "the worker runs a scheduler by default"
+    assert not any(isinstance(r, pillarbox.Scheduler) for r in app.runners(scheduler=False))
+    threads = [threading.Thread(target=r.run) for r in runners]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 30
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for r in runners:
+        r.shutdown()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert calls[:2] == ["daily", "daily"], calls
+    (info,) = app.broker.schedules()
+    assert info.topic == "reports" and info.last_run is not None

@@ -19,7 +19,8 @@ from .tasks import App
 
 WORKER_HELP = """
 Python command:
-  worker        Run the tasks of a Python app: pillarbox worker myproject.tasks:app [--concurrency N]
+  worker        Run the tasks of a Python app, and the schedules' ticks:
+                pillarbox worker myproject.tasks:app [--concurrency N] [--no-scheduler]
 """
 
 
@@ -52,12 +53,15 @@ def worker(argv: List[str]) -> None:
     worker.add_argument("--topics", help="comma-separated topics to run (default: all of the app's)")
     worker.add_argument("--concurrency", "-c", type=int, default=1, help="handlers running at once per topic")
     worker.add_argument("--loglevel", "-l", default="INFO", help="logging level (default INFO)")
+    worker.add_argument(
+        "--no-scheduler", action="store_true", help="do not publish the ticks of the broker's schedules"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=args.loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = load_app(args.app)
     topics = [t for t in args.topics.split(",") if t] if args.topics else None
-    app.run_worker(topics, concurrency=args.concurrency)
+    app.run_worker(topics, scheduler=not args.no_scheduler, concurrency=args.concurrency)
 
 
 if __name__ == "__main__":

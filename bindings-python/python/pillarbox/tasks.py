@@ -32,8 +32,9 @@ from . import _native
 from ._broker import Broker, connect
 from ._calls import checked
 from ._handlers import Fatal
+from ._scheduler import Scheduler
 from ._worker import RetryPolicy, Worker
-from .errors import invalid_option
+from .errors import Unsupported, invalid_option
 
 log = logging.getLogger("pillarbox")
 
@@ -241,6 +242,45 @@ class App:
 
         return self.task_class(self, elsewhere, name, topic or self.default_topic, None)
 
+    @checked
+    def schedule(
+        self,
+        name: str,
+        task: Union[Task, str],
+        *,
+        cron: Optional[str] = None,
+        every: Union[float, timedelta, None] = None,
+        zone: Optional[str] = None,
+        start: Optional[datetime] = None,
+        end: Optional[datetime] = None,
+        misfire: Optional[str] = None,
+        misfire_cap: Optional[int] = None,
+        args: Sequence[Any] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> str:
+        """Runs ``task`` (a task, or the name of one registered anywhere) with
+        ``args`` and ``kwargs`` at each tick of ``cron`` or ``every``: the
+        schedule ``name``, kept by the broker (see
+        :meth:`pillarbox.Broker.upsert_schedule`; ``run_worker`` runs a
+        scheduler). Returns ``"created"``, ``"updated"`` or ``"unchanged"``."""
+        # A name this app registered goes to its task's topic.
+        target = task if isinstance(task, Task) else self.tasks.get(task) or self.signature(task)
+        self.ensure_topic(target.topic)
+        return self.broker.upsert_schedule(
+            name,
+            target.topic,
+            envelope(target.name, args, dict(kwargs or {})),
+            cron=cron,
+            every=every,
+            zone=zone,
+            start=start,
+            end=end,
+            misfire=misfire,
+            misfire_cap=misfire_cap,
+            headers={TASK_HEADER: target.name},
+            content_type="application/json",
+        )
+
     def topics(self) -> List[str]:
         """The topics the registered tasks go to."""
         return sorted({t.topic for t in self.tasks.values()})
@@ -287,11 +327,26 @@ class App:
             for topic in chosen
         ]
 
-    def run_worker(self, topics: Optional[Iterable[str]] = None, **options: Any) -> None:
+    def run_worker(self, topics: Optional[Iterable[str]] = None, *, scheduler: bool = True, **options: Any) -> None:
         """Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down
-        gracefully: what the ``pillarbox worker`` command does."""
-        workers = self.workers(topics, **options)
-        run_until_stopped(workers, f"running {len(self.tasks)} task(s) on {', '.join(self.topics())}")
+        gracefully: what the ``pillarbox worker`` command does. With
+        ``scheduler`` (the default) it also publishes the ticks of the
+        broker's schedules, where the broker keeps them: every worker may,
+        each tick is published once."""
+        runners = self.runners(topics, scheduler=scheduler, **options)
+        run_until_stopped(runners, f"running {len(self.tasks)} task(s) on {', '.join(self.topics())}")
+
+    def runners(self, topics: Optional[Iterable[str]] = None, *, scheduler: bool = True, **options: Any) -> List[Any]:
+        """The app's workers (see :meth:`workers`) and, with ``scheduler``,
+        a :class:`pillarbox.Scheduler` where the broker keeps schedules:
+        what :meth:`run_worker` runs."""
+        runners: List[Any] = list(self.workers(topics, **options))
+        if scheduler:
+            try:
+                runners.append(Scheduler(self.broker))
+            except Unsupported:
+                log.info("the %s backend keeps no schedules: no scheduler runs", self.broker.backend)
+        return runners
 
     def __repr__(self) -> str:
         return f"<pillarbox.App {len(self.tasks)} task(s)>"
@@ -311,7 +366,7 @@ def _name(value: Any, option: str, optional: bool = False) -> Any:
     return value
 
 
-def run_until_stopped(workers: Sequence[Worker], started: str = "") -> None:
+def run_until_stopped(workers: Sequence[Any], started: str = "") -> None:
     """Runs ``workers``, a thread each, until SIGTERM or Ctrl-C (or until they
     all stop), then shuts them down gracefully: no new messages, running
     handlers get their grace. A second Ctrl-C stops at once. Signals are
@@ -328,7 +383,10 @@ def run_until_stopped(workers: Sequence[Worker], started: str = "") -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, request_stop)
-    threads = [threading.Thread(target=w.run, name=f"pillarbox-{w.consumer_name}", daemon=True) for w in workers]
+    threads = [
+        threading.Thread(target=w.run, name=f"pillarbox-{getattr(w, 'consumer_name', 'scheduler')}", daemon=True)
+        for w in workers
+    ]
     try:
         for t in threads:
             t.start()

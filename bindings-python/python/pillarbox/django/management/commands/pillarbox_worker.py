@@ -28,6 +28,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--concurrency", "-c", type=int, help="tasks running at once per topic (default: PILLARBOX['CONCURRENCY'])"
         )
+        parser.add_argument(
+            "--no-scheduler", action="store_true", help="do not publish the ticks of the broker's schedules"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         _default_logging()
@@ -39,7 +42,7 @@ class Command(BaseCommand):
                 raise CommandError("--concurrency must be at least 1")
             worker_options["concurrency"] = options["concurrency"]
         try:
-            workers = app.workers(topics, **worker_options)
+            workers = app.runners(topics, scheduler=not options["no_scheduler"], **worker_options)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         run_until_stopped(
