@@ -99,3 +99,23 @@ def test_manage_py_check_reports_a_bad_url_without_a_traceback() -> None:
 def test_call_command_check_fails_on_a_bad_option() -> None:
     with override_settings(PILLARBOX={"CONCURENCY": 2}), pytest.raises(SystemCheckError, match="CONCURENCY"):
         call_command("check")
+
+
+def test_schedules_are_checked_as_the_worker_will_make_them() -> None:
+    schedules = {
+        "nightly": {"task": "shop.tasks.record", "cron": "61 * * * *"},
+        "fine": {"task": "shop.tasks.record", "every": 60, "args": ["tick"]},
+        "daily": "0 3 * * *",
+        "typo": {"task": "shop.tasks.record", "crn": "* * * * *"},
+        "no task": {"cron": "0 3 * * *"},
+        "mars": {"task": "shop.tasks.record", "cron": "0 3 * * *", "zone": "Mars/Olympus"},
+    }
+    with override_settings(PILLARBOX={"SCHEDULES": schedules}):
+        found = sorted(m.msg for m in checks.run_checks() if m.id == "pillarbox.E002")
+    text = "\n".join(found)
+    assert len(found) == 5, text
+    assert "PILLARBOX['SCHEDULES']['nightly'] invalid option `cron`" in text
+    assert "PILLARBOX['SCHEDULES']['daily'] must be a dict" in text
+    assert "PILLARBOX['SCHEDULES']['typo'] unknown key 'crn'" in text
+    assert "PILLARBOX['SCHEDULES']['no task'] needs 'task'" in text
+    assert "PILLARBOX['SCHEDULES']['mars'] invalid option `zone`" in text

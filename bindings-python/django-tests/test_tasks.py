@@ -176,3 +176,21 @@ def test_the_worker_closes_stale_connections_around_each_task(monkeypatch: pytes
 
     runner.handler(get_app(), tasks.record.topic)(Job())
     assert calls == ["close", "task", "close"]
+
+
+def test_the_schedules_setting_is_synced_on_the_task_topics() -> None:
+    from django.test.utils import override_settings
+
+    app = get_app()
+    name = f"record-every-minute-{uuid.uuid4().hex[:8]}"
+    schedules = {name: {"task": tasks.record.name, "every": 60, "args": ["tick"], "misfire": "skip"}}
+    with override_settings(PILLARBOX={**settings.PILLARBOX, "SCHEDULES": schedules}):
+        if app.broker.backend == "amqp":
+            with pytest.raises(pillarbox.Unsupported):
+                app.sync_schedules()
+            return
+        assert app.sync_schedules() == {name: "created"}
+        assert app.sync_schedules() == {name: "unchanged"}
+    (info,) = [s for s in app.broker.schedules() if s.name == name]
+    assert info.topic == tasks.record.topic and info.misfire == "skip"
+    assert app.broker.remove_schedule(name)

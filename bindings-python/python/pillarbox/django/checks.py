@@ -84,7 +84,10 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> List[CheckMessage]
                 )
             )
     for key, why in conf.problems().items():
-        messages.append(Error(f"PILLARBOX[{key!r}] {why}", id="pillarbox.E002"))
+        # A schedule's problem is keyed `SCHEDULES:name`.
+        setting, _, schedule = key.partition(":")
+        where = f"PILLARBOX[{setting!r}]" + (f"[{schedule!r}]" if schedule else "")
+        messages.append(Error(f"{where} {why}", id="pillarbox.E002"))
     store = conf.raw().get("IDEMPOTENCY_STORE")
     if isinstance(store, str):
         problem = url_problem(store)

@@ -47,6 +47,10 @@ DEFAULTS: Dict[str, Any] = {
     "AUTODISCOVER": True,
     # More topics to show in the admin besides the project's own.
     "ADMIN_TOPICS": [],
+    # Periodic tasks, by schedule name: {"task": "app.tasks.name", "cron":
+    # "0 3 * * *" or "every": seconds, "zone", "args", "kwargs", "misfire"...}.
+    # ``pillarbox_worker`` upserts them when it starts.
+    "SCHEDULES": {},
 }
 
 _SECONDS = ("RETRY_DELAY", "RETRY_MAX_DELAY", "HANDLER_TIMEOUT", "SHUTDOWN_GRACE", "IDEMPOTENCY_RETENTION")
@@ -135,9 +139,49 @@ def problems() -> Dict[str, str]:
         elif key == "AUTODISCOVER":
             if not isinstance(v, bool):
                 found[key] = f"must be True or False, not {v!r}"
+        elif key == "SCHEDULES":
+            found.update(schedule_problems(v))
         elif key == "ADMIN_TOPICS":
             if not isinstance(v, (list, tuple)) or not all(isinstance(t, str) and t for t in v):
                 found[key] = f"must be a list of topic names, not {v!r}"
+    return found
+
+
+#: What a schedule of ``PILLARBOX["SCHEDULES"]`` may say.
+SCHEDULE_KEYS = ("task", "cron", "every", "zone", "start", "end", "misfire", "misfire_cap", "args", "kwargs")
+
+
+def schedule_problems(value: Any) -> Dict[str, str]:
+    """What is wrong with ``PILLARBOX["SCHEDULES"]``, per schedule. Each is
+    tried on a throwaway in-memory broker, so the core checks it exactly as
+    the worker will (a cron expression, a zone, an interval...)."""
+    from .. import connect
+    from ..errors import InvalidOption
+    from ..tasks import envelope
+
+    if not isinstance(value, dict):
+        return {"SCHEDULES": f"must be a dict of schedule name -> schedule, not {type(value).__name__}"}
+    found: Dict[str, str] = {}
+    scratch = connect("memory://")
+    for name, spec in value.items():
+        where = f"SCHEDULES:{name}"
+        if not isinstance(spec, dict):
+            found[where] = f"must be a dict, not {type(spec).__name__}"
+            continue
+        unknown = sorted(set(spec) - set(SCHEDULE_KEYS))
+        if unknown:
+            found[where] = f"unknown key {unknown[0]!r}; known: {', '.join(SCHEDULE_KEYS)}"
+            continue
+        if not isinstance(spec.get("task"), str) or not spec["task"]:
+            found[where] = "needs 'task': the task's name, e.g. 'imports.tasks.nightly'"
+            continue
+        options = {k: v for k, v in spec.items() if k not in ("task", "args", "kwargs")}
+        try:
+            payload = envelope(spec["task"], spec.get("args", ()), spec.get("kwargs") or {})
+            scratch.upsert_schedule(str(name), "tasks", payload, **options)
+        except (InvalidOption, TypeError, ValueError) as exc:
+            found[where] = str(exc)
+    scratch.close()
     return found
 
 

@@ -78,6 +78,17 @@ class DjangoApp(App):
                 return
         super().call(name, job, args, kwargs)
 
+    def sync_schedules(self) -> Dict[str, str]:
+        """Upserts the schedules of ``PILLARBOX["SCHEDULES"]``; returns what
+        each upsert did (``created``, ``updated``, ``unchanged``). Schedules
+        removed from the setting stay until removed (``pillarbox schedules
+        remove NAME``), as a redeploy of an older release must not drop them."""
+        done: Dict[str, str] = {}
+        for name, spec in (conf.option("SCHEDULES") or {}).items():
+            options = {k: v for k, v in spec.items() if k != "task"}
+            done[name] = self.schedule(name, spec["task"], **options)
+        return done
+
     def workers(self, topics: Optional[Iterable[str]] = None, **options: Any) -> List[Worker]:
         """One worker per topic, with the settings' retry policy unless a task
         of the topic set its own, and the settings' worker options."""

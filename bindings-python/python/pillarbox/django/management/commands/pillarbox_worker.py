@@ -41,6 +41,8 @@ class Command(BaseCommand):
             if options["concurrency"] < 1:
                 raise CommandError("--concurrency must be at least 1")
             worker_options["concurrency"] = options["concurrency"]
+        for name, done in app.sync_schedules().items():
+            log.info("schedule %s: %s (PILLARBOX['SCHEDULES'])", name, done)
         try:
             workers = app.runners(topics, scheduler=not options["no_scheduler"], **worker_options)
         except ValueError as exc:
