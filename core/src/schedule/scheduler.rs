@@ -19,8 +19,10 @@ use super::{due, tick_key, ScheduleStore};
 use crate::idempotency::{Claim, IdempotencyStore};
 use crate::{Broker, Result};
 
-/// How long a scheduler holds a tick's claim while it publishes it.
-pub const CLAIM_LEASE: Duration = Duration::from_secs(30);
+/// How long a scheduler holds a tick's claim while it publishes it: a
+/// scheduler killed while publishing delays that tick (and the schedule's
+/// later ones) by at most this.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
 /// How long a published tick's key is remembered as done.
 pub const CLAIM_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// The idempotency store scope of tick claims.
@@ -112,8 +114,14 @@ impl Scheduler {
                 let key = tick_key(&schedule.name, tick);
                 match self.claims.claim(SCOPE, &key, &self.owner, CLAIM_LEASE).await? {
                     Claim::Acquired => {}
-                    // Published by another scheduler, or being published now.
-                    Claim::AlreadyDone | Claim::Busy => continue,
+                    // Published by another scheduler.
+                    Claim::AlreadyDone => continue,
+                    // Being published by another, which may have died
+                    // holding it: no later tick goes out before this one
+                    // (it would move the schedule past it for good). The
+                    // next pass tries again, and once the lease has ended
+                    // this scheduler publishes it.
+                    Claim::Busy => break,
                 }
                 let message = schedule.message_for(tick);
                 let id = message.id.clone();

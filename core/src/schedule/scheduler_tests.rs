@@ -235,3 +235,29 @@ fn options_as_every_language_gives_them() {
         }
     }
 }
+
+/// A scheduler that died holding a tick's claim holds up that schedule's
+/// later ticks until its lease ends, then the tick and the later ones go
+/// out in order: none is skipped.
+#[tokio::test]
+async fn a_claim_held_by_a_dead_scheduler_delays_ticks_but_loses_none() {
+    use crate::idempotency::IdempotencyStore;
+
+    let broker = broker().await;
+    let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
+    let claims: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
+    let mut schedule = every_second("s");
+    schedule.misfire = Misfire::All { cap: 100 };
+    store.upsert(&schedule).await.unwrap();
+    let since = store.list().await.unwrap()[0].since;
+    let first = Timetable::interval(Duration::from_secs(1), UNIX_EPOCH).unwrap().next_after(since).unwrap();
+    // A scheduler took the first tick and died.
+    claims.claim("pb-schedules", &tick_key("s", first), "dead", Duration::from_millis(300)).await.unwrap();
+    let live = Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::clone(&claims));
+    let held = live.run_once(first + Duration::from_millis(2500)).await.unwrap();
+    assert!(held.published.is_empty(), "no tick after the held one: {held:?}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = live.run_once(first + Duration::from_millis(2500)).await.unwrap();
+    let ticks: Vec<SystemTime> = after.published.iter().map(|p| p.tick).collect();
+    assert_eq!(ticks, vec![first, first + Duration::from_secs(1), first + Duration::from_secs(2)]);
+}
