@@ -15,6 +15,7 @@ use super::envelope::{headers, TaskCall, UNKNOWN_TASK};
 use crate::broker::Broker;
 use crate::error::{Error, Result};
 use crate::message::{validate_name, Message};
+use crate::schedule::{Schedule, Upserted, When};
 use crate::worker::{Handler, HandlerError, Job, RetryPolicy, Worker, WorkerOptions};
 
 /// The group that runs an app's tasks on each topic (the same in every language).
@@ -206,6 +207,16 @@ impl Task {
         self.broker.publish(&self.topic, vec![message]).await?;
         Ok(id)
     }
+
+    /// The schedule `name` that calls this task with `call`'s args and
+    /// kwargs at each tick of `when` (set its `misfire`, `start` and `end`
+    /// before [`App::schedule`] keeps it).
+    pub fn schedule(&self, name: &str, when: When, call: Apply) -> Result<Schedule> {
+        let payload = TaskCall { task: self.name.to_string(), args: call.args, kwargs: call.kwargs }.to_payload();
+        let mut message = Message::new(payload).with_content_type("application/json");
+        message.headers = headers(&self.name, BTreeMap::new());
+        Schedule::new(name, when, &self.topic, &message)
+    }
 }
 
 /// Tasks, the broker their calls go through, and the workers that run them:
@@ -345,6 +356,21 @@ impl App {
             idempotency_key: None,
             groups: Arc::clone(&self.groups),
         }
+    }
+
+    /// Keeps `schedule` (from [`Task::schedule`]) in the broker's schedule
+    /// store, after making sure its topic's group exists; says whether it
+    /// was created, updated or unchanged. A [`Scheduler`] publishes its
+    /// ticks: `Scheduler::for_broker(app.broker().clone())`.
+    ///
+    /// [`Scheduler`]: crate::schedule::Scheduler
+    pub async fn schedule(&self, schedule: &Schedule) -> Result<Upserted> {
+        let store = self
+            .broker
+            .schedule_store()
+            .ok_or(Error::Unsupported { backend: self.broker.backend(), capability: "schedules" })?;
+        self.broker.ensure_group(&schedule.topic, &self.group).await?;
+        store.upsert(schedule).await
     }
 
     /// The topics the registered tasks go to, sorted.

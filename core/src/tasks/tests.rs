@@ -237,3 +237,40 @@ async fn a_topics_group_is_made_once_per_app_not_once_per_call() {
     assert_eq!(counting.made.load(std::sync::atomic::Ordering::SeqCst), 2, "one per topic");
     assert_eq!(counting.inspect(DEFAULT_TOPIC, DEFAULT_GROUP).await.unwrap().ready, 5);
 }
+
+#[tokio::test]
+async fn a_scheduled_task_runs_with_its_args_at_each_tick() {
+    use crate::schedule::{Misfire, Scheduler, Upserted, When};
+
+    let broker = broker().await;
+    let mut app = App::new(Arc::clone(&broker));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let build = app
+        .task_with("reports.build", TaskOptions::default().topic("reports"), move |call, job| {
+            let record = Arc::clone(&record);
+            async move {
+                let kind: String = call.arg(0)?;
+                record.lock().unwrap().push((kind, job.message.schedule.clone()));
+                Ok::<(), HandlerError>(())
+            }
+        })
+        .unwrap();
+    let when = When::Every { every_ms: 1000, anchor_ms: None };
+    let mut schedule = build.schedule("reports-every-second", when, Apply::args(vec![json!("daily")])).unwrap();
+    schedule.misfire = Misfire::All { cap: 10 };
+    assert_eq!(app.schedule(&schedule).await.unwrap(), Upserted::Created);
+    assert_eq!(app.schedule(&schedule).await.unwrap(), Upserted::Unchanged);
+    assert_eq!(schedule.topic, "reports", "the task's topic");
+
+    let scheduler = Scheduler::for_broker(Arc::clone(&broker)).unwrap();
+    // Two ticks: the first whole second after it was made, and the next.
+    let since = scheduler.store().list().await.unwrap()[0].since;
+    let first = since + Duration::from_millis(1000 - (crate::message::to_millis(since) % 1000));
+    let published = scheduler.run_once(first + Duration::from_millis(1500)).await.unwrap().published;
+    assert_eq!(published.len(), 2, "{published:?}");
+    let workers = app.workers(quick()).await.unwrap();
+    run_until(&workers[0], |s| s.succeeded >= 2).await;
+    let name = Some("reports-every-second".to_string());
+    assert_eq!(*seen.lock().unwrap(), vec![("daily".to_string(), name.clone()), ("daily".to_string(), name)]);
+}
