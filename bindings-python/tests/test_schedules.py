@@ -158,3 +158,40 @@ def test_an_app_schedules_a_task_and_its_worker_runs_the_ticks(sqlite_url: str) 
     assert calls[:2] == ["daily", "daily"], calls
     (info,) = app.broker.schedules()
     assert info.topic == "reports" and info.last_run is not None
+
+
+UPSERT = """
+import sys, pillarbox
+broker = pillarbox.connect(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # all start together
+print(broker.upsert_schedule(sys.argv[2], "reports", b"build", cron="30 2 * * *", zone="Europe/Berlin"))
+"""
+
+
+def test_fifty_processes_upserting_one_schedule_leave_one(url: str) -> None:
+    import subprocess
+    import sys
+
+    broker = pillarbox.connect(url)
+    if not keeps_schedules(broker) or broker.backend == "memory":
+        return  # memory:// is one process's; RabbitMQ and Kafka keep none yet
+    name = f"deploy-{uuid.uuid4().hex[:8]}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", UPSERT, url, name], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(50)
+    ]
+    # Once each has connected, release them at once.
+    for p in processes:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    for p in processes:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outcomes = [p.communicate(timeout=120)[0].strip() for p in processes]
+    assert all(p.returncode == 0 for p in processes), outcomes
+    assert sorted(set(outcomes)) == ["created", "unchanged"] and outcomes.count("created") == 1, outcomes
+    assert [s.name for s in broker.schedules()].count(name) == 1
+    assert broker.remove_schedule(name)
