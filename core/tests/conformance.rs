@@ -118,6 +118,8 @@ every_backend!(
     bad_names_refused,
     graceful_shutdown_loses_nothing,
     worker_stopping_leaves_its_neighbour_alone,
+    schedule_claims_exclusive_and_current,
+    schedule_ticks_published_once,
 );
 
 /// The whole suite against a URL of your own, e.g.

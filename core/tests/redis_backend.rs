@@ -260,8 +260,7 @@ async fn schedulers_sharing_redis_publish_each_tick_once() {
     for _ in 0..3 {
         let broker = connect(&url()).await.unwrap();
         broker.ensure_group(&t, "g").await.unwrap();
-        let (store, claims) = (broker.schedule_store().unwrap(), broker.idempotency_store().unwrap());
-        schedulers.push(Scheduler::new(broker, store, claims));
+        schedulers.push(Scheduler::for_broker(broker).unwrap());
     }
     let reader = connect(&url()).await.unwrap();
     let store = reader.schedule_store().unwrap();

@@ -81,6 +81,8 @@ scenarios!(
     bad_input::bad_names_refused,
     shutdown::graceful_shutdown_loses_nothing,
     shutdown::worker_stopping_leaves_its_neighbour_alone,
+    schedules::schedule_claims_exclusive_and_current,
+    schedules::schedule_ticks_published_once,
 );
 
 /// Runs one scenario by name against `url`, with handlers written in Rust.

@@ -31,8 +31,8 @@ mod tests;
 
 pub use definition::{Schedule, Stored, Upserted, When};
 pub use misfire::{due, Due, Misfire, ON_TIME};
-pub use scheduler::{Pass, Published, Scheduler, CLAIM_LEASE, CLAIM_RETENTION, REFRESH};
-pub use store::{MemoryScheduleStore, ScheduleStore};
+pub use scheduler::{Pass, Published, Scheduler, CLAIM_LEASE, REFRESH};
+pub use store::{Finished, MemoryScheduleStore, ScheduleStore, TickClaim};
 pub use timetable::{Timetable, MIN_INTERVAL};
 
 /// The idempotency key a tick is published with: `schedule:{name}:{ms}`,

@@ -1,35 +1,33 @@
 //! The scheduler: publishes each schedule's due ticks, each once however
 //! many schedulers run.
 //!
-//! Every scheduler computes the same ticks (see [`super::due`]). Before
-//! publishing a tick it claims the tick's key in an idempotency store
-//! shared by the schedulers, with a lease: only the holder publishes, then
-//! marks the key done and records the tick in the schedule store. A
-//! scheduler that dies holding a claim loses it when the lease ends, and
-//! another publishes the tick; if it died after publishing, the message is
-//! sent twice with the same idempotency key, and a worker whose
-//! idempotency store is shared runs it once.
+//! Every scheduler computes the same ticks (see [`super::due`]). A pass
+//! reads the schedules, claims in one call those with ticks due (see
+//! [`ScheduleStore::claim`]), publishes the ticks of the ones it holds (one
+//! batch per topic), and records them in one call. A scheduler that dies
+//! holding claims loses them when the lease ends, and another publishes
+//! the ticks; if it died after publishing, the messages go out twice with
+//! the same idempotency keys, and a worker whose idempotency store is
+//! shared runs each once.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{due, tick_key, ScheduleStore};
-use crate::idempotency::{Claim, IdempotencyStore};
-use crate::{Broker, Result};
+use super::{due, Finished, ScheduleStore, TickClaim};
+use crate::{Broker, Message, Result};
 
-/// How long a scheduler holds a tick's claim while it publishes it: a
-/// scheduler killed while publishing delays that tick (and the schedule's
-/// later ones) by at most this.
+/// How long a scheduler holds its claims while it publishes: a scheduler
+/// killed while publishing delays those schedules' ticks by at most this.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(10);
-/// How long a published tick's key is remembered as done.
-pub const CLAIM_RETENTION: Duration = Duration::from_secs(24 * 3600);
-/// The idempotency store scope of tick claims.
-const SCOPE: &str = "pb-schedules";
 /// The longest a running scheduler goes without reading the schedules
 /// again (to see new, changed, paused and removed ones).
 pub const REFRESH: Duration = Duration::from_secs(1);
+/// The most messages one publish call carries (a pass catching up on many
+/// missed ticks publishes several batches).
+const PUBLISH_BATCH: usize = 500;
 
 /// A tick a scheduler published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,27 +55,24 @@ pub struct Pass {
 pub struct Scheduler {
     broker: Arc<dyn Broker>,
     store: Arc<dyn ScheduleStore>,
-    claims: Arc<dyn IdempotencyStore>,
     owner: String,
     stop: CancellationToken,
 }
 
 impl Scheduler {
-    /// A scheduler publishing through `broker` the schedules of `store`,
-    /// claiming ticks in `claims` (shared by every scheduler of the store).
-    pub fn new(broker: Arc<dyn Broker>, store: Arc<dyn ScheduleStore>, claims: Arc<dyn IdempotencyStore>) -> Self {
+    /// A scheduler publishing through `broker` the schedules of `store`
+    /// (shared by every scheduler of those schedules).
+    pub fn new(broker: Arc<dyn Broker>, store: Arc<dyn ScheduleStore>) -> Self {
         let owner = format!("scheduler-{}-{:08x}", std::process::id(), fastrand::u32(..));
-        Scheduler { broker, store, claims, owner, stop: CancellationToken::new() }
+        Scheduler { broker, store, owner, stop: CancellationToken::new() }
     }
 
-    /// A scheduler of the schedules `broker` keeps, claiming ticks in its
-    /// idempotency store: `UNSUPPORTED` on a backend with neither (for now
-    /// RabbitMQ and Kafka).
+    /// A scheduler of the schedules `broker` keeps: `UNSUPPORTED` on a
+    /// backend that keeps none.
     pub fn for_broker(broker: Arc<dyn Broker>) -> Result<Self> {
         let unsupported = || crate::Error::Unsupported { backend: broker.backend(), capability: "schedules" };
         let store = broker.schedule_store().ok_or_else(unsupported)?;
-        let claims = broker.idempotency_store().ok_or_else(unsupported)?;
-        Ok(Scheduler::new(broker, store, claims))
+        Ok(Scheduler::new(broker, store))
     }
 
     /// The store it reads.
@@ -93,11 +88,13 @@ impl Scheduler {
     /// One pass at `now`: publishes every tick due, and says when the next is.
     pub async fn run_once(&self, now: SystemTime) -> Result<Pass> {
         let mut pass = Pass::default();
+        let mut wanted = Vec::new();
         for stored in self.store.list().await? {
             if stored.paused {
                 continue;
             }
-            let schedule = &stored.schedule;
+            let after = stored.due_after();
+            let schedule = stored.schedule;
             let table = match schedule.timetable() {
                 Ok(table) => table,
                 Err(e) => {
@@ -105,37 +102,53 @@ impl Scheduler {
                     continue;
                 }
             };
-            let due = due(&table, stored.due_after(), now, schedule.misfire, schedule.start, schedule.end);
+            let due = due(&table, after, now, schedule.misfire, schedule.start, schedule.end);
             pass.next = match (pass.next, due.next) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            for tick in due.ticks {
-                let key = tick_key(&schedule.name, tick);
-                match self.claims.claim(SCOPE, &key, &self.owner, CLAIM_LEASE).await? {
-                    Claim::Acquired => {}
-                    // Published by another scheduler.
-                    Claim::AlreadyDone => continue,
-                    // Being published by another, which may have died
-                    // holding it: no later tick goes out before this one
-                    // (it would move the schedule past it for good). The
-                    // next pass tries again, and once the lease has ended
-                    // this scheduler publishes it.
-                    Claim::Busy => break,
-                }
-                let message = schedule.message_for(tick);
-                let id = message.id.clone();
-                if let Err(e) = self.broker.publish(&schedule.topic, vec![message]).await {
-                    let _ = self.claims.release(SCOPE, &key, &self.owner).await;
-                    tracing::warn!(schedule = %schedule.name, error = %e, "could not publish a tick; it is tried again");
-                    break;
-                }
-                self.claims.complete(SCOPE, &key, &self.owner, CLAIM_RETENTION).await?;
-                self.store.advance(&schedule.name, tick, &id).await?;
-                tracing::debug!(schedule = %schedule.name, message_id = %id, "published a tick");
-                pass.published.push(Published { schedule: schedule.name.clone(), tick, message_id: id });
+            if !due.ticks.is_empty() {
+                wanted.push((TickClaim { name: schedule.name.clone(), seen: stored.last_tick }, schedule, due.ticks));
             }
         }
+        if wanted.is_empty() {
+            return Ok(pass);
+        }
+        let claims: Vec<TickClaim> = wanted.iter().map(|(claim, _, _)| claim.clone()).collect();
+        let held = self.store.claim(&claims, &self.owner, CLAIM_LEASE).await?;
+        // The held schedules' ticks, in order, by topic.
+        let mut by_topic: BTreeMap<&str, Vec<(usize, Message)>> = BTreeMap::new();
+        for (index, (_, schedule, ticks)) in wanted.iter().enumerate().filter(|(i, _)| held[*i]) {
+            let messages = by_topic.entry(schedule.topic.as_str()).or_default();
+            messages.extend(ticks.iter().map(|tick| (index, schedule.message_for(*tick))));
+        }
+        let mut last: BTreeMap<usize, (SystemTime, String)> = BTreeMap::new();
+        let mut failed = Vec::new();
+        for (topic, messages) in by_topic {
+            for batch in messages.chunks(PUBLISH_BATCH) {
+                // A schedule whose earlier batch failed publishes no later tick.
+                let batch: Vec<&(usize, Message)> = batch.iter().filter(|(i, _)| !failed.contains(i)).collect();
+                let sent = batch.iter().map(|(_, m)| m.clone()).collect();
+                if let Err(e) = self.broker.publish(topic, sent).await {
+                    tracing::warn!(topic, error = %e, "could not publish ticks; they are tried again");
+                    failed.extend(batch.iter().map(|(i, _)| *i));
+                    continue;
+                }
+                for (index, message) in batch {
+                    let tick = message.scheduled_for.expect("a tick's message says its tick");
+                    last.insert(*index, (tick, message.id.clone()));
+                    let name = wanted[*index].1.name.clone();
+                    tracing::debug!(schedule = %name, message_id = %message.id, "published a tick");
+                    pass.published.push(Published { schedule: name, tick, message_id: message.id.clone() });
+                }
+            }
+        }
+        let finished: Vec<Finished> = (0..wanted.len())
+            .filter(|i| held[*i])
+            // What went out before a failure is recorded; the rest is due again.
+            .map(|i| Finished { name: wanted[i].1.name.clone(), last: last.remove(&i) })
+            .collect();
+        self.store.finish(&self.owner, &finished).await?;
         Ok(pass)
     }
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::idempotency::MemoryStore;
 use crate::{Broker, Message};
 
 async fn broker() -> Arc<dyn Broker> {
@@ -24,10 +23,8 @@ fn every_second(name: &str) -> Schedule {
 async fn three_schedulers_publish_each_tick_once() {
     let broker = broker().await;
     let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
-    let claims: Arc<dyn crate::idempotency::IdempotencyStore> = Arc::new(MemoryStore::new());
     assert_eq!(store.upsert(&every_second("nightly")).await.unwrap(), Upserted::Created);
-    let schedulers: Vec<Scheduler> =
-        (0..3).map(|_| Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::clone(&claims))).collect();
+    let schedulers: Vec<Scheduler> = (0..3).map(|_| Scheduler::new(Arc::clone(&broker), Arc::clone(&store))).collect();
     // Twenty seconds from now, each scheduler waking every 100 ms, in turn.
     let start = SystemTime::now();
     let mut published = Vec::new();
@@ -70,7 +67,7 @@ async fn three_schedulers_publish_each_tick_once() {
 }
 
 /// Three "processes" (connections of their own) on one database file, with
-/// the file's schedule and idempotency stores: each tick once.
+/// the file's schedule store: each tick once.
 #[tokio::test]
 async fn three_schedulers_on_one_sqlite_file_publish_each_tick_once() {
     let dir = std::env::temp_dir().join(format!("pb-sched-{}", fastrand::u64(..)));
@@ -80,8 +77,7 @@ async fn three_schedulers_on_one_sqlite_file_publish_each_tick_once() {
     for _ in 0..3 {
         let broker = crate::connect(&url).await.unwrap();
         broker.ensure_group("reports", "g").await.unwrap();
-        let (store, claims) = (broker.schedule_store().unwrap(), broker.idempotency_store().unwrap());
-        schedulers.push(Scheduler::new(broker, store, claims));
+        schedulers.push(Scheduler::for_broker(broker).unwrap());
     }
     let reader = crate::connect(&url).await.unwrap();
     let store = reader.schedule_store().unwrap();
@@ -139,7 +135,7 @@ async fn fifty_upserts_at_once_leave_one_schedule() {
 async fn a_paused_schedule_publishes_nothing_and_resumes_without_catching_up() {
     let broker = broker().await;
     let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
-    let scheduler = Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::new(MemoryStore::new()));
+    let scheduler = Scheduler::new(Arc::clone(&broker), Arc::clone(&store));
     store.upsert(&every_second("s")).await.unwrap();
     assert!(store.set_paused("s", true).await.unwrap());
     let later = SystemTime::now() + Duration::from_secs(5);
@@ -236,28 +232,52 @@ fn options_as_every_language_gives_them() {
     }
 }
 
-/// A scheduler that died holding a tick's claim holds up that schedule's
-/// later ticks until its lease ends, then the tick and the later ones go
-/// out in order: none is skipped.
+/// A scheduler that died holding a schedule's claim holds up its ticks
+/// until the lease ends, then they go out in order: none is skipped.
 #[tokio::test]
 async fn a_claim_held_by_a_dead_scheduler_delays_ticks_but_loses_none() {
-    use crate::idempotency::IdempotencyStore;
-
     let broker = broker().await;
     let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
-    let claims: Arc<dyn IdempotencyStore> = Arc::new(MemoryStore::new());
     let mut schedule = every_second("s");
     schedule.misfire = Misfire::All { cap: 100 };
     store.upsert(&schedule).await.unwrap();
     let since = store.list().await.unwrap()[0].since;
     let first = Timetable::interval(Duration::from_secs(1), UNIX_EPOCH).unwrap().next_after(since).unwrap();
-    // A scheduler took the first tick and died.
-    claims.claim("pb-schedules", &tick_key("s", first), "dead", Duration::from_millis(300)).await.unwrap();
-    let live = Scheduler::new(Arc::clone(&broker), Arc::clone(&store), Arc::clone(&claims));
+    // A scheduler claimed the schedule and died.
+    let dead = TickClaim { name: "s".into(), seen: None };
+    assert_eq!(store.claim(&[dead], "dead", Duration::from_millis(300)).await.unwrap(), vec![true]);
+    let live = Scheduler::new(Arc::clone(&broker), Arc::clone(&store));
     let held = live.run_once(first + Duration::from_millis(2500)).await.unwrap();
-    assert!(held.published.is_empty(), "no tick after the held one: {held:?}");
+    assert!(held.published.is_empty(), "nothing while the claim lives: {held:?}");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let after = live.run_once(first + Duration::from_millis(2500)).await.unwrap();
     let ticks: Vec<SystemTime> = after.published.iter().map(|p| p.tick).collect();
     assert_eq!(ticks, vec![first, first + Duration::from_secs(1), first + Duration::from_secs(2)]);
+}
+
+/// A claim holds only while the schedule's last tick is the one the
+/// scheduler saw: a scheduler that read the schedules before another
+/// published does not publish the same tick again. (The backends' stores
+/// run the same checks in the conformance scenarios.)
+#[tokio::test]
+async fn the_memory_store_refuses_a_stale_claim() {
+    let store: Arc<dyn ScheduleStore> = Arc::new(MemoryScheduleStore::default());
+    store.upsert(&every_second("stale")).await.unwrap();
+    let unseen = TickClaim { name: "stale".into(), seen: None };
+    assert_eq!(store.claim(std::slice::from_ref(&unseen), "a", CLAIM_LEASE).await.unwrap(), vec![true]);
+    // Another owner, while a holds it.
+    assert_eq!(store.claim(std::slice::from_ref(&unseen), "b", CLAIM_LEASE).await.unwrap(), vec![false]);
+    let tick = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+    store.finish("a", &[Finished { name: "stale".into(), last: Some((tick, "m1".into())) }]).await.unwrap();
+    // Released, but b saw the schedule before the tick went out.
+    assert_eq!(store.claim(&[unseen], "b", CLAIM_LEASE).await.unwrap(), vec![false]);
+    let seen = TickClaim { name: "stale".into(), seen: Some(tick) };
+    let gone = TickClaim { name: "gone".into(), seen: None };
+    assert_eq!(store.claim(&[seen, gone], "b", CLAIM_LEASE).await.unwrap(), vec![true, false]);
+    // An earlier tick recorded late does not move the schedule back.
+    let earlier = Finished { name: "stale".into(), last: Some((tick - Duration::from_secs(1), "m0".into())) };
+    store.finish("b", &[earlier]).await.unwrap();
+    let stored = store.list().await.unwrap().into_iter().find(|s| s.schedule.name == "stale").unwrap();
+    assert_eq!((stored.last_tick, stored.last_message_id.as_deref()), (Some(tick), Some("m1")));
+    store.remove("stale").await.unwrap();
 }

@@ -82,7 +82,9 @@ CREATE TABLE IF NOT EXISTS pb_schedules (
     paused          INTEGER NOT NULL,
     last_tick       INTEGER,
     last_message_id TEXT,
-    since           INTEGER NOT NULL
+    since           INTEGER NOT NULL,
+    claim_owner     TEXT,
+    claim_until     INTEGER
 );
 CREATE TABLE IF NOT EXISTS pb_idempotency (
     scope      TEXT    NOT NULL,
@@ -291,30 +293,41 @@ fn init_schema(conn: &Connection, backend: &str, options: &DbOptions) -> rusqlit
         ));
     }
     conn.execute_batch(SCHEMA)?;
-    add_holder_columns(conn)?;
+    add_missing_columns(conn)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
 
-/// Who holds an entry and since when, for `consumers`: columns that files
-/// made before them lack. Nullable and unread by older versions, so the
-/// schema version stays and an older Pillarbox still opens the file. In a
-/// write transaction: two processes opening an old file at once must not
-/// both add them.
-fn add_holder_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let missing = |conn: &Connection| -> rusqlite::Result<Vec<&'static str>> {
-        let mut columns = conn.prepare("SELECT name FROM pragma_table_info('pb_entries')")?;
-        let names: Vec<String> = columns.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
-        Ok(["consumer", "leased_at"].into_iter().filter(|c| !names.iter().any(|n| n == c)).collect())
+/// Columns that files made before them lack: who holds an entry and since
+/// when (for `consumers`), and schedules' claims. Nullable and unread by
+/// older versions, so the schema version stays and an older Pillarbox
+/// still opens the file. In a write transaction: two processes opening an
+/// old file at once must not both add them.
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("pb_entries", "consumer", "TEXT"),
+    ("pb_entries", "leased_at", "INTEGER"),
+    ("pb_schedules", "claim_owner", "TEXT"),
+    ("pb_schedules", "claim_until", "INTEGER"),
+];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let missing = |conn: &Connection| -> rusqlite::Result<Vec<(&str, &str, &str)>> {
+        let mut found = Vec::new();
+        for (table, column, kind) in ADDED_COLUMNS {
+            let mut columns = conn.prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?;
+            if !columns.exists([table, column])? {
+                found.push((table, column, kind));
+            }
+        }
+        Ok(found)
     };
     if missing(conn)?.is_empty() {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let added = (|| {
-        for column in missing(conn)? {
-            let kind = if column == "consumer" { "TEXT" } else { "INTEGER" };
-            conn.execute_batch(&format!("ALTER TABLE pb_entries ADD COLUMN {column} {kind}"))?;
+        for (table, column, kind) in missing(conn)? {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
         }
         Ok(())
     })();

@@ -1,9 +1,10 @@
 //! The embedded schedule store: a table in the same database, so every
 //! process sharing the file shares the schedules. Each call is one
-//! transaction.
+//! transaction (a pass's claims are one, its records another). A claim is
+//! the row's `claim_owner` and `claim_until`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -12,7 +13,7 @@ use rusqlite::{params, OptionalExtension, TransactionBehavior};
 use super::db::Db;
 use crate::error::Result;
 use crate::message::{from_millis, to_millis};
-use crate::schedule::{Schedule, ScheduleStore, Stored, Upserted};
+use crate::schedule::{Finished, Schedule, ScheduleStore, Stored, TickClaim, Upserted};
 
 /// Schedules in a `memory://NAME` or `sqlite://PATH` database.
 #[derive(Debug)]
@@ -139,18 +140,64 @@ impl ScheduleStore for SqliteScheduleStore {
             .await
     }
 
-    async fn advance(&self, name: &str, tick: SystemTime, message_id: &str) -> Result<()> {
-        let (name, tick, id) = (name.to_string(), to_millis(tick) as i64, message_id.to_string());
-        let err = self.db.err();
+    async fn claim(&self, claims: &[TickClaim], owner: &str, lease: Duration) -> Result<Vec<bool>> {
+        let claims: Vec<(String, Option<i64>)> =
+            claims.iter().map(|c| (c.name.clone(), c.seen.map(|t| to_millis(t) as i64))).collect();
+        let (owner, err) = (owner.to_string(), self.db.err());
+        let now = now_ms();
+        let until = now + lease.as_millis() as i64;
         self.db
             .call(move |c| {
-                c.execute(
-                    "UPDATE pb_schedules SET last_tick = ?2, last_message_id = ?3 \
-                     WHERE name = ?1 AND (last_tick IS NULL OR last_tick < ?2)",
-                    params![name, tick, id],
-                )
-                .map_err(err)?;
-                Ok(())
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+                let mut held = Vec::with_capacity(claims.len());
+                {
+                    let mut take = tx
+                        .prepare_cached(
+                            "UPDATE pb_schedules SET claim_owner = ?2, claim_until = ?3 \
+                             WHERE name = ?1 AND last_tick IS ?4 \
+                             AND (claim_owner IS NULL OR claim_owner = ?2 OR claim_until <= ?5)",
+                        )
+                        .map_err(err)?;
+                    for (name, seen) in &claims {
+                        held.push(take.execute(params![name, owner, until, seen, now]).map_err(err)? == 1);
+                    }
+                }
+                tx.commit().map_err(err)?;
+                Ok(held)
+            })
+            .await
+    }
+
+    async fn finish(&self, owner: &str, finished: &[Finished]) -> Result<()> {
+        let finished: Vec<(String, Option<(i64, String)>)> = finished
+            .iter()
+            .map(|f| (f.name.clone(), f.last.as_ref().map(|(t, id)| (to_millis(*t) as i64, id.clone()))))
+            .collect();
+        let (owner, err) = (owner.to_string(), self.db.err());
+        self.db
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
+                {
+                    let mut record = tx
+                        .prepare_cached(
+                            "UPDATE pb_schedules SET last_tick = ?2, last_message_id = ?3 \
+                             WHERE name = ?1 AND (last_tick IS NULL OR last_tick < ?2)",
+                        )
+                        .map_err(err)?;
+                    let mut release = tx
+                        .prepare_cached(
+                            "UPDATE pb_schedules SET claim_owner = NULL, claim_until = NULL \
+                             WHERE name = ?1 AND claim_owner = ?2",
+                        )
+                        .map_err(err)?;
+                    for (name, last) in &finished {
+                        if let Some((tick, id)) = last {
+                            record.execute(params![name, tick, id]).map_err(err)?;
+                        }
+                        release.execute(params![name, owner]).map_err(err)?;
+                    }
+                }
+                tx.commit().map_err(err)
             })
             .await
     }

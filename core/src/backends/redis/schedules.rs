@@ -1,11 +1,13 @@
 //! The Redis schedule store: shared by every process and machine using the
 //! same Redis server. A schedule is the hash `pb:{schedules}:s:NAME`
-//! (definition, payload, paused, last_tick, last_message_id, since); the
-//! set `pb:{schedules}:names` lists them. One hash tag: the scripts that
-//! change a schedule run on Redis Cluster too.
+//! (definition, payload, paused, last_tick, last_message_id, since, and
+//! claim_owner, claim_until while a scheduler holds it); the set
+//! `pb:{schedules}:names` lists them. One hash tag: the scripts that change
+//! schedules (a pass's claims in one, its records in another) run on Redis
+//! Cluster too.
 
 use std::sync::OnceLock;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -15,7 +17,7 @@ use redis::Script;
 use super::err;
 use crate::error::Result;
 use crate::message::{from_millis, to_millis};
-use crate::schedule::{Schedule, ScheduleStore, Stored, Upserted};
+use crate::schedule::{Finished, Schedule, ScheduleStore, Stored, TickClaim, Upserted};
 
 const NAMES: &str = "pb:{schedules}:names";
 
@@ -68,13 +70,41 @@ redis.call('HSET', KEYS[1], 'paused', ARGV[1])
 return 1
 "#;
 
-/// KEYS: the schedule. ARGV: tick ms, message id.
-const ADVANCE: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local last = redis.call('HGET', KEYS[1], 'last_tick')
-if last and tonumber(last) >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'last_tick', ARGV[1], 'last_message_id', ARGV[2])
-return 1
+/// KEYS: the schedules. ARGV: owner, now ms, until ms, then each
+/// schedule's last tick as the scheduler saw it ('' for none). Returns 1
+/// for each schedule claimed, 0 for the others.
+const CLAIM: &str = r#"
+local held = {}
+for i, k in ipairs(KEYS) do
+  local s = redis.call('HMGET', k, 'definition', 'last_tick', 'claim_owner', 'claim_until')
+  local current = s[1] and (s[2] or '') == ARGV[3 + i]
+  local free = (not s[3]) or s[3] == ARGV[1] or tonumber(s[4]) <= tonumber(ARGV[2])
+  if current and free then
+    redis.call('HSET', k, 'claim_owner', ARGV[1], 'claim_until', ARGV[3])
+    held[i] = 1
+  else
+    held[i] = 0
+  end
+end
+return held
+"#;
+
+/// KEYS: the schedules. ARGV: owner, then for each schedule its last tick
+/// published ('' for none) and that message's id.
+const FINISH: &str = r#"
+for i, k in ipairs(KEYS) do
+  local tick, id = ARGV[2 * i], ARGV[2 * i + 1]
+  if redis.call('EXISTS', k) == 1 then
+    local last = redis.call('HGET', k, 'last_tick')
+    if tick ~= '' and ((not last) or tonumber(last) < tonumber(tick)) then
+      redis.call('HSET', k, 'last_tick', tick, 'last_message_id', id)
+    end
+    if redis.call('HGET', k, 'claim_owner') == ARGV[1] then
+      redis.call('HDEL', k, 'claim_owner', 'claim_until')
+    end
+  end
+end
+return 0
 "#;
 
 /// Each script made (and hashed) once.
@@ -84,7 +114,8 @@ fn script(cell: &'static OnceLock<Script>, source: &str) -> &'static Script {
 
 static UPSERT_SCRIPT: OnceLock<Script> = OnceLock::new();
 static SET_PAUSED_SCRIPT: OnceLock<Script> = OnceLock::new();
-static ADVANCE_SCRIPT: OnceLock<Script> = OnceLock::new();
+static CLAIM_SCRIPT: OnceLock<Script> = OnceLock::new();
+static FINISH_SCRIPT: OnceLock<Script> = OnceLock::new();
 
 type Row = (Option<String>, Option<Vec<u8>>, Option<String>, Option<u64>, Option<String>, Option<u64>);
 
@@ -172,15 +203,30 @@ impl ScheduleStore for RedisScheduleStore {
         Ok(deleted > 0)
     }
 
-    async fn advance(&self, name: &str, tick: SystemTime, message_id: &str) -> Result<()> {
+    async fn claim(&self, claims: &[TickClaim], owner: &str, lease: Duration) -> Result<Vec<bool>> {
+        let now = now_ms();
+        let mut invocation = script(&CLAIM_SCRIPT, CLAIM).prepare_invoke();
+        invocation.arg(owner).arg(now).arg(now + lease.as_millis() as u64);
+        for claim in claims {
+            invocation.key(key(&claim.name)).arg(claim.seen.map(|t| to_millis(t).to_string()).unwrap_or_default());
+        }
         let mut conn = self.conn.clone();
-        let _: i64 = script(&ADVANCE_SCRIPT, ADVANCE)
-            .key(key(name))
-            .arg(to_millis(tick))
-            .arg(message_id)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(err)?;
+        let held: Vec<i64> = invocation.invoke_async(&mut conn).await.map_err(err)?;
+        Ok(held.into_iter().map(|h| h == 1).collect())
+    }
+
+    async fn finish(&self, owner: &str, finished: &[Finished]) -> Result<()> {
+        let mut invocation = script(&FINISH_SCRIPT, FINISH).prepare_invoke();
+        invocation.arg(owner);
+        for done in finished {
+            let (tick, id) = match &done.last {
+                Some((tick, id)) => (to_millis(*tick).to_string(), id.as_str()),
+                None => (String::new(), ""),
+            };
+            invocation.key(key(&done.name)).arg(tick).arg(id);
+        }
+        let mut conn = self.conn.clone();
+        let _: i64 = invocation.invoke_async(&mut conn).await.map_err(err)?;
         Ok(())
     }
 }

@@ -7,6 +7,7 @@ pub(super) mod delivery;
 pub(super) mod failures;
 pub(super) mod idempotency;
 pub(super) mod inspection;
+pub(super) mod schedules;
 pub(super) mod shutdown;
 
 /// What every scenario file uses.
