@@ -190,7 +190,7 @@ export class Broker {
   deadLetters(topic: string, group: string, options?: { limit?: number; after?: string }): Promise<DeadLetter[]>
   redrive(topic: string, group: string, options?: RedriveOptions): Promise<number>
   purge(topic: string, group: string, filter?: DeadLetterFilter): Promise<number>
-  /** Creates or replaces the schedule `name`; `UNSUPPORTED` on RabbitMQ and Kafka for now. */
+  /** Creates or replaces the schedule `name`, and says which: `created`, `updated` or `unchanged`. */
   upsertSchedule(name: string, topic: string, payload: Payload, options: ScheduleOptions): Promise<'created' | 'updated' | 'unchanged'>
   schedules(): Promise<ScheduleInfo[]>
   pauseSchedule(name: string): Promise<boolean>
@@ -378,7 +378,7 @@ export class App {
   topics(): string[]
   workers(options?: WorkerOptions & { topics?: string[] }): Promise<Worker[]>
   /** Runs the app's tasks until SIGTERM or Ctrl-C. */
-  /** The workers and (unless `scheduler: false`) a Scheduler where the broker keeps schedules. */
+  /** The workers and (unless `scheduler: false`) a Scheduler of the broker's schedules. */
   runners(options?: WorkerOptions & { topics?: string[]; scheduler?: boolean }): Promise<Array<Worker | Scheduler>>
   /** Runs the workers, and the schedules' ticks unless `scheduler: false`, until SIGTERM or Ctrl-C. */
   runWorker(options?: WorkerOptions & { topics?: string[]; scheduler?: boolean }): Promise<void>

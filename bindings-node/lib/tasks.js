@@ -193,21 +193,14 @@ class App {
   }
 
   /**
-   * The app's workers and, unless `scheduler` is false, a Scheduler where
-   * the broker keeps schedules: what `runWorker` runs.
+   * The app's workers and, unless `scheduler` is false, a Scheduler of the
+   * broker's schedules: what `runWorker` runs.
    */
   async runners(options = {}) {
     const { scheduler = true, ...rest } = options ?? {}
     if (typeof scheduler !== 'boolean') throw invalidOption('scheduler', `must be true or false, not ${typeof scheduler}`)
     const runners = await this.workers(rest)
-    if (scheduler) {
-      const broker = await this.broker()
-      try {
-        runners.push(new Scheduler(broker))
-      } catch (e) {
-        if (e.code !== 'UNSUPPORTED') throw e
-      }
-    }
+    if (scheduler) runners.push(new Scheduler(await this.broker()))
     return runners
   }
 

@@ -1,6 +1,6 @@
 """Schedules from Python: kept by the broker, listed, paused, resumed and
 removed; a scheduler publishing each tick once however many run; bad
-definitions refused naming the option. RabbitMQ and Kafka keep none yet."""
+definitions refused naming the option. Every backend keeps them."""
 
 from __future__ import annotations
 
@@ -15,17 +15,9 @@ import pillarbox
 import pillarbox.aio
 
 
-def keeps_schedules(broker: pillarbox.Broker) -> bool:
-    return broker.backend in ("memory", "sqlite", "redis")
-
-
 def test_upsert_list_pause_resume_remove(url: str, topic: str) -> None:
     broker = pillarbox.connect(url)
     name = f"nightly-{uuid.uuid4().hex[:8]}"
-    if not keeps_schedules(broker):
-        with pytest.raises(pillarbox.Unsupported):
-            broker.upsert_schedule(name, topic, b"import", cron="0 3 * * *")
-        return
     assert broker.upsert_schedule(name, topic, b"import", cron="30 2 * * *", zone="Europe/Berlin") == "created"
     # A redeploy changes nothing; another definition replaces it, and says so.
     assert broker.upsert_schedule(name, topic, b"import", cron="30 2 * * *", zone="Europe/Berlin") == "unchanged"
@@ -49,10 +41,6 @@ def test_upsert_list_pause_resume_remove(url: str, topic: str) -> None:
 
 def test_three_schedulers_publish_each_tick_once(url: str, topic: str) -> None:
     broker = pillarbox.connect(url)
-    if not keeps_schedules(broker):
-        with pytest.raises(pillarbox.Unsupported):
-            pillarbox.Scheduler(broker)
-        return
     broker.ensure_group(topic, "g")
     name = f"every-second-{uuid.uuid4().hex[:8]}"
     # `all`: a pass held up past a tick on a busy machine still publishes it.
@@ -174,8 +162,8 @@ def test_fifty_processes_upserting_one_schedule_leave_one(url: str) -> None:
     import sys
 
     broker = pillarbox.connect(url)
-    if not keeps_schedules(broker) or broker.backend == "memory":
-        return  # memory:// is one process's; RabbitMQ and Kafka keep none yet
+    if broker.backend == "memory":
+        return  # memory:// is one process's
     name = f"deploy-{uuid.uuid4().hex[:8]}"
     processes = [
         subprocess.Popen(

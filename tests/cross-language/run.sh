@@ -19,12 +19,12 @@ redis=${PILLARBOX_REDIS_URL:-redis://127.0.0.1:6390}
 amqp=${PILLARBOX_AMQP_URL:-amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000}
 kafka=${PILLARBOX_KAFKA_URL:-kafka://127.0.0.1:19092}
 
-# Schedulers in three languages on the backends that keep schedules.
+# Schedulers in three languages on every backend.
 cargo build -q --workspace --all-features --bin pillarbox
 "$python" tests/cross-language/schedules.py \
   --rust "$target_dir/debug/pillarbox" --python "$python" --node node \
   --logs "${PILLARBOX_MATRIX_LOGS:-$work/logs}" \
-  "sqlite://$work/schedules.db" "$redis"
+  "sqlite://$work/schedules.db" "$redis" "$amqp" "$kafka"
 
 "$python" tests/cross-language/matrix.py \
   --rust "$target_dir/debug/examples/matrix-agent" --python "$python" --node node \

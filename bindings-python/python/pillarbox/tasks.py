@@ -34,7 +34,7 @@ from ._calls import checked
 from ._handlers import Fatal
 from ._scheduler import Scheduler
 from ._worker import RetryPolicy, Worker
-from .errors import Unsupported, invalid_option
+from .errors import invalid_option
 
 log = logging.getLogger("pillarbox")
 
@@ -331,21 +331,17 @@ class App:
         """Runs the app's tasks until SIGTERM or Ctrl-C, then shuts down
         gracefully: what the ``pillarbox worker`` command does. With
         ``scheduler`` (the default) it also publishes the ticks of the
-        broker's schedules, where the broker keeps them: every worker may,
-        each tick is published once."""
+        broker's schedules: every worker may, each tick is published once."""
         runners = self.runners(topics, scheduler=scheduler, **options)
         run_until_stopped(runners, f"running {len(self.tasks)} task(s) on {', '.join(self.topics())}")
 
     def runners(self, topics: Optional[Iterable[str]] = None, *, scheduler: bool = True, **options: Any) -> List[Any]:
         """The app's workers (see :meth:`workers`) and, with ``scheduler``,
-        a :class:`pillarbox.Scheduler` where the broker keeps schedules:
-        what :meth:`run_worker` runs."""
+        a :class:`pillarbox.Scheduler` of the broker's schedules: what
+        :meth:`run_worker` runs."""
         runners: List[Any] = list(self.workers(topics, **options))
         if scheduler:
-            try:
-                runners.append(Scheduler(self.broker))
-            except Unsupported:
-                log.info("the %s backend keeps no schedules: no scheduler runs", self.broker.backend)
+            runners.append(Scheduler(self.broker))
         return runners
 
     def __repr__(self) -> str:

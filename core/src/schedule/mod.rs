@@ -22,6 +22,7 @@ mod definition;
 mod misfire;
 mod scheduler;
 mod store;
+mod table;
 mod timetable;
 
 #[cfg(test)]
@@ -33,6 +34,7 @@ pub use definition::{Schedule, Stored, Upserted, When};
 pub use misfire::{due, Due, Misfire, ON_TIME};
 pub use scheduler::{Pass, Published, Scheduler, CLAIM_LEASE, REFRESH};
 pub use store::{Finished, MemoryScheduleStore, ScheduleStore, TickClaim};
+pub use table::{Entry, ScheduleTable};
 pub use timetable::{Timetable, MIN_INTERVAL};
 
 /// The idempotency key a tick is published with: `schedule:{name}:{ms}`,

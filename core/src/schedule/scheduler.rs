@@ -68,7 +68,7 @@ impl Scheduler {
     }
 
     /// A scheduler of the schedules `broker` keeps: `UNSUPPORTED` on a
-    /// backend that keeps none.
+    /// backend that keeps none (every built-in backend keeps them).
     pub fn for_broker(broker: Arc<dyn Broker>) -> Result<Self> {
         let unsupported = || crate::Error::Unsupported { backend: broker.backend(), capability: "schedules" };
         let store = broker.schedule_store().ok_or_else(unsupported)?;

@@ -8,14 +8,13 @@
 //! tick is still the one the scheduler saw, so a tick another scheduler
 //! published in between is never published again.
 
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 
-use super::{Schedule, Stored, Upserted};
+use super::{Schedule, ScheduleTable, Stored, Upserted};
 use crate::Result;
 
 /// Schedules by name, shared by every scheduler that uses the store.
@@ -68,102 +67,42 @@ pub struct Finished {
     pub last: Option<(SystemTime, String)>,
 }
 
-/// A live claim: who holds it, until when.
-#[derive(Debug, Clone)]
-struct Held {
-    owner: String,
-    until: SystemTime,
-}
-
 /// Schedules in this process's memory: for tests, and for one process.
 #[derive(Default)]
 pub struct MemoryScheduleStore {
-    schedules: Mutex<BTreeMap<String, Stored>>,
-    claims: Mutex<HashMap<String, Held>>,
+    table: Mutex<ScheduleTable>,
 }
 
 impl fmt::Debug for MemoryScheduleStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryScheduleStore").field("schedules", &self.schedules.lock().unwrap().len()).finish()
+        f.debug_struct("MemoryScheduleStore").field("schedules", &self.table.lock().unwrap().list().len()).finish()
     }
 }
 
 #[async_trait]
 impl ScheduleStore for MemoryScheduleStore {
     async fn upsert(&self, schedule: &Schedule) -> Result<Upserted> {
-        schedule.check()?;
-        let now = SystemTime::now();
-        let mut all = self.schedules.lock().unwrap();
-        match all.get_mut(&schedule.name) {
-            Some(stored) if stored.schedule == *schedule => Ok(Upserted::Unchanged),
-            Some(stored) => {
-                stored.schedule = schedule.clone();
-                stored.since = now;
-                Ok(Upserted::Updated)
-            }
-            None => {
-                let stored = Stored {
-                    schedule: schedule.clone(),
-                    paused: false,
-                    last_tick: None,
-                    last_message_id: None,
-                    since: now,
-                };
-                all.insert(schedule.name.clone(), stored);
-                Ok(Upserted::Created)
-            }
-        }
+        self.table.lock().unwrap().upsert(schedule, SystemTime::now())
     }
 
     async fn list(&self) -> Result<Vec<Stored>> {
-        Ok(self.schedules.lock().unwrap().values().cloned().collect())
+        Ok(self.table.lock().unwrap().list())
     }
 
     async fn set_paused(&self, name: &str, paused: bool) -> Result<bool> {
-        let mut all = self.schedules.lock().unwrap();
-        let Some(stored) = all.get_mut(name) else { return Ok(false) };
-        if stored.paused && !paused {
-            stored.since = SystemTime::now();
-        }
-        stored.paused = paused;
-        Ok(true)
+        Ok(self.table.lock().unwrap().set_paused(name, paused, SystemTime::now()))
     }
 
     async fn remove(&self, name: &str) -> Result<bool> {
-        Ok(self.schedules.lock().unwrap().remove(name).is_some())
+        Ok(self.table.lock().unwrap().remove(name))
     }
 
     async fn claim(&self, claims: &[TickClaim], owner: &str, lease: Duration) -> Result<Vec<bool>> {
-        let schedules = self.schedules.lock().unwrap();
-        let mut held = self.claims.lock().unwrap();
-        let now = SystemTime::now();
-        Ok(claims
-            .iter()
-            .map(|claim| {
-                let current = schedules.get(&claim.name).is_some_and(|s| s.last_tick == claim.seen);
-                let free = held.get(&claim.name).is_none_or(|h| h.owner == owner || h.until <= now);
-                if current && free {
-                    held.insert(claim.name.clone(), Held { owner: owner.to_string(), until: now + lease });
-                }
-                current && free
-            })
-            .collect())
+        Ok(self.table.lock().unwrap().claim(claims, owner, lease, SystemTime::now()))
     }
 
     async fn finish(&self, owner: &str, finished: &[Finished]) -> Result<()> {
-        let mut schedules = self.schedules.lock().unwrap();
-        let mut held = self.claims.lock().unwrap();
-        for done in finished {
-            if let (Some(stored), Some((tick, id))) = (schedules.get_mut(&done.name), &done.last) {
-                if stored.last_tick.is_none_or(|last| last < *tick) {
-                    stored.last_tick = Some(*tick);
-                    stored.last_message_id = Some(id.clone());
-                }
-            }
-            if held.get(&done.name).is_some_and(|h| h.owner == owner) {
-                held.remove(&done.name);
-            }
-        }
+        self.table.lock().unwrap().finish(owner, finished);
         Ok(())
     }
 }

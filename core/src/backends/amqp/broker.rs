@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,12 +18,14 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use super::management::Management;
 use super::options::Options;
 use super::receive::ConsumerSlot;
+use super::schedules::AmqpScheduleStore;
 use super::{err, BACKEND};
 use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::message::{validate_name, Message};
+use crate::schedule::ScheduleStore;
 use crate::url::BrokerUrl;
 
 /// A live connection and its shared channels.
@@ -59,6 +61,8 @@ pub struct AmqpBroker {
     /// Said once that the management API was out of reach for `inspect`.
     pub(super) in_flight_unknown_said: AtomicBool,
     closed: AtomicBool,
+    /// Made on first use: it has a connection of its own.
+    schedules: std::sync::OnceLock<Arc<AmqpScheduleStore>>,
 }
 
 impl std::fmt::Debug for AmqpBroker {
@@ -87,6 +91,7 @@ impl AmqpBroker {
             consumers: Mutex::new(HashMap::new()),
             in_flight_unknown_said: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            schedules: std::sync::OnceLock::new(),
         };
         broker.link().await?;
         Ok(broker)
@@ -115,15 +120,7 @@ impl AmqpBroker {
                 return Ok((l.publish.clone(), l.admin.clone(), l.generation));
             }
         }
-        let connection = match &self.tls_ca {
-            None => Connection::connect(&self.uri, ConnectionProperties::default()).await,
-            Some(ca) => {
-                let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca.clone()) };
-                let runtime = lapin::runtime::default_runtime().map_err(connect_err)?;
-                Connection::connect_with_config(&self.uri, ConnectionProperties::default(), tls, runtime).await
-            }
-        }
-        .map_err(connect_err)?;
+        let connection = dial(&self.uri, self.tls_ca.as_deref(), &self.url).await?;
         let publish = connection.create_channel().await.map_err(connect_err)?;
         publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(connect_err)?;
         let admin = connection.create_channel().await.map_err(connect_err)?;
@@ -144,6 +141,22 @@ impl AmqpBroker {
         let link = self.link.lock().await;
         link.as_ref().ok_or(Error::Closed)?.connection.create_channel().await.map_err(err)
     }
+}
+
+/// A new connection to `uri` (`url` is its redacted form, for errors),
+/// trusting `tls_ca` (PEM) for amqps:// when given.
+pub(super) async fn dial(uri: &str, tls_ca: Option<&str>, url: &str) -> Result<Connection> {
+    let connect_err =
+        |e: lapin::Error| Error::Connect { backend: BACKEND, url: url.to_string(), reason: e.to_string() };
+    match tls_ca {
+        None => Connection::connect(uri, ConnectionProperties::default()).await,
+        Some(ca) => {
+            let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca.to_string()) };
+            let runtime = lapin::runtime::default_runtime().map_err(connect_err)?;
+            Connection::connect_with_config(uri, ConnectionProperties::default(), tls, runtime).await
+        }
+    }
+    .map_err(connect_err)
 }
 
 #[async_trait]
@@ -234,6 +247,13 @@ impl Broker for AmqpBroker {
         self.purge_dead(topic, group, ids).await
     }
 
+    fn schedule_store(&self) -> Option<Arc<dyn ScheduleStore>> {
+        let store = self
+            .schedules
+            .get_or_init(|| Arc::new(AmqpScheduleStore::new(self.uri.clone(), self.tls_ca.clone(), self.url.clone())));
+        Some(Arc::clone(store) as Arc<dyn ScheduleStore>)
+    }
+
     async fn stop_receiving(&self, topic: &str, group: &str, consumer: &str) -> Result<()> {
         self.stop_consumer(topic, group, consumer).await
     }
@@ -242,6 +262,9 @@ impl Broker for AmqpBroker {
         self.closed.store(true, Ordering::Release);
         if let Some(link) = self.link.lock().await.take() {
             let _ = link.connection.close(200, "closed".into()).await;
+        }
+        if let Some(schedules) = self.schedules.get() {
+            schedules.close().await;
         }
         Ok(())
     }

@@ -46,6 +46,7 @@ mod options;
 mod publish;
 mod receive;
 mod reply;
+mod schedules;
 mod settle;
 mod topology;
 

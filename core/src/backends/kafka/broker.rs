@@ -21,12 +21,14 @@ use rdkafka::producer::Producer;
 use super::dead_letters::DeadLetterViews;
 use super::publish::Outbox;
 use super::reader::Reader;
+use super::schedules::KafkaScheduleStore;
 use super::{err, Options, BACKEND};
 use crate::backends::shared;
 use crate::broker::{Broker, Capabilities, ConsumerInfo, Delivery, GroupStats, ReceiveRequest};
 use crate::dead_letter::{DeadLetter, DeadLetterReason};
 use crate::error::{Error, Result};
 use crate::message::Message;
+use crate::schedule::ScheduleStore;
 use crate::url::BrokerUrl;
 
 /// A Kafka connection for one URL.
@@ -43,6 +45,8 @@ pub struct KafkaBroker {
     pub(super) topics_ready: Mutex<HashSet<String>>,
     pub(super) groups_ready: Mutex<HashSet<(String, String)>>,
     closed: AtomicBool,
+    /// Made on first use: it has a reader of its own.
+    schedules: std::sync::OnceLock<Result<Arc<KafkaScheduleStore>>>,
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -88,6 +92,7 @@ impl KafkaBroker {
             topics_ready: Mutex::new(HashSet::new()),
             groups_ready: Mutex::new(HashSet::new()),
             closed: AtomicBool::new(false),
+            schedules: std::sync::OnceLock::new(),
         })
     }
 
@@ -205,6 +210,18 @@ impl Broker for KafkaBroker {
 
     async fn purge_dead_letters(&self, topic: &str, group: &str, ids: Option<&[String]>) -> Result<usize> {
         self.purge_dead(topic, group, ids).await
+    }
+
+    fn schedule_store(&self) -> Option<Arc<dyn ScheduleStore>> {
+        let made =
+            self.schedules.get_or_init(|| KafkaScheduleStore::new(&self.options, self.outbox.clone()).map(Arc::new));
+        match made {
+            Ok(store) => Some(Arc::clone(store) as Arc<dyn ScheduleStore>),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not make the schedules' reader");
+                None
+            }
+        }
     }
 
     async fn stop_receiving(&self, topic: &str, group: &str, consumer: &str) -> Result<()> {

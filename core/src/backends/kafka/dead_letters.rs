@@ -198,7 +198,7 @@ impl KafkaBroker {
                 topic: &target,
                 key: m.key.as_deref().map(str::as_bytes),
                 headers: h,
-                payload: &m.payload,
+                payload: Some(&m.payload),
             })
             .collect();
         self.outbox.send_all(&records).await?;

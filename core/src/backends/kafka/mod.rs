@@ -57,6 +57,7 @@ mod inspect;
 mod outstanding;
 mod publish;
 mod reader;
+mod schedules;
 mod settle;
 mod topology;
 

@@ -29,7 +29,8 @@ pub(super) struct Record<'a> {
     pub(super) topic: &'a str,
     pub(super) key: Option<&'a [u8]>,
     pub(super) headers: &'a [(String, String)],
-    pub(super) payload: &'a [u8],
+    /// `None`: a tombstone (no value at all), for compacted topics.
+    pub(super) payload: Option<&'a [u8]>,
 }
 
 impl Outbox {
@@ -53,27 +54,31 @@ impl Outbox {
         headers: &[(String, String)],
         payload: &[u8],
     ) -> Result<()> {
-        self.send_all(&[Record { topic, key, headers, payload }]).await
+        self.send_all(&[Record { topic, key, headers, payload: Some(payload) }]).await.map(|_| ())
     }
 
     /// Produces every record (many in flight at once) and waits until Kafka
-    /// has them all.
-    pub(super) async fn send_all(&self, records: &[Record<'_>]) -> Result<()> {
-        let mut pending: Vec<DeliveryFuture> = Vec::with_capacity(records.len());
+    /// has them all; returns the offset each was given, in order.
+    pub(super) async fn send_all(&self, records: &[Record<'_>]) -> Result<Vec<i64>> {
+        let mut offsets = vec![-1; records.len()];
+        let mut pending: Vec<(usize, DeliveryFuture)> = Vec::with_capacity(records.len());
         let deadline = Instant::now() + self.timeout;
-        for r in records {
+        for (index, r) in records.iter().enumerate() {
             let mut headers = OwnedHeaders::new_with_capacity(r.headers.len());
             for (k, v) in r.headers {
                 headers = headers.insert(Header { key: k, value: Some(v.as_bytes()) });
             }
-            let mut record = FutureRecord::to(r.topic).payload(r.payload).headers(headers);
+            let mut record = FutureRecord::to(r.topic).headers(headers);
+            if let Some(payload) = r.payload {
+                record = record.payload(payload);
+            }
             if let Some(k) = r.key {
                 record = record.key(k);
             }
             loop {
                 match self.producer.send_result(record) {
                     Ok(f) => {
-                        pending.push(f);
+                        pending.push((index, f));
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -83,7 +88,7 @@ impl Outbox {
                         }
                         record = back;
                         match pending.pop() {
-                            Some(f) => delivered(f.await)?,
+                            Some((i, f)) => offsets[i] = delivered(f.await)?,
                             None => tokio::time::sleep(Duration::from_millis(5)).await,
                         }
                     }
@@ -91,19 +96,20 @@ impl Outbox {
                 }
             }
         }
-        for f in pending {
-            delivered(f.await)?;
+        for (i, f) in pending {
+            offsets[i] = delivered(f.await)?;
         }
-        Ok(())
+        Ok(offsets)
     }
 }
 
-/// The outcome of one produce (the outer error: the producer went away).
+/// The outcome of one produce, the record's offset (the outer error: the
+/// producer went away).
 pub(super) fn delivered<E>(
     result: std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, E>,
-) -> Result<()> {
+) -> Result<i64> {
     match result {
-        Ok(Ok(_)) => Ok(()),
+        Ok(Ok(delivery)) => Ok(delivery.offset),
         Ok(Err((KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge), _))) => Err(Error::Backend {
             backend: BACKEND,
             reason: "the broker refused a record as too large: raise its message.max.bytes or lower max_message_bytes"
@@ -135,10 +141,10 @@ impl KafkaBroker {
                 topic: target,
                 key: m.key.as_deref().map(str::as_bytes),
                 headers,
-                payload: &m.payload,
+                payload: Some(&m.payload),
             })
             .collect();
-        self.outbox.send_all(&records).await
+        self.outbox.send_all(&records).await.map(|_| ())
     }
 
     pub(super) async fn publish_wire(&self, topic: &str, headers: Vec<(String, String)>, payload: Bytes) -> Result<()> {
