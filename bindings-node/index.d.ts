@@ -195,6 +195,8 @@ export class Broker {
   schedules(): Promise<ScheduleInfo[]>
   pauseSchedule(name: string): Promise<boolean>
   resumeSchedule(name: string): Promise<boolean>
+  /** Publishes the schedule's message now, outside its timetable; the message id, null if there is no such schedule. */
+  runScheduleNow(name: string): Promise<string | null>
   removeSchedule(name: string): Promise<boolean>
   close(): Promise<void>
 }

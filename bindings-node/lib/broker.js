@@ -134,6 +134,16 @@ class Broker {
     return call(this._native.resumeSchedule(name))
   }
 
+  /**
+   * Publishes the schedule's message now, outside its timetable (its next
+   * tick comes as planned); resolves to the message id, null if there is
+   * no such schedule.
+   */
+  async runScheduleNow(name) {
+    checkNames({ name })
+    return call(this._native.runScheduleNow(name))
+  }
+
   /** Removes it; resolves to whether it existed. */
   async removeSchedule(name) {
     checkNames({ name })

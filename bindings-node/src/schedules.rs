@@ -162,6 +162,11 @@ impl Broker {
     }
 
     #[napi]
+    pub async fn run_schedule_now(&self, name: String) -> Result<Option<String>> {
+        Scheduler::run_now(self.core().as_ref(), &name).await.or_throw()
+    }
+
+    #[napi]
     pub async fn remove_schedule(&self, name: String) -> Result<bool> {
         self.schedule_store()?.remove(&name).await.or_throw()
     }

@@ -31,6 +31,12 @@ for (const backend of BACKENDS) {
     assert.equal(paused.paused, true)
     assert.equal(paused.nextRun, null)
     assert.equal(await broker.resumeSchedule(name), true)
+    // Run now: a message at once, the schedule's state as it was.
+    await broker.ensureGroup(t, 'g')
+    const id = await broker.runScheduleNow(name)
+    assert.ok(typeof id === 'string' && id.length > 0)
+    assert.equal(await broker.runScheduleNow(`${name}-missing`), null)
+    assert.equal((await broker.schedules()).find((s) => s.name === name).lastRun, null)
     assert.equal(await broker.removeSchedule(name), true)
     assert.equal(await broker.removeSchedule(name), false)
     await broker.close()

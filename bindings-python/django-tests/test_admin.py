@@ -121,3 +121,47 @@ def test_task_results_are_listed(admin_client_: Client) -> None:
     page = admin_client_.get(reverse("admin:pillarbox_taskrecord_changelist")).content.decode()
     assert "testproject.shop.tasks.add" in page and "Ready" in page
     assert admin_client_.get(reverse("admin:pillarbox_taskrecord_change", args=[result.id])).status_code == 200
+
+
+def test_schedules_are_listed_paused_resumed_and_run_now(admin_client_: Client) -> None:
+    import uuid
+
+    broker = get_app().broker
+    name, topic = f"nightly-{uuid.uuid4().hex[:8]}", f"sched-{uuid.uuid4().hex[:8]}"
+    broker.ensure_group(topic, "g")
+    broker.upsert_schedule(name, topic, b"import", cron="30 2 * * *", zone="Europe/Berlin")
+    page_url = reverse("admin:pillarbox_schedule_changelist")
+    action = reverse("admin:pillarbox_schedule_action", args=[name])
+    try:
+        assert reverse("admin:pillarbox_schedule_changelist") in admin_client_.get(reverse("admin:index")).content.decode()
+        page = admin_client_.get(page_url).content.decode()
+        assert name in page and "30 2 * * *" in page and "Europe/Berlin" in page and "Run now" in page
+
+        done = admin_client_.post(action, {"action": "pause"}, follow=True).content.decode()
+        assert f"Paused {name}" in done
+        assert [s.paused for s in broker.schedules() if s.name == name] == [True]
+        admin_client_.post(action, {"action": "resume"})
+        assert [s.paused for s in broker.schedules() if s.name == name] == [False]
+
+        ran = admin_client_.post(action, {"action": "run"}, follow=True).content.decode()
+        assert f"Ran {name} now" in ran
+        wait_for(lambda: broker.inspect(topic, "g").ready == 1, what="the run-now message")
+        # A manual run is not a tick: the schedule's state is as it was.
+        assert [s.last_run for s in broker.schedules() if s.name == name] == [None]
+
+        missing = admin_client_.post(reverse("admin:pillarbox_schedule_action", args=["no-such"]), {"action": "run"}, follow=True)
+        assert "There is no schedule no-such" in missing.content.decode()
+    finally:
+        broker.remove_schedule(name)
+
+
+def test_seeing_schedules_is_not_changing_them(client: Client) -> None:
+    staff = User.objects.create_user("viewer", password="pw", is_staff=True)
+    page_url = reverse("admin:pillarbox_schedule_changelist")
+    client.force_login(staff)
+    assert client.get(page_url).status_code == 403
+    staff.user_permissions.add(Permission.objects.get(codename="view_schedule"))
+    client.force_login(staff)
+    page = client.get(page_url)
+    assert page.status_code == 200 and "Run now" not in page.content.decode()
+    assert client.post(reverse("admin:pillarbox_schedule_action", args=["any"]), {"action": "run"}).status_code == 403

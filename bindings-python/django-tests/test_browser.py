@@ -11,6 +11,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test.utils import override_settings
 
+from pillarbox.django import get_app
+
 CHROMIUM = os.environ.get("PILLARBOX_CHROMIUM", "/usr/bin/chromium")
 SHOTS = Path(os.environ.get("PILLARBOX_SCREENSHOTS", Path(__file__).resolve().parents[2] / ".pillarbox-test"))
 
@@ -53,9 +55,26 @@ def test_admin_pages_in_chromium(live_server: Any, dead_letters_on: Callable[...
             assert "Redrove 1 dead letter(s)" in page.content()
             letters = SHOTS / f"{label}-admin-dead-letters.png"
             page.screenshot(path=str(letters), full_page=True)
+
+            # The schedules page: pause one, and see it paused.
+            broker = get_app().broker
+            name = f"nightly-import-{topic[-6:]}"
+            broker.upsert_schedule(name, topic, b"{}", cron="30 2 * * *", zone="Europe/Berlin")
+            try:
+                page.goto(f"{live_server.url}/admin/pillarbox/schedule/")
+                page.wait_for_selector("#pillarbox-schedules")
+                row = page.locator("#pillarbox-schedules tr", has_text=name)
+                row.locator("button[value=pause]").click()
+                page.wait_for_selector("#pillarbox-schedules")
+                assert f"Paused {name}" in page.content()
+                assert "Resume" in page.locator("#pillarbox-schedules tr", has_text=name).inner_text()
+                schedules = SHOTS / f"{label}-admin-schedules.png"
+                page.screenshot(path=str(schedules), full_page=True)
+            finally:
+                broker.remove_schedule(name)
         finally:
             browser.close()
-    for shot in (queues, confirm, letters):
+    for shot in (queues, confirm, letters, schedules):
         assert shot.stat().st_size > 10_000
         with capsys.disabled():  # in the suite's output, whatever pytest's verbosity
             print(f"\nscreenshot: {shot}")

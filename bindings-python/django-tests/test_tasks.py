@@ -185,10 +185,6 @@ def test_the_schedules_setting_is_synced_on_the_task_topics() -> None:
     name = f"record-every-minute-{uuid.uuid4().hex[:8]}"
     schedules = {name: {"task": tasks.record.name, "every": 60, "args": ["tick"], "misfire": "skip"}}
     with override_settings(PILLARBOX={**settings.PILLARBOX, "SCHEDULES": schedules}):
-        if app.broker.backend == "amqp":
-            with pytest.raises(pillarbox.Unsupported):
-                app.sync_schedules()
-            return
         assert app.sync_schedules() == {name: "created"}
         assert app.sync_schedules() == {name: "unchanged"}
     (info,) = [s for s in app.broker.schedules() if s.name == name]

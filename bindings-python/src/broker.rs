@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use pillarbox::dead_letter::{self, DeadLetterFilter, RedriveOptions};
+use pillarbox::schedule::Scheduler;
 use pillarbox::{Broker, Message};
 use pyo3::prelude::*;
 use pyo3::IntoPyObjectExt;
@@ -283,6 +284,12 @@ impl PyBroker {
     /// Resumes it (ticks missed while paused are not published).
     fn resume_schedule(&self, name: String) -> Operation {
         Operation::new(self.call(move |b| async move { store_of(&b)?.set_paused(&name, false).await }))
+    }
+
+    /// Publishes its message now; resolves to the message id, None if
+    /// there is no such schedule.
+    fn run_schedule_now(&self, name: String) -> Operation {
+        Operation::new(self.call(move |b| async move { Scheduler::run_now(b.as_ref(), &name).await }))
     }
 
     /// Removes it; resolves to whether it existed.

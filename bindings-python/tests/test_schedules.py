@@ -33,6 +33,12 @@ def test_upsert_list_pause_resume_remove(url: str, topic: str) -> None:
     paused = [s for s in broker.schedules() if s.name == name][0]
     assert paused.paused and paused.next_run is None
     assert broker.resume_schedule(name) is True
+    # Run now: a message at once, the schedule's state as it was.
+    broker.ensure_group(topic, "g")
+    message_id = broker.run_schedule_now(name)
+    assert isinstance(message_id, str) and message_id
+    assert broker.run_schedule_now(f"{name}-missing") is None
+    assert [s for s in broker.schedules() if s.name == name][0].last_run is None
     assert broker.remove_schedule(name) is True
     assert broker.remove_schedule(name) is False
     assert broker.pause_schedule(name) is False

@@ -100,6 +100,9 @@ enum ScheduleAction {
     Pause { name: String },
     /// Resume a schedule (ticks missed while it was paused are not published).
     Resume { name: String },
+    /// Publish a schedule's message now, outside its timetable (its next
+    /// tick comes as planned); prints the message id.
+    Run { name: String },
     /// Remove a schedule.
     Remove { name: String },
 }

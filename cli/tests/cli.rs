@@ -387,8 +387,8 @@ fn bad_urls_and_unreachable_brokers_are_clear_errors_without_credentials() {
     assert_ne!(filter.status.code(), Some(0));
 }
 
-/// `schedules` lists, pauses, resumes and removes what the library made;
-/// `scheduler` publishes its ticks until SIGTERM.
+/// `schedules` lists, pauses, resumes, runs now and removes what the
+/// library made; `scheduler` publishes its ticks until SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schedules_and_the_scheduler_on_sqlite() {
     use pillarbox::schedule::{Schedule, When};
@@ -412,8 +412,30 @@ async fn schedules_and_the_scheduler_on_sqlite() {
     assert_eq!((nightly["paused"].as_bool(), nightly["zone"].as_str()), (Some(true), Some("Europe/Berlin")));
     assert!(nightly["next_run_ms"].is_null(), "paused: no next run");
     ok(&pillarbox(&url, &["schedules", "resume", "nightly-import"], None));
-    let missing = pillarbox(&url, &["schedules", "remove", "no-such-schedule"], None);
-    assert_eq!(missing.status.code(), Some(4), "{}", text(&missing.stderr));
+    // Run now: its message goes out at once; its next tick stays planned.
+    let ran = json(&pillarbox(&url, &["--json", "schedules", "run", "nightly-import"], None));
+    let id = ran["message_id"].as_str().unwrap().to_string();
+    let request = pillarbox::ReceiveRequest {
+        topic: &t,
+        group: "g",
+        consumer: "c",
+        max: 10,
+        window: 10,
+        wait: Duration::from_secs(5),
+        lease: Duration::from_secs(30),
+    };
+    let got = broker.receive(request).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].message.id.as_str(), &got[0].message.payload[..]), (id.as_str(), &b"import"[..]));
+    assert_eq!(got[0].message.schedule.as_deref(), Some("nightly-import"));
+    broker.ack(&got).await.unwrap();
+    let after = json(&pillarbox(&url, &["--json", "schedules"], None));
+    let nightly = after.as_array().unwrap().iter().find(|s| s["name"] == "nightly-import").unwrap().clone();
+    assert!(nightly["last_run_ms"].is_null() && nightly["next_run_ms"].is_u64(), "{nightly}");
+    for missing in [["schedules", "remove", "no-such-schedule"], ["schedules", "run", "no-such-schedule"]] {
+        let out = pillarbox(&url, &missing, None);
+        assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    }
     ok(&pillarbox(&url, &["schedules", "remove", "nightly-import"], None));
 
     // The scheduler publishes the heartbeat's ticks until SIGTERM.

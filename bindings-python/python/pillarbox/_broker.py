@@ -61,6 +61,7 @@ class Broker:
     schedules = blocking(BrokerCalls.schedules)
     pause_schedule = blocking(BrokerCalls.pause_schedule)
     resume_schedule = blocking(BrokerCalls.resume_schedule)
+    run_schedule_now = blocking(BrokerCalls.run_schedule_now)
     remove_schedule = blocking(BrokerCalls.remove_schedule)
     close = blocking(BrokerCalls.close)
 

@@ -319,6 +319,12 @@ class BrokerCalls:
         """Resumes it; ticks missed while it was paused are not published."""
         return self._native.resume_schedule(name)
 
+    def run_schedule_now(self: HoldsNative, name: str) -> Operation[Optional[str]]:
+        """Publishes the schedule's message now, outside its timetable (its
+        next tick comes as planned); returns the message id, ``None`` if
+        there is no such schedule."""
+        return self._native.run_schedule_now(name)
+
     def remove_schedule(self: HoldsNative, name: str) -> Operation[bool]:
         """Removes it; returns whether it existed."""
         return self._native.remove_schedule(name)

@@ -55,6 +55,7 @@ class Broker:
     schedules = awaiting(BrokerCalls.schedules)
     pause_schedule = awaiting(BrokerCalls.pause_schedule)
     resume_schedule = awaiting(BrokerCalls.resume_schedule)
+    run_schedule_now = awaiting(BrokerCalls.run_schedule_now)
     remove_schedule = awaiting(BrokerCalls.remove_schedule)
     close = awaiting(BrokerCalls.close)
 

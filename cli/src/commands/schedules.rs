@@ -1,4 +1,4 @@
-//! `schedules` (list, pause, resume, remove) and `scheduler`: the
+//! `schedules` (list, pause, resume, run, remove) and `scheduler`: the
 //! broker's periodic schedules, and a process that publishes their ticks.
 
 use std::time::SystemTime;
@@ -20,6 +20,17 @@ pub async fn run(broker: &dyn Broker, action: Option<ScheduleAction>, json: bool
         Some(ScheduleAction::Pause { name }) => (store.set_paused(&name, true).await?, name),
         Some(ScheduleAction::Resume { name }) => (store.set_paused(&name, false).await?, name),
         Some(ScheduleAction::Remove { name }) => (store.remove(&name).await?, name),
+        Some(ScheduleAction::Run { name }) => match Scheduler::run_now(broker, &name).await? {
+            Some(id) => {
+                if json {
+                    print_json(&json!({ "schedule": name, "message_id": id }))?;
+                } else {
+                    println!("{id}");
+                }
+                return Ok(exit::OK);
+            }
+            None => (false, name),
+        },
     };
     if !found {
         return Err(Failure::NotFound(format!("there is no schedule `{name}`")));

@@ -152,6 +152,25 @@ impl Scheduler {
         Ok(pass)
     }
 
+    /// Publishes the message of the schedule `name` now, outside its
+    /// timetable (an operator's "run now"): as a tick at this instant, with
+    /// that tick's idempotency key. The schedule's state stays as it is
+    /// (its next tick comes as planned). Returns the message's id, `None`
+    /// if there is no such schedule.
+    pub async fn run_now(broker: &dyn Broker, name: &str) -> Result<Option<String>> {
+        let store = broker
+            .schedule_store()
+            .ok_or(crate::Error::Unsupported { backend: broker.backend(), capability: "schedules" })?;
+        let Some(stored) = store.list().await?.into_iter().find(|s| s.schedule.name == name) else {
+            return Ok(None);
+        };
+        let message = stored.schedule.message_for(SystemTime::now());
+        let id = message.id.clone();
+        broker.publish(&stored.schedule.topic, vec![message]).await?;
+        tracing::info!(schedule = %name, message_id = %id, "ran a schedule now");
+        Ok(Some(id))
+    }
+
     /// Runs passes until [`Scheduler::shutdown`]: at each schedule's next
     /// tick, and at least every [`REFRESH`]. A pass that fails (the broker
     /// away) is logged and tried again at the next.

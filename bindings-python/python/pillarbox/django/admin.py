@@ -1,8 +1,10 @@
 """Operator pages in the admin, under Pillarbox: the figures of every topic
 and group, the dead letters with their reason, and redrive / purge with a
-confirmation page. Staff only (the admin's own login), and Django's model
-permissions on :class:`~pillarbox.django.models.Queue`: view to see,
-change to redrive, delete to purge."""
+confirmation page; the schedules, with pause, resume and run now. Staff
+only (the admin's own login), and Django's model permissions on
+:class:`~pillarbox.django.models.Queue` (view to see, change to redrive,
+delete to purge) and :class:`~pillarbox.django.models.Schedule` (view to
+see, change to pause, resume and run now)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 
 from . import conf
-from .models import Queue, TaskRecord
+from .models import Queue, Schedule, TaskRecord
 from .project import get_app
 
 #: Dead letters per page.
@@ -221,4 +223,76 @@ class QueueAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         else:
             done = broker.purge(topic, group, **criteria)
             messages.success(request, f"Purged {done} dead letter(s) of {topic} / {group}.")
+        return HttpResponseRedirect(back)
+
+
+@admin.register(Schedule)
+class ScheduleAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """The schedules the broker keeps (no table), and what an operator does
+    with one: pause, resume, run now."""
+
+    ACTIONS = ("pause", "resume", "run")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Removing is for the command (`pillarbox schedules remove`): a
+        # schedule declared in settings would come back at the next deploy.
+        return False
+
+    def get_urls(self) -> List[Any]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("", wrap(self.changelist_view), name="pillarbox_schedule_changelist"),
+            path("<str:name>/action/", wrap(self.action_view), name="pillarbox_schedule_action"),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Optional[Dict[str, Any]] = None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        broker = get_app().broker
+        error = None
+        try:
+            schedules = sorted(broker.schedules(), key=lambda s: s.name)
+        except Exception as exc:
+            schedules, error = [], f"{type(exc).__name__}: {exc}"
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Pillarbox schedules",
+            "broker_url": broker.url,
+            "schedules": schedules,
+            "error": error,
+            "can_change": self.has_change_permission(request),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "pillarbox/admin/schedules.html", context)
+
+    def action_view(self, request: HttpRequest, name: str) -> HttpResponse:
+        """Pause, resume or run now, on a POST."""
+        back = reverse("admin:pillarbox_schedule_changelist")
+        if request.method != "POST":
+            return HttpResponseRedirect(back)
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        action = request.POST.get("action")
+        broker = get_app().broker
+        if action == "pause":
+            found = broker.pause_schedule(name)
+            done = f"Paused {name}: its ticks are skipped until it is resumed."
+        elif action == "resume":
+            found = broker.resume_schedule(name)
+            done = f"Resumed {name}: ticks missed while it was paused are not published."
+        elif action == "run":
+            message_id = broker.run_schedule_now(name)
+            found = message_id is not None
+            done = f"Ran {name} now: message {message_id}. Its next tick comes as planned."
+        else:
+            messages.error(request, "Unknown action.")
+            return HttpResponseRedirect(back)
+        if found:
+            messages.success(request, done)
+        else:
+            messages.error(request, f"There is no schedule {name}.")
         return HttpResponseRedirect(back)

@@ -48,3 +48,15 @@ class Queue(models.Model):
         verbose_name = "queue and dead letters"
         verbose_name_plural = "queues and dead letters"
         default_permissions = ("view", "change", "delete")
+
+
+class Schedule(models.Model):
+    """No table: the admin's schedules page (the schedules live in the
+    broker) hangs off this model, with its permissions: view to see,
+    change to pause, resume and run now."""
+
+    class Meta:
+        managed = False
+        verbose_name = "schedule"
+        verbose_name_plural = "schedules"
+        default_permissions = ("view", "change")
