@@ -48,6 +48,14 @@ fn redis_url() -> String {
 }
 
 #[allow(dead_code)]
+#[cfg(feature = "redis")]
+fn redis_cluster_url() -> String {
+    // tests/brokers/start-redis-cluster.sh: three primaries, three replicas.
+    std::env::var("PILLARBOX_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
+}
+
+#[cfg(feature = "amqp")]
 fn amqp_url() -> String {
     // Started by tests/brokers/start-rabbitmq.sh (management on 15673,
     // figures refreshed every 100 ms).
@@ -87,6 +95,8 @@ macro_rules! every_backend {
         backend!(sqlite, super::sqlite_url(), [$($scenario),*]);
         #[cfg(feature = "redis")]
         backend!(redis, super::redis_url(), [$($scenario),*]);
+        #[cfg(feature = "redis")]
+        backend!(redis_cluster, super::redis_cluster_url(), [$($scenario),*]);
         #[cfg(feature = "amqp")]
         backend!(amqp, super::amqp_url(), [$($scenario),*]);
         #[cfg(feature = "kafka")]

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
 
+use super::connection::{Client, Conn};
 use super::idempotency::RedisIdempotencyStore;
-use super::options::{tls_certificates, Options};
+use super::options::Options;
 use super::receive::GroupState;
 use super::reply::xinfo_groups;
 use super::{TopicKeys, BACKEND};
@@ -33,10 +32,10 @@ const MAX_BLOCK: Duration = Duration::from_secs(5);
 
 /// A Redis connection for one URL.
 pub struct RedisBroker {
-    client: redis::Client,
-    conn: ConnectionManager,
+    client: Client,
+    conn: Conn,
     /// Connections for blocking reads, which must not hold up other commands.
-    pub(super) blocking: Mutex<Vec<MultiplexedConnection>>,
+    pub(super) blocking: Mutex<Vec<Conn>>,
     pub(super) options: Options,
     url: String,
     pub(super) groups_ready: Mutex<HashSet<(String, String)>>,
@@ -56,23 +55,7 @@ impl RedisBroker {
     /// Connects to `redis://` or `rediss://`.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let options = Options::from_url(url)?;
-        let mut parsed = url.as_url()?;
-        parsed.set_query(None); // our options are not the client's
-        let invalid = |e: redis::RedisError| Error::InvalidUrl { url: url.redacted(), reason: e.to_string() };
-        let client = match tls_certificates(url)? {
-            Some(certs) => redis::Client::build_with_tls(parsed.as_str(), certs).map_err(invalid)?,
-            None => redis::Client::open(parsed.as_str()).map_err(invalid)?,
-        };
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.response_timeout))
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(|e| Error::Connect {
-            backend: BACKEND,
-            url: url.redacted(),
-            reason: e.to_string(),
-        })?;
+        let (client, conn) = Client::connect(url, &options).await?;
         Ok(RedisBroker {
             client,
             conn,
@@ -91,18 +74,16 @@ impl RedisBroker {
         shared::check_open(&self.closed)
     }
 
-    pub(super) fn conn(&self) -> ConnectionManager {
+    pub(super) fn conn(&self) -> Conn {
         self.conn.clone()
     }
 
-    pub(super) async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
+    pub(super) async fn blocking_conn(&self) -> Result<Conn> {
         if let Some(c) = self.blocking.lock().unwrap().pop() {
             return Ok(c);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.options.connect_timeout))
-            .set_response_timeout(Some(MAX_BLOCK + self.options.response_timeout));
-        self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| Error::Connect {
+        let wait = MAX_BLOCK + self.options.response_timeout;
+        self.client.blocking(self.options.connect_timeout, wait).await.map_err(|e| Error::Connect {
             backend: BACKEND,
             url: self.url.clone(),
             reason: e.to_string(),

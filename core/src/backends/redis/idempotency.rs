@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::connection::Conn;
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 
 use super::{err, scripts};
 use crate::error::{Error, Result};
@@ -14,7 +14,7 @@ use crate::idempotency::{Claim, IdempotencyStore};
 /// Idempotency keys in Redis.
 #[derive(Clone)]
 pub struct RedisIdempotencyStore {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for RedisIdempotencyStore {
@@ -24,7 +24,7 @@ impl std::fmt::Debug for RedisIdempotencyStore {
 }
 
 impl RedisIdempotencyStore {
-    pub(crate) fn new(conn: ConnectionManager) -> Self {
+    pub(crate) fn new(conn: Conn) -> Self {
         RedisIdempotencyStore { conn }
     }
 }

@@ -130,7 +130,7 @@ const COUNT_PAGE: usize = 1000;
 
 /// How many entries of `stream` come after `after`, counted in Redis a
 /// page at a time (an XRANGE would bring every entry here to be counted).
-async fn count_after(conn: &mut redis::aio::ConnectionManager, stream: &str, after: &str) -> Result<u64> {
+async fn count_after(conn: &mut super::connection::Conn, stream: &str, after: &str) -> Result<u64> {
     let mut total = 0;
     let mut cursor = after.to_string();
     loop {

@@ -34,6 +34,7 @@
 //! `appendfsync always` for no loss on power failure).
 
 mod broker;
+mod connection;
 mod dead_letters;
 mod idempotency;
 mod inspect;

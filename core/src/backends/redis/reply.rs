@@ -5,8 +5,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::connection::Conn;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::Value;
 
 use super::err;
@@ -127,7 +127,7 @@ pub(super) struct GroupInfo {
     pub(super) lag: Option<u64>,
 }
 
-pub(super) async fn xinfo_groups(conn: &mut ConnectionManager, stream: &str) -> Result<Vec<GroupInfo>> {
+pub(super) async fn xinfo_groups(conn: &mut Conn, stream: &str) -> Result<Vec<GroupInfo>> {
     let reply: redis::RedisResult<Value> = redis::cmd("XINFO").arg("GROUPS").arg(stream).query_async(conn).await;
     let reply = match reply {
         Ok(v) => v,
@@ -167,11 +167,7 @@ fn info_fields(v: &Value) -> Vec<(String, &Value)> {
 
 /// The consumers of `group` on `stream`: name, pending entries, idle time,
 /// and when each received the oldest entry it still holds.
-pub(super) async fn xinfo_consumers(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    group: &str,
-) -> Result<Vec<ConsumerInfo>> {
+pub(super) async fn xinfo_consumers(conn: &mut Conn, stream: &str, group: &str) -> Result<Vec<ConsumerInfo>> {
     let reply: redis::RedisResult<Value> =
         redis::cmd("XINFO").arg("CONSUMERS").arg(stream).arg(group).query_async(conn).await;
     let reply = match reply {

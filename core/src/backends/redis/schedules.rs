@@ -9,9 +9,9 @@
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
+use super::connection::Conn;
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::err;
@@ -32,7 +32,7 @@ fn now_ms() -> u64 {
 /// Schedules in Redis.
 #[derive(Clone)]
 pub struct RedisScheduleStore {
-    conn: ConnectionManager,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for RedisScheduleStore {
@@ -42,7 +42,7 @@ impl std::fmt::Debug for RedisScheduleStore {
 }
 
 impl RedisScheduleStore {
-    pub(crate) fn new(conn: ConnectionManager) -> Self {
+    pub(crate) fn new(conn: Conn) -> Self {
         RedisScheduleStore { conn }
     }
 }
