@@ -68,10 +68,12 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// What makes connections: a client of one server, or of a cluster.
+/// What makes connections: a client of one server, or of a cluster. One
+/// per broker handle, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Client {
     Single(redis::Client),
-    Cluster(Box<redis::cluster::ClusterClient>),
+    Cluster(redis::cluster::ClusterClient),
 }
 
 /// The seed nodes of `redis+cluster://[user:password@]h1:p1,h2:p2[/]`, as
@@ -130,7 +132,7 @@ impl Client {
             }
             let client = builder.build().map_err(invalid)?;
             let conn = client.get_async_connection().await.map_err(connect_err)?;
-            return Ok((Client::Cluster(Box::new(client)), Conn::Cluster(conn)));
+            return Ok((Client::Cluster(client), Conn::Cluster(conn)));
         }
         let mut parsed = url.as_url()?;
         parsed.set_query(None); // our options are not the client's
