@@ -47,5 +47,5 @@ async fn sigkill_mid_publish_and_mid_consume_loses_no_confirmed_message() {
     let topic = format!("crash{}", std::process::id());
     let broker = pillarbox::connect(URL).await.unwrap();
     let settled = Duration::from_secs(5);
-    support::through_a_crash("RabbitMQ SIGKILL", broker, &topic, 600, settled, kill_and_start).await;
+    support::through_a_crash("RabbitMQ SIGKILL", broker, &topic, 600, settled, false, kill_and_start).await;
 }

@@ -117,6 +117,6 @@ async fn sigkill_mid_publish_and_mid_consume_loses_no_confirmed_message() {
     let broker = pillarbox::connect(&format!("kafka://127.0.0.1:{}", node.port)).await.unwrap();
     let crashing = Arc::clone(&node);
     let crash = move || crashing.kill_and_start();
-    support::through_a_crash("Kafka SIGKILL", Arc::clone(&broker), "crash", 600, Duration::ZERO, crash).await;
+    support::through_a_crash("Kafka SIGKILL", Arc::clone(&broker), "crash", 600, Duration::ZERO, false, crash).await;
     let _ = broker.close().await;
 }

@@ -1,4 +1,6 @@
-//! The Redis backend (`redis://`, `rediss://`): streams and consumer groups.
+//! The Redis backend (`redis://`, `rediss://`; a Redis Cluster as
+//! `redis+cluster://h1:p1,h2:p2`, see `connection`): streams and consumer
+//! groups.
 //!
 //! Keys of one topic share the hash tag `{TOPIC}`, so they live in one slot
 //! of a Redis Cluster and every script can touch them together:
@@ -25,6 +27,8 @@
 //! `max_len` (bound on a topic's unconsumed messages; a publish beyond it
 //! fails with `QUEUE_FULL` rather than trimming anything unconsumed),
 //! `response_timeout_ms` (default 10000), `connect_timeout_ms` (default 5000),
+//! `wait_replicas` (a publish waits until that many replicas have it, up to
+//! `wait_timeout_ms`, default 1000: a failover cannot lose it),
 //! and for `rediss://` (TLS): `tls_ca_file` (PEM; trust this CA instead of
 //! the system's), `tls_cert_file` + `tls_key_file` (client certificate).
 //! Username, password and database come from the URL:

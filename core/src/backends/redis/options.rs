@@ -16,6 +16,8 @@ const KNOWN_PARAMS: &[&str] = &[
     "tls_ca_file",
     "tls_cert_file",
     "tls_key_file",
+    "wait_replicas",
+    "wait_timeout_ms",
 ];
 
 #[derive(Clone, Debug)]
@@ -24,6 +26,10 @@ pub(super) struct Options {
     pub(super) max_len: Option<u64>,
     pub(super) response_timeout: Duration,
     pub(super) connect_timeout: Duration,
+    /// A publish waits until this many replicas have it (`WAIT`), so that a
+    /// failover cannot lose it; `None`: Redis's asynchronous replication.
+    pub(super) wait_replicas: Option<u64>,
+    pub(super) wait_timeout: Duration,
 }
 
 impl Options {
@@ -34,7 +40,15 @@ impl Options {
         if max_len == Some(0) {
             return Err(Error::invalid_option("max_len", "must be at least 1"));
         }
+        let wait_replicas = url.param_u64("wait_replicas")?.filter(|n| *n > 0);
+        let wait_timeout = url.param_millis("wait_timeout_ms")?.unwrap_or(Duration::from_secs(1));
+        if wait_timeout.is_zero() {
+            // WAIT 0 would wait forever.
+            return Err(Error::invalid_option("wait_timeout_ms", "must be at least 1"));
+        }
         Ok(Options {
+            wait_replicas,
+            wait_timeout,
             max_message_bytes,
             max_len,
             response_timeout: url.param_millis("response_timeout_ms")?.unwrap_or(Duration::from_secs(10)),

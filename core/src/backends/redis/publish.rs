@@ -7,7 +7,7 @@ use bytes::Bytes;
 use redis::Value;
 
 use super::broker::{now_ms, RedisBroker};
-use super::{err, scripts, TopicKeys};
+use super::{err, scripts, TopicKeys, BACKEND};
 use crate::broker::{validate_batch, validate_raw, Broker};
 use crate::error::{Error, Result};
 use crate::message::{to_millis, Message};
@@ -94,7 +94,35 @@ impl RedisBroker {
             add_message(&mut cmd, m);
             pipe.add_command(cmd);
         }
-        pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
+        self.wait_for_replicas(&mut pipe);
+        let replies = pipe.query_async::<Vec<Value>>(&mut conn).await.map_err(err)?;
+        self.check_replicated(replies.last())
+    }
+
+    /// With `wait_replicas`, ends a publish's pipeline with `WAIT`: it goes
+    /// to the node that took the writes (on a cluster, the topic's primary).
+    fn wait_for_replicas(&self, pipe: &mut redis::Pipeline) {
+        if let Some(n) = self.options.wait_replicas {
+            pipe.cmd("WAIT").arg(n).arg(self.options.wait_timeout.as_millis() as u64);
+        }
+    }
+
+    /// With `wait_replicas`, fails a publish that fewer replicas took (its
+    /// messages are on the primary: publishing again may duplicate them,
+    /// never lose them).
+    fn check_replicated(&self, wait_reply: Option<&Value>) -> Result<()> {
+        let Some(wanted) = self.options.wait_replicas else { return Ok(()) };
+        let got: u64 = wait_reply.and_then(|v| redis::from_redis_value_ref(v).ok()).unwrap_or(0);
+        if got < wanted {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                reason: format!(
+                    "the publish reached {got} of the {wanted} replicas wait_replicas asks for within {:?}; \
+                     a failover could lose it, so it is not reported as published",
+                    self.options.wait_timeout
+                ),
+            });
+        }
         Ok(())
     }
 
@@ -109,7 +137,10 @@ impl RedisBroker {
             cmd.arg(k).arg(v);
         }
         cmd.arg(PAYLOAD).arg(&payload[..]);
-        cmd.query_async::<String>(&mut self.conn()).await.map_err(err)?;
-        Ok(())
+        let mut pipe = redis::Pipeline::new();
+        pipe.add_command(cmd);
+        self.wait_for_replicas(&mut pipe);
+        let replies = pipe.query_async::<Vec<Value>>(&mut self.conn()).await.map_err(err)?;
+        self.check_replicated(replies.last().filter(|_| replies.len() > 1))
     }
 }
