@@ -11,6 +11,9 @@ const URLS = {
   memory: () => `memory://node-${crypto.randomUUID()}`,
   sqlite: () => `sqlite://${path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'pb-node-')), 'queue.db')}?synchronous=normal`,
   redis: () => process.env.PILLARBOX_REDIS_URL || 'redis://127.0.0.1:6390',
+  // tests/brokers/start-redis-cluster.sh: three primaries, three replicas.
+  redisCluster: () =>
+    process.env.PILLARBOX_REDIS_CLUSTER_URL || 'redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103',
   amqp: () =>
     process.env.PILLARBOX_AMQP_URL ||
     'amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000',

@@ -17,6 +17,10 @@ URLS: Dict[str, Callable[[Path], str]] = {
     "memory": lambda tmp: f"memory://py-{uuid.uuid4().hex}",
     "sqlite": lambda tmp: f"sqlite://{tmp / 'queue.db'}?synchronous=normal",
     "redis": lambda tmp: os.environ.get("PILLARBOX_REDIS_URL", "redis://127.0.0.1:6390"),
+    # tests/brokers/start-redis-cluster.sh: three primaries, three replicas.
+    "redis_cluster": lambda tmp: os.environ.get(
+        "PILLARBOX_REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+    ),
     "amqp": lambda tmp: os.environ.get(
         "PILLARBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000"
     ),
