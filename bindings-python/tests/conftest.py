@@ -21,6 +21,10 @@ URLS: Dict[str, Callable[[Path], str]] = {
     "redis_cluster": lambda tmp: os.environ.get(
         "PILLARBOX_REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
     ),
+    # tests/brokers/start-redis-sentinel.sh: a primary, a replica, three sentinels.
+    "redis_sentinel": lambda tmp: os.environ.get(
+        "PILLARBOX_REDIS_SENTINEL_URL", "redis+sentinel://127.0.0.1:27201,127.0.0.1:27202,127.0.0.1:27203/pillarbox"
+    ),
     "amqp": lambda tmp: os.environ.get(
         "PILLARBOX_AMQP_URL", "amqp://guest:guest@127.0.0.1:5673/%2f?management_port=15673&stats_delay_ms=5000"
     ),

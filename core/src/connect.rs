@@ -12,7 +12,7 @@ use crate::url::BrokerUrl;
 /// |---|---|---|
 /// | `memory://` or `memory://NAME` | in-process | `embedded` (default) |
 /// | `sqlite://PATH` | a local file, shared by processes | `embedded` (default) |
-/// | `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://` | Redis streams (one server, or a Redis Cluster) | `redis` |
+/// | `redis://`, `rediss://`, `redis+cluster://`, `redis+sentinel://` (and `rediss+`) | Redis streams (one server, a Redis Cluster, or Sentinel's primary) | `redis` |
 /// | `amqp://`, `amqps://` | RabbitMQ | `amqp` |
 /// | `kafka://host:port[,host:port]` | Kafka | `kafka` |
 ///
@@ -26,11 +26,13 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
         #[cfg(not(feature = "embedded"))]
         scheme @ ("memory" | "sqlite") => not_enabled(scheme, "embedded")?,
         #[cfg(feature = "redis")]
-        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" => {
+        "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel" => {
             Arc::new(crate::backends::redis::RedisBroker::connect(&parsed).await?)
         }
         #[cfg(not(feature = "redis"))]
-        scheme @ ("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => not_enabled(scheme, "redis")?,
+        scheme @ ("redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel") => {
+            not_enabled(scheme, "redis")?
+        }
         #[cfg(feature = "amqp")]
         "amqp" | "amqps" => Arc::new(crate::backends::amqp::AmqpBroker::connect(&parsed).await?),
         #[cfg(not(feature = "amqp"))]

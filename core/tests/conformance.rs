@@ -55,6 +55,13 @@ fn redis_cluster_url() -> String {
         .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103".into())
 }
 
+#[cfg(feature = "redis")]
+fn redis_sentinel_url() -> String {
+    // tests/brokers/start-redis-sentinel.sh: a primary, a replica, three sentinels.
+    std::env::var("PILLARBOX_REDIS_SENTINEL_URL")
+        .unwrap_or_else(|_| "redis+sentinel://127.0.0.1:27201,127.0.0.1:27202,127.0.0.1:27203/pillarbox".into())
+}
+
 #[cfg(feature = "amqp")]
 fn amqp_url() -> String {
     // Started by tests/brokers/start-rabbitmq.sh (management on 15673,
@@ -97,6 +104,8 @@ macro_rules! every_backend {
         backend!(redis, super::redis_url(), [$($scenario),*]);
         #[cfg(feature = "redis")]
         backend!(redis_cluster, super::redis_cluster_url(), [$($scenario),*]);
+        #[cfg(feature = "redis")]
+        backend!(redis_sentinel, super::redis_sentinel_url(), [$($scenario),*]);
         #[cfg(feature = "amqp")]
         backend!(amqp, super::amqp_url(), [$($scenario),*]);
         #[cfg(feature = "kafka")]

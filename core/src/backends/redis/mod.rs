@@ -1,5 +1,6 @@
 //! The Redis backend (`redis://`, `rediss://`; a Redis Cluster as
-//! `redis+cluster://h1:p1,h2:p2`, see `connection`): streams and consumer
+//! `redis+cluster://h1:p1,h2:p2`, Sentinel's primary as
+//! `redis+sentinel://s1,s2/NAME`, see `connection`): streams and consumer
 //! groups.
 //!
 //! Keys of one topic share the hash tag `{TOPIC}`, so they live in one slot
