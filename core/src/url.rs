@@ -52,13 +52,23 @@ impl BrokerUrl {
             }
         }
         // Network URLs must parse as real URLs so that a typo is caught here.
-        // (Kafka, Redis Cluster and Sentinel URLs list several nodes,
-        // `kafka://h1:9092,h2:9092`, which `url` cannot parse: their
-        // backends check them themselves.)
-        if !matches!(
-            scheme.as_str(),
-            "memory" | "sqlite" | "kafka" | "redis+cluster" | "rediss+cluster" | "redis+sentinel" | "rediss+sentinel"
-        ) {
+        // (Kafka, Redis Cluster and Sentinel URLs, and RabbitMQ URLs of a
+        // cluster, list several nodes, `kafka://h1:9092,h2:9092`, which
+        // `url` cannot parse: their backends check them themselves.)
+        let authority = path.split('/').next().unwrap_or_default();
+        let listed = matches!(scheme.as_str(), "amqp" | "amqps") && authority.contains(',');
+        if !listed
+            && !matches!(
+                scheme.as_str(),
+                "memory"
+                    | "sqlite"
+                    | "kafka"
+                    | "redis+cluster"
+                    | "rediss+cluster"
+                    | "redis+sentinel"
+                    | "rediss+sentinel"
+            )
+        {
             url::Url::parse(url).map_err(|e| Error::InvalidUrl { url: redact(url), reason: e.to_string() })?;
         }
         Ok(BrokerUrl { raw: url.to_string(), scheme, path: path.to_string(), params })

@@ -140,3 +140,25 @@ async fn inspect_without_the_management_plugin_gives_the_rest() {
     assert_eq!(stats.in_flight, None, "{stats:?}");
     broker.close().await.unwrap();
 }
+
+/// A URL naming several nodes connects to the first that answers: here the
+/// first refuses (nothing listens on port 1), the second is the test node.
+/// When none answers, the error names each node's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_of_several_nodes_connects_to_one_that_answers() {
+    let url = "amqp://guest:guest@127.0.0.1:1,127.0.0.1:5673/%2f?management_port=15673";
+    let broker = connect(url).await.unwrap();
+    let topic = format!("nodes{}", std::process::id());
+    broker.ensure_group(&topic, "g").await.unwrap();
+    broker.publish(&topic, vec![Message::new("through the second node")]).await.unwrap();
+    let got = support::receive_n(broker.as_ref(), &topic, "c", 1, Duration::from_secs(20)).await;
+    assert_eq!(&got[0].message.payload[..], b"through the second node");
+    broker.ack(&got).await.unwrap();
+    match connect("amqp://guest:secret@127.0.0.1:1,127.0.0.1:2/%2f").await {
+        Err(pillarbox::Error::Connect { reason, url, .. }) => {
+            assert!(reason.contains("node 1:") && reason.contains("node 2:"), "{reason}");
+            assert!(!url.contains("secret"), "{url}");
+        }
+        other => panic!("{:?}", other.map(|_| ())),
+    }
+}

@@ -40,9 +40,8 @@ struct Link {
 
 /// A RabbitMQ connection for one URL.
 pub struct AmqpBroker {
-    uri: String,
-    /// PEM of a CA to trust instead of the system's, for amqps://.
-    tls_ca: Option<String>,
+    /// Shared with the schedule store, which has a connection of its own.
+    nodes: Arc<Nodes>,
     pub(super) url: String,
     pub(super) vhost: String,
     pub(super) max_message_bytes: usize,
@@ -74,11 +73,10 @@ impl std::fmt::Debug for AmqpBroker {
 impl AmqpBroker {
     /// Connects to `amqp://` or `amqps://`.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
-        let Options { uri, tls_ca, vhost, max_message_bytes, stats_delay, consumer_timeout, management } =
+        let Options { uris, tls_ca, vhost, max_message_bytes, stats_delay, consumer_timeout, management } =
             Options::from_url(url)?;
         let broker = AmqpBroker {
-            uri,
-            tls_ca,
+            nodes: Arc::new(Nodes::new(uris, tls_ca, url.redacted())),
             url: url.redacted(),
             vhost,
             max_message_bytes,
@@ -120,7 +118,7 @@ impl AmqpBroker {
                 return Ok((l.publish.clone(), l.admin.clone(), l.generation));
             }
         }
-        let connection = dial(&self.uri, self.tls_ca.as_deref(), &self.url).await?;
+        let connection = self.nodes.dial().await?;
         let publish = connection.create_channel().await.map_err(connect_err)?;
         publish.confirm_select(ConfirmSelectOptions::default()).await.map_err(connect_err)?;
         let admin = connection.create_channel().await.map_err(connect_err)?;
@@ -143,20 +141,58 @@ impl AmqpBroker {
     }
 }
 
-/// A new connection to `uri` (`url` is its redacted form, for errors),
-/// trusting `tls_ca` (PEM) for amqps:// when given.
-pub(super) async fn dial(uri: &str, tls_ca: Option<&str>, url: &str) -> Result<Connection> {
-    let connect_err =
-        |e: lapin::Error| Error::Connect { backend: BACKEND, url: url.to_string(), reason: e.to_string() };
-    match tls_ca {
-        None => Connection::connect(uri, ConnectionProperties::default()).await,
-        Some(ca) => {
-            let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca.to_string()) };
-            let runtime = lapin::runtime::default_runtime().map_err(connect_err)?;
-            Connection::connect_with_config(uri, ConnectionProperties::default(), tls, runtime).await
+/// The nodes a URL names (one, or a cluster's), and the one that answered
+/// last: a new connection goes there first, then to the others in turn.
+pub(super) struct Nodes {
+    uris: Vec<String>,
+    /// PEM of a CA to trust instead of the system's, for amqps://.
+    tls_ca: Option<String>,
+    /// The URL, redacted, for errors.
+    url: String,
+    last: std::sync::atomic::AtomicUsize,
+}
+
+impl Nodes {
+    pub(super) fn new(uris: Vec<String>, tls_ca: Option<String>, url: String) -> Self {
+        Nodes { uris, tls_ca, url, last: std::sync::atomic::AtomicUsize::new(0) }
+    }
+
+    /// The URL, redacted.
+    pub(super) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new connection to the first node that answers.
+    pub(super) async fn dial(&self) -> Result<Connection> {
+        let start = self.last.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        for i in (0..self.uris.len()).map(|k| (start + k) % self.uris.len()) {
+            match self.dial_one(&self.uris[i]).await {
+                Ok(connection) => {
+                    if i != start {
+                        tracing::info!(node = i + 1, nodes = self.uris.len(), "connected to another RabbitMQ node");
+                    }
+                    self.last.store(i, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(e) => {
+                    reasons.push(if self.uris.len() > 1 { format!("node {}: {e}", i + 1) } else { e.to_string() })
+                }
+            }
+        }
+        Err(Error::Connect { backend: BACKEND, url: self.url.clone(), reason: reasons.join("; ") })
+    }
+
+    async fn dial_one(&self, uri: &str) -> std::result::Result<Connection, lapin::Error> {
+        match &self.tls_ca {
+            None => Connection::connect(uri, ConnectionProperties::default()).await,
+            Some(ca) => {
+                let tls = lapin::tcp::OwnedTLSConfig { identity: None, cert_chain: Some(ca.clone()) };
+                let runtime = lapin::runtime::default_runtime()?;
+                Connection::connect_with_config(uri, ConnectionProperties::default(), tls, runtime).await
+            }
         }
     }
-    .map_err(connect_err)
 }
 
 #[async_trait]
@@ -248,9 +284,7 @@ impl Broker for AmqpBroker {
     }
 
     fn schedule_store(&self) -> Option<Arc<dyn ScheduleStore>> {
-        let store = self
-            .schedules
-            .get_or_init(|| Arc::new(AmqpScheduleStore::new(self.uri.clone(), self.tls_ca.clone(), self.url.clone())));
+        let store = self.schedules.get_or_init(|| Arc::new(AmqpScheduleStore::new(Arc::clone(&self.nodes))));
         Some(Arc::clone(store) as Arc<dyn ScheduleStore>)
     }
 

@@ -1,4 +1,6 @@
-//! The RabbitMQ backend (`amqp://`, `amqps://`) over lapin.
+//! The RabbitMQ backend (`amqp://`, `amqps://`) over lapin. A URL may name
+//! a cluster's nodes, `amqp://u:p@h1:5672,h2:5672/vhost`: a connection goes
+//! to the first that answers (see `broker::Nodes`).
 //!
 //! Topology, per topic `T` and group `G`:
 //!

@@ -11,6 +11,7 @@
 //! acks the old one: a crash in between leaves both, and the next reader
 //! takes the one with the higher version.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -21,7 +22,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
-use super::broker::dial;
+use super::broker::Nodes;
 use super::{err, BACKEND};
 use crate::error::{Error, Result};
 use crate::schedule::{Finished, Schedule, ScheduleStore, ScheduleTable, Stored, TickClaim, Upserted};
@@ -34,9 +35,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Schedules kept in RabbitMQ.
 pub struct AmqpScheduleStore {
-    uri: String,
-    tls_ca: Option<String>,
-    url: String,
+    nodes: Arc<Nodes>,
     /// This store's own connection (the lock is held by a connection), made
     /// on first use and again after it drops; the mutex also serialises
     /// this process's calls.
@@ -45,7 +44,7 @@ pub struct AmqpScheduleStore {
 
 impl std::fmt::Debug for AmqpScheduleStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmqpScheduleStore").field("url", &self.url).finish()
+        f.debug_struct("AmqpScheduleStore").field("url", &self.nodes.url()).finish()
     }
 }
 
@@ -54,8 +53,8 @@ fn is_locked(e: &lapin::Error) -> bool {
 }
 
 impl AmqpScheduleStore {
-    pub(super) fn new(uri: String, tls_ca: Option<String>, url: String) -> Self {
-        AmqpScheduleStore { uri, tls_ca, url, connection: tokio::sync::Mutex::new(None) }
+    pub(super) fn new(nodes: Arc<Nodes>) -> Self {
+        AmqpScheduleStore { nodes, connection: tokio::sync::Mutex::new(None) }
     }
 
     /// Closes its connection, if it made one.
@@ -70,7 +69,7 @@ impl AmqpScheduleStore {
     async fn update<T>(&self, change: impl FnOnce(&mut ScheduleTable) -> Result<(T, bool)>) -> Result<T> {
         let mut connection = self.connection.lock().await;
         if connection.as_ref().is_none_or(|c| !c.status().connected()) {
-            *connection = Some(dial(&self.uri, self.tls_ca.as_deref(), &self.url).await?);
+            *connection = Some(self.nodes.dial().await?);
         }
         let conn = connection.as_ref().expect("connected above");
         let channel = lock(conn).await?;
