@@ -49,7 +49,10 @@
 //! `sasl_plaintext`, `sasl_ssl`; default `plaintext`, or `sasl_plaintext`
 //! when the URL has a user), `sasl_mechanism` (`PLAIN`, `SCRAM-SHA-256`,
 //! `SCRAM-SHA-512`; default `PLAIN`), user and password from the URL,
-//! `tls_ca_file`, `tls_cert_file`, `tls_key_file` (PEM).
+//! `tls_ca_file`, `tls_cert_file`, `tls_key_file` (PEM); replication of the
+//! topics it creates: `replication_factor` (default 3 on a cluster of three
+//! brokers or more, else one per broker) and `min_insync_replicas` (default
+//! 2 with 3 replicas or more, else 1).
 
 mod broker;
 mod dead_letters;
@@ -187,6 +190,8 @@ const KNOWN_PARAMS: &[&str] = &[
     "tls_ca_file",
     "tls_cert_file",
     "tls_key_file",
+    "replication_factor",
+    "min_insync_replicas",
 ];
 
 /// Connection settings and options from a `kafka://` URL.
@@ -209,6 +214,12 @@ pub(crate) struct Options {
     pub record_deliveries_first: bool,
     /// librdkafka's `partition.assignment.strategy`.
     pub assignment: &'static str,
+    /// Replicas of each topic the backend creates; `None`: 3 when the
+    /// cluster has three brokers or more, else as many as it has.
+    pub replication_factor: Option<i32>,
+    /// `min.insync.replicas` of those topics; `None`: 2 when they have 3
+    /// replicas or more, else 1.
+    pub min_insync_replicas: Option<i32>,
 }
 
 impl std::fmt::Debug for Options {
@@ -286,6 +297,12 @@ impl Options {
             }
             Ok(n as i32)
         };
+        let replicas = |name: &str| -> Result<Option<i32>> {
+            match url.param_u64(name)? {
+                Some(n) if n == 0 || n > 32 => Err(Error::invalid_option(name, "must be between 1 and 32")),
+                n => Ok(n.map(|n| n as i32)),
+            }
+        };
         let millis = |name: &str, default: u64| -> Result<Duration> {
             let d = url.param_millis(name)?.unwrap_or(Duration::from_millis(default));
             if d.as_millis() > i32::MAX as u128 {
@@ -314,6 +331,8 @@ impl Options {
                 "async" => false,
                 _ => return Err(Error::invalid_option("record_deliveries", "expected before or async")),
             },
+            replication_factor: replicas("replication_factor")?,
+            min_insync_replicas: replicas("min_insync_replicas")?,
             assignment: match url.param("assignment").unwrap_or("roundrobin") {
                 "roundrobin" => "roundrobin",
                 "range" => "range",
@@ -393,6 +412,9 @@ mod tests {
         assert!(!opts("kafka://h:1?record_deliveries=async").unwrap().record_deliveries_first);
         assert_eq!(opts("kafka://h:1?record_deliveries=later").unwrap_err().code(), "INVALID_OPTION");
         assert_eq!(opts("kafka://h:1").unwrap().assignment, "roundrobin");
+        let replicated = opts("kafka://h:1?replication_factor=3&min_insync_replicas=2").unwrap();
+        assert_eq!((replicated.replication_factor, replicated.min_insync_replicas), (Some(3), Some(2)));
+        assert!(opts("kafka://h:1?replication_factor=0").is_err());
         assert_eq!(opts("kafka://h:1?assignment=cooperative-sticky").unwrap().assignment, "cooperative-sticky");
         assert_eq!(opts("kafka://h:1?assignment=sticky").unwrap_err().code(), "INVALID_OPTION");
     }

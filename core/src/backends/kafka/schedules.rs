@@ -226,7 +226,8 @@ impl KafkaScheduleStore {
         self.ready
             .get_or_try_init(|| async {
                 let admin: AdminClient<DefaultClientContext> = self.options.client_config().create().map_err(err)?;
-                create_topics(&admin, &self.outbox.producer, vec![(TOPIC.to_string(), 1, SETTINGS)]).await?;
+                create_topics(&admin, &self.outbox.producer, &self.options, vec![(TOPIC.to_string(), 1, SETTINGS)])
+                    .await?;
                 self.folded.lock().unwrap().assign()
             })
             .await

@@ -1,5 +1,6 @@
 //! Topology: creating a topic with its delay topics, and a group's retry
-//! and dead-letter topics, once per handle.
+//! and dead-letter topics, once per handle, replicated as the URL says or
+//! as fits the cluster.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::{FutureProducer, Producer};
 
 use super::broker::{blocking, KafkaBroker};
-use super::{check_group, check_topic, delay_topic, dlq_topic, err, retry_topic, BACKEND, LEVELS};
+use super::{check_group, check_topic, delay_topic, dlq_topic, err, retry_topic, Options, BACKEND, LEVELS};
 use crate::error::{Error, Result};
 
 /// A topic to create: its name, partitions and settings.
@@ -19,17 +20,42 @@ pub(super) type TopicSpec = (String, i32, &'static [(&'static str, &'static str)
 /// Settings of a compacted topic (a dead-letter topic).
 pub(super) const COMPACTED: &[(&str, &str)] = &[("cleanup.policy", "compact")];
 
+/// Replicas and `min.insync.replicas` of the topics to create: the URL's,
+/// else what fits the cluster (3 and 2 with three brokers or more; on fewer,
+/// one replica per broker and 1).
+async fn replication(producer: &FutureProducer, options: &Options) -> Result<(i32, i32)> {
+    let factor = match options.replication_factor {
+        Some(factor) => factor,
+        None => {
+            let producer = producer.clone();
+            let brokers = blocking(move || {
+                let md = producer.client().fetch_metadata(None, Duration::from_secs(10)).map_err(err)?;
+                Ok(md.brokers().len() as i32)
+            })
+            .await?;
+            brokers.clamp(1, 3)
+        }
+    };
+    let insync = options.min_insync_replicas.unwrap_or(if factor >= 3 { 2 } else { 1 });
+    Ok((factor, insync))
+}
+
 /// Creates topics that do not exist yet, and waits until the cluster's
 /// metadata shows them (consumers and producers look there).
 pub(super) async fn create_topics(
     admin: &AdminClient<DefaultClientContext>,
     producer: &FutureProducer,
+    options: &Options,
     wanted: Vec<TopicSpec>,
 ) -> Result<()> {
+    let (factor, insync) = replication(producer, options).await?;
+    let insync = insync.to_string();
     let new: Vec<NewTopic<'_>> = wanted
         .iter()
         .map(|(name, partitions, settings)| {
-            settings.iter().fold(NewTopic::new(name, *partitions, TopicReplication::Fixed(-1)), |t, (k, v)| t.set(k, v))
+            let topic =
+                NewTopic::new(name, *partitions, TopicReplication::Fixed(factor)).set("min.insync.replicas", &insync);
+            settings.iter().fold(topic, |t, (k, v)| t.set(k, v))
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
@@ -67,7 +93,7 @@ pub(super) async fn create_topics(
 
 impl KafkaBroker {
     pub(super) async fn create_topics(&self, wanted: Vec<TopicSpec>) -> Result<()> {
-        create_topics(&self.admin, &self.outbox.producer, wanted).await
+        create_topics(&self.admin, &self.outbox.producer, &self.options, wanted).await
     }
 
     /// The topic and its delay topics exist.
