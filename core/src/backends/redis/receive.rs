@@ -249,8 +249,13 @@ impl RedisBroker {
         let reply: Value = if block.is_some() {
             let mut conn = self.blocking_conn().await?;
             let reply = cmd.query_async(&mut conn).await;
-            if reply.is_ok() {
-                self.blocking.lock().unwrap().push(conn);
+            match &reply {
+                Ok(_) => self.blocking.lock().unwrap().push(conn),
+                // The server stopped being the primary while this read
+                // waited (a failover): nothing was read, and the next read
+                // finds the new primary. Not an error to back off from.
+                Err(e) if e.code() == Some("UNBLOCKED") => return Ok(Vec::new()),
+                Err(_) => {}
             }
             reply
         } else {
